@@ -1,0 +1,36 @@
+# The two commands: `make serve` and `make test`. Each bootstraps .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DATA   ?= ./memsvc-data
+HOST   ?= 127.0.0.1
+PORT   ?= 50051
+
+.PHONY: serve test proto bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: this resolves to the local CPU wheel instead of CUDA builds.
+	$(PY) -m pip install -q torch==2.13.0 numpy==1.26.4
+	$(PY) -m pip install -q -e '.[dev]'
+	# diskannpy declares numpy==1.25 (breaks faiss-cpu); install it without its deps.
+	$(PY) -m pip install -q --no-deps diskannpy==0.7.0
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(PY) -m memsvc serve --data $(DATA) --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# Regenerate the committed gRPC stubs from proto/ (tests/test_proto.py fails when they are stale).
+proto: $(STAMP)
+	$(PY) -m memsvc.protogen
+
+bench: $(STAMP)
+	$(PY) bench/lookup.py
+
+clean:
+	rm -rf $(VENV) $(DATA)
