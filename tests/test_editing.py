@@ -297,3 +297,9 @@ def test_parse_vector_arg(tmp_path):
     np.save(tmp_path / "nan.npy", np.array([1.0, np.nan]))
     with pytest.raises(InvalidArgument, match="^--vector: contains NaN or Inf$"):
         parse_vector_arg(str(tmp_path / "nan.npy"))
+
+
+def test_repeated_source_token_takes_its_last_assignment(vocab, table):
+    out = edited(vocab, table, "New New", "York City", "one_to_one")
+    np.testing.assert_array_equal(out[4], table[6])
+    np.testing.assert_array_equal(np.delete(out, 4, 0), np.delete(table, 4, 0))
