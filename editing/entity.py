@@ -15,7 +15,8 @@ tokens each source token takes. Source token i gets the mean of its assigned tar
     auto        one_to_one when n == m, else average
 
 "Keep their own rows" means no write: padding never invents rows. A token that occurs twice in
-the source takes the assignment of its last occurrence (a token has one row per layer).
+the source takes the assignment of its last occurrence that takes any (a token has one row per
+layer).
 
 The edit comes out as ``RowOp``s (copy where one target token is taken, set with the mean
 otherwise), so the same ops can be previewed, committed, or sent as a per-request override and
