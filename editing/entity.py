@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from editing.rows import RowOp, _check_layers, plan_row_ops
+from editing.rows import RowOp, check_layers, plan_row_ops
 from memsvc.errors import InvalidArgument
 
 MODES = ("auto", "one_to_one", "average", "copy", "left_pad", "right_pad")
@@ -101,7 +101,7 @@ def entity_row_ops(edit, read_rows=None):
         raise InvalidArgument(f"read_rows: mode {edit.mode} needs the table's rows (to average or snapshot targets)")
     ids = np.array(sorted(read), dtype=np.int64)
     rows = np.asarray(read_rows(ids), dtype=np.float32)  # (len(ids), num_layers, dim)
-    rows = rows[:, _check_layers(edit.layers, rows.shape[1], "layers")]  # (len(ids), len(layers), dim)
+    rows = rows[:, check_layers(edit.layers, rows.shape[1], "layers")]  # (len(ids), len(layers), dim)
     row_of = {int(t): i for i, t in enumerate(ids)}
     return [
         RowOp("set", s, layers=list(edit.layers), vector=rows[[row_of[t] for t in ts]].mean(axis=0))

@@ -1,0 +1,125 @@
+"""Row operations on a STEM bank: the exact row writes an edit implies.
+
+An edit is planned against a reader of the table's current rows, so it can be previewed
+(dry run), committed by the store, or sent as a per-request override: all three use the same
+``RowWrites``.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from memsvc.errors import InvalidArgument
+
+OPS = ("set", "copy", "blend", "scale", "reset")
+
+
+@dataclass
+class RowOp:
+    """One operation on one token's rows.
+
+    op:     set (vector), copy (from source token), blend (toward vector or source with alpha:
+            new = (1 - alpha) * current + alpha * source), scale (new = alpha * current),
+            reset (back to the base row).
+    layers: which layers (positions in the table's layer axis); empty means all.
+    vector: shape (d,) for every chosen layer, or (len(layers), d) one row per layer.
+    """
+
+    op: str
+    token_id: int
+    layers: list = field(default_factory=list)
+    vector: np.ndarray | None = None
+    source_token_id: int | None = None
+    alpha: float = 1.0
+
+
+@dataclass
+class RowWrites:
+    """Rows to write: ``vectors[i]`` becomes row (token_ids[i], layers[i])."""
+
+    token_ids: np.ndarray  # (n,) int64
+    layers: np.ndarray  # (n,) int64
+    vectors: np.ndarray  # (n, d) float32
+
+    def __len__(self):
+        return len(self.token_ids)
+
+
+def plan_row_ops(ops, read_rows, read_base_rows, num_layers, dim):
+    """Turn RowOps into RowWrites.
+
+    read_rows(token_ids) -> (n, num_layers, dim) float32 current rows;
+    read_base_rows(token_ids) -> the same at the base (for reset).
+    Later ops in the batch see the result of earlier ones (a batch is applied in order).
+    """
+    if not ops:
+        raise InvalidArgument("ops: the batch is empty")
+    staged = {}  # token_id -> (num_layers, dim) rows as the batch has made them so far
+
+    def current(token_id):
+        if token_id not in staged:
+            staged[token_id] = read_rows(np.array([token_id], dtype=np.int64))[0].astype(np.float32)
+        return staged[token_id]
+
+    touched = {}
+    for i, op in enumerate(ops):
+        if op.op not in OPS:
+            raise InvalidArgument(f"ops[{i}].op: unknown operation {op.op!r} (expected one of {', '.join(OPS)})")
+        layers = check_layers(op.layers, num_layers, f"ops[{i}].layers")
+        rows = current(op.token_id).copy()
+        if op.op == "reset":
+            new = read_base_rows(np.array([op.token_id], dtype=np.int64))[0][layers]
+        elif op.op == "scale":
+            new = np.float32(_check_alpha(op.alpha, i)) * rows[layers]
+        else:
+            if op.op == "copy" or (op.op == "blend" and op.vector is None):
+                if op.source_token_id is None:
+                    raise InvalidArgument(f"ops[{i}].source_token: {op.op} needs a source token")
+                source = current(op.source_token_id)[layers]
+            else:
+                source = _check_vector(op.vector, len(layers), dim, f"ops[{i}].vector")
+            if op.op == "blend":
+                a = np.float32(_check_alpha(op.alpha, i))
+                new = (1 - a) * rows[layers] + a * source
+            else:
+                new = source
+        rows[layers] = new
+        staged[op.token_id] = rows
+        for layer in layers:
+            touched[(op.token_id, int(layer))] = True
+    keys = list(touched)
+    return RowWrites(
+        token_ids=np.array([t for t, _ in keys], dtype=np.int64),
+        layers=np.array([l for _, l in keys], dtype=np.int64),
+        vectors=np.stack([staged[t][l] for t, l in keys]).astype(np.float32),
+    )
+
+
+def check_layers(layers, num_layers, field_name):
+    if layers is None or len(layers) == 0:
+        return np.arange(num_layers)
+    arr = np.asarray(layers, dtype=np.int64)
+    bad = arr[(arr < 0) | (arr >= num_layers)]
+    if len(bad):
+        raise InvalidArgument(f"{field_name}: layer {int(bad[0])} out of range [0, {num_layers})")
+    if len(np.unique(arr)) != len(arr):
+        raise InvalidArgument(f"{field_name}: layers repeat")
+    return arr
+
+
+def _check_alpha(alpha, i):
+    if not np.isfinite(alpha):
+        raise InvalidArgument(f"ops[{i}].alpha: must be finite")
+    return alpha
+
+
+def _check_vector(vector, n_layers, dim, field_name):
+    v = np.asarray(vector, dtype=np.float32)
+    if v.ndim == 1:
+        v = np.broadcast_to(v, (n_layers, v.shape[0]))
+    if v.ndim != 2 or v.shape != (n_layers, dim):
+        raise InvalidArgument(
+            f"{field_name}: expected {dim} values (or {n_layers}x{dim}), got shape {tuple(np.shape(vector))}"
+        )
+    if not np.isfinite(v).all():
+        raise InvalidArgument(f"{field_name}: contains NaN or Inf")
+    return v

@@ -1,0 +1,61 @@
+"""Plain results shared by the local store and the gRPC client, so the CLI prints the same
+thing whichever one it talks to."""
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EditRequest:
+    """What caused a knowledge edit (the ROME/EasyEdit fields)."""
+
+    prompt: str = ""
+    subject: str = ""
+    target_new: str = ""
+    ground_truth: str = ""
+
+    def is_empty(self):
+        return not (self.prompt or self.subject or self.target_new or self.ground_truth)
+
+
+@dataclass
+class CommitResult:
+    version: int
+    rows_changed: int
+
+
+@dataclass
+class CommitInfo:
+    version: int
+    time: float
+    author: str
+    message: str
+    kind: str
+    tables: list = field(default_factory=list)
+    rows_changed: int = 0
+    request: EditRequest = field(default_factory=EditRequest)
+    metrics: dict = field(default_factory=dict)
+    tags: list = field(default_factory=list)
+
+
+@dataclass
+class RowChange:
+    """One row that differs between two versions: L2 distance and cosine of old and new."""
+
+    table: str
+    token_id: int
+    token: str
+    layer: int
+    l2: float
+    cosine: float
+
+
+@dataclass
+class TableInfo:
+    name: str
+    kind: str
+    dtype: str
+    vocab_size: int
+    num_layers: int
+    dim: int
+    created_version: int
+    base_version: int
+    version: int  # the version this description was read at

@@ -1,0 +1,336 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class VersionRef(_message.Message):
+    __slots__ = ("version", "tag")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    tag: str
+    def __init__(self, version: _Optional[int] = ..., tag: _Optional[str] = ...) -> None: ...
+
+class TableInfo(_message.Message):
+    __slots__ = ("name", "kind", "dtype", "vocab_size", "num_layers", "dim", "created_version", "base_version", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    CREATED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    dtype: str
+    vocab_size: int
+    num_layers: int
+    dim: int
+    created_version: int
+    base_version: int
+    version: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., dtype: _Optional[str] = ..., vocab_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., dim: _Optional[int] = ..., created_version: _Optional[int] = ..., base_version: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ListTablesRequest(_message.Message):
+    __slots__ = ("at",)
+    AT_FIELD_NUMBER: _ClassVar[int]
+    at: VersionRef
+    def __init__(self, at: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
+
+class ListTablesResponse(_message.Message):
+    __slots__ = ("tables", "version")
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    tables: _containers.RepeatedCompositeFieldContainer[TableInfo]
+    version: int
+    def __init__(self, tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class DescribeTableRequest(_message.Message):
+    __slots__ = ("table", "at")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    at: VersionRef
+    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
+
+class RowOp(_message.Message):
+    __slots__ = ("op", "token_id", "token", "layers", "vector", "source_token_id", "source_token", "alpha")
+    class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        OP_UNSPECIFIED: _ClassVar[RowOp.Op]
+        SET: _ClassVar[RowOp.Op]
+        COPY: _ClassVar[RowOp.Op]
+        BLEND: _ClassVar[RowOp.Op]
+        SCALE: _ClassVar[RowOp.Op]
+        RESET: _ClassVar[RowOp.Op]
+    OP_UNSPECIFIED: RowOp.Op
+    SET: RowOp.Op
+    COPY: RowOp.Op
+    BLEND: RowOp.Op
+    SCALE: RowOp.Op
+    RESET: RowOp.Op
+    OP_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    op: RowOp.Op
+    token_id: int
+    token: str
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    vector: Tensor
+    source_token_id: int
+    source_token: str
+    alpha: float
+    def __init__(self, op: _Optional[_Union[RowOp.Op, str]] = ..., token_id: _Optional[int] = ..., token: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., vector: _Optional[_Union[Tensor, _Mapping]] = ..., source_token_id: _Optional[int] = ..., source_token: _Optional[str] = ..., alpha: _Optional[float] = ...) -> None: ...
+
+class LookupRequest(_message.Message):
+    __slots__ = ("table", "layers", "token_ids", "tokens", "at", "overrides")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    tokens: _containers.RepeatedScalarFieldContainer[str]
+    at: VersionRef
+    overrides: _containers.RepeatedCompositeFieldContainer[RowOp]
+    def __init__(self, table: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., overrides: _Optional[_Iterable[_Union[RowOp, _Mapping]]] = ...) -> None: ...
+
+class LookupResponse(_message.Message):
+    __slots__ = ("rows", "unique_token_ids", "inverse", "version")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    INVERSE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    rows: Tensor
+    unique_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    inverse: _containers.RepeatedScalarFieldContainer[int]
+    version: int
+    def __init__(self, rows: _Optional[_Union[Tensor, _Mapping]] = ..., unique_token_ids: _Optional[_Iterable[int]] = ..., inverse: _Optional[_Iterable[int]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class EditInfo(_message.Message):
+    __slots__ = ("prompt", "subject", "target_new", "ground_truth")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_NEW_FIELD_NUMBER: _ClassVar[int]
+    GROUND_TRUTH_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    subject: str
+    target_new: str
+    ground_truth: str
+    def __init__(self, prompt: _Optional[str] = ..., subject: _Optional[str] = ..., target_new: _Optional[str] = ..., ground_truth: _Optional[str] = ...) -> None: ...
+
+class EditRequest(_message.Message):
+    __slots__ = ("table", "ops", "author", "message", "request", "metrics_json", "dry_run")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    ops: _containers.RepeatedCompositeFieldContainer[RowOp]
+    author: str
+    message: str
+    request: EditInfo
+    metrics_json: str
+    dry_run: bool
+    def __init__(self, table: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[RowOp, _Mapping]]] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., request: _Optional[_Union[EditInfo, _Mapping]] = ..., metrics_json: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class CommitResult(_message.Message):
+    __slots__ = ("version", "rows_changed")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    rows_changed: int
+    def __init__(self, version: _Optional[int] = ..., rows_changed: _Optional[int] = ...) -> None: ...
+
+class RowChange(_message.Message):
+    __slots__ = ("table", "token_id", "token", "layer", "l2", "cosine")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    L2_FIELD_NUMBER: _ClassVar[int]
+    COSINE_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    token_id: int
+    token: str
+    layer: int
+    l2: float
+    cosine: float
+    def __init__(self, table: _Optional[str] = ..., token_id: _Optional[int] = ..., token: _Optional[str] = ..., layer: _Optional[int] = ..., l2: _Optional[float] = ..., cosine: _Optional[float] = ...) -> None: ...
+
+class EditResponse(_message.Message):
+    __slots__ = ("commit", "changes", "new_rows")
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    NEW_ROWS_FIELD_NUMBER: _ClassVar[int]
+    commit: CommitResult
+    changes: _containers.RepeatedCompositeFieldContainer[RowChange]
+    new_rows: Tensor
+    def __init__(self, commit: _Optional[_Union[CommitResult, _Mapping]] = ..., changes: _Optional[_Iterable[_Union[RowChange, _Mapping]]] = ..., new_rows: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class InjectTokenRequest(_message.Message):
+    __slots__ = ("table", "token", "vector", "like", "author", "message")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    LIKE_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    token: str
+    vector: Tensor
+    like: _containers.RepeatedScalarFieldContainer[str]
+    author: str
+    message: str
+    def __init__(self, table: _Optional[str] = ..., token: _Optional[str] = ..., vector: _Optional[_Union[Tensor, _Mapping]] = ..., like: _Optional[_Iterable[str]] = ..., author: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class InjectTokenResponse(_message.Message):
+    __slots__ = ("commit", "token_id")
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    commit: CommitResult
+    token_id: int
+    def __init__(self, commit: _Optional[_Union[CommitResult, _Mapping]] = ..., token_id: _Optional[int] = ...) -> None: ...
+
+class CommitInfo(_message.Message):
+    __slots__ = ("version", "time", "author", "message", "kind", "tables", "rows_changed", "request", "metrics_json", "tags")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    time: float
+    author: str
+    message: str
+    kind: str
+    tables: _containers.RepeatedScalarFieldContainer[str]
+    rows_changed: int
+    request: EditInfo
+    metrics_json: str
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., time: _Optional[float] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., kind: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ..., rows_changed: _Optional[int] = ..., request: _Optional[_Union[EditInfo, _Mapping]] = ..., metrics_json: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LogRequest(_message.Message):
+    __slots__ = ("table", "limit")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    limit: int
+    def __init__(self, table: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class LogResponse(_message.Message):
+    __slots__ = ("commits",)
+    COMMITS_FIELD_NUMBER: _ClassVar[int]
+    commits: _containers.RepeatedCompositeFieldContainer[CommitInfo]
+    def __init__(self, commits: _Optional[_Iterable[_Union[CommitInfo, _Mapping]]] = ...) -> None: ...
+
+class ShowRequest(_message.Message):
+    __slots__ = ("at",)
+    AT_FIELD_NUMBER: _ClassVar[int]
+    at: VersionRef
+    def __init__(self, at: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
+
+class ShowResponse(_message.Message):
+    __slots__ = ("commit", "changes")
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    commit: CommitInfo
+    changes: _containers.RepeatedCompositeFieldContainer[RowChange]
+    def __init__(self, commit: _Optional[_Union[CommitInfo, _Mapping]] = ..., changes: _Optional[_Iterable[_Union[RowChange, _Mapping]]] = ...) -> None: ...
+
+class DiffRequest(_message.Message):
+    __slots__ = ("to", "table")
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    to: VersionRef
+    table: str
+    def __init__(self, to: _Optional[_Union[VersionRef, _Mapping]] = ..., table: _Optional[str] = ..., **kwargs) -> None: ...
+
+class DiffResponse(_message.Message):
+    __slots__ = ("changes", "from_version", "to_version")
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[RowChange]
+    from_version: int
+    to_version: int
+    def __init__(self, changes: _Optional[_Iterable[_Union[RowChange, _Mapping]]] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ...) -> None: ...
+
+class RevertRequest(_message.Message):
+    __slots__ = ("version", "author", "message")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    author: str
+    message: str
+    def __init__(self, version: _Optional[int] = ..., author: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class TagRequest(_message.Message):
+    __slots__ = ("name", "at", "delete")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    at: VersionRef
+    delete: bool
+    def __init__(self, name: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., delete: _Optional[bool] = ...) -> None: ...
+
+class TagResponse(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ListTagsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTagsResponse(_message.Message):
+    __slots__ = ("tags",)
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    tags: _containers.ScalarMap[str, int]
+    def __init__(self, tags: _Optional[_Mapping[str, int]] = ...) -> None: ...
