@@ -1,0 +1,128 @@
+"""SimHash tables for MagicPIG sampling over a Memory Mosaic store (MagicPIG, ICLR 2025).
+
+Each of L tables hashes a vector to K sign bits sign(w·x) with Gaussian w. For unit q and x at
+angle θ one bit agrees with probability p = 1 − θ/π, a whole table with p^K, independently
+across tables. A key counts as retrieved when it shares the query's bucket in at least 2 of the
+L tables, which happens with probability
+
+    u = 1 − (1 − p^K)^L − L p^K (1 − p^K)^(L−1)
+
+Keys in a narrow cone all land in a few buckets, so keys are centred first: we hash
+k̃_i = (k_i − c)/||k_i − c|| (c = mean key) and the raw query q (centring q·k by q·c only shifts
+every score of one query by the same amount, which softmax ignores). So p_i is computed on the
+hashed vectors: cos(q, k_i − c), not q·k_i.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from memsvc.errors import InvalidArgument
+
+
+@dataclass
+class SimHashConfig:
+    bits: int = 10  # K: bits per table; MagicPIG uses 8-10 (at most 16: codes are uint16)
+    tables: int = 150  # L: size it for a budget with `choose_tables`
+    seed: int = 0
+    centre: bool = True  # hash keys minus their mean (the mean of the first batch added)
+
+
+def inclusion_probability(cosines, bits, tables):
+    """u(p) = P[at least 2 of L tables collide], p = 1 − arccos(cos)/π; float64 for the small ones."""
+    p = 1.0 - np.arccos(np.clip(np.asarray(cosines, np.float64), -1.0, 1.0)) / np.pi
+    table = p**bits  # P[one table collides]
+    miss = np.log1p(-np.minimum(table, 1.0 - 1e-16))  # log(1 − p^K), finite when p = 1
+    return 1.0 - np.exp(tables * miss) - tables * table * np.exp((tables - 1) * miss)
+
+
+def choose_tables(bits, budget, cosines, max_tables=4096):
+    """Smallest L whose mean inclusion probability over sample `cosines` reaches `budget`.
+
+    `cosines` are hashed cosines cos(q, k_i − c) for a sample of queries and keys; mean u is the
+    expected fraction of keys touched. u grows with L, so bisect.
+    """
+    low, high = 2, max_tables
+    if inclusion_probability(cosines, bits, high).mean() < budget:
+        return max_tables
+    while low < high:
+        mid = (low + high) // 2
+        if inclusion_probability(cosines, bits, mid).mean() >= budget:
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+class SimHashIndex:
+    """L SimHash tables over ids, updated by add/remove; buckets are rebuilt lazily on query."""
+
+    def __init__(self, config: SimHashConfig, dim: int, centre=None):
+        if not 1 <= config.bits <= 16 or config.tables < 2:
+            raise InvalidArgument("SimHashConfig needs 1 <= bits <= 16 and tables >= 2")
+        self.config = config
+        rng = np.random.default_rng(config.seed)
+        self.planes = rng.standard_normal((dim, config.tables * config.bits)).astype(np.float32)
+        self.centre = None if centre is None else np.asarray(centre, np.float32)
+        self.ids = np.empty(0, np.int64)
+        self.norms = np.empty(0, np.float32)  # ||k_i − c||, to get hashed cosines from q·k_i
+        self.codes = np.empty((config.tables, 0), np.uint16)  # (L, n) bucket of each key
+        self._buckets = None  # (order (L, n), offsets (L, 2^K + 1)), built on demand
+
+    def __len__(self):
+        return len(self.ids)
+
+    def _hash(self, x):
+        """x (c, d) -> bucket codes (L, c): K sign bits per table packed into an integer."""
+        bits = (x @ self.planes > 0).reshape(len(x), self.config.tables, self.config.bits)
+        powers = (1 << np.arange(self.config.bits)).astype(np.float32)  # float matmul: exact, fast
+        return (bits.astype(np.float32) @ powers).T.astype(np.uint16)
+
+    def add(self, ids, keys, *, block=16384):
+        ids, keys = np.asarray(ids, np.int64), np.asarray(keys, np.float32)
+        if keys.ndim != 2 or keys.shape[1] != self.planes.shape[0] or ids.shape != (len(keys),):
+            raise InvalidArgument(f"add needs ids (c,) and keys (c, {self.planes.shape[0]})")
+        if self.centre is None:
+            self.centre = keys.mean(axis=0) if self.config.centre else np.zeros(keys.shape[1], np.float32)
+        shifted = keys - self.centre
+        codes = [self._hash(shifted[s:s + block])
+                 for s in tqdm(range(0, len(keys), block), desc="simhash", disable=len(keys) < 8 * block)]
+        self.ids = np.concatenate([self.ids, ids])
+        self.norms = np.concatenate([self.norms, np.linalg.norm(shifted, axis=1)])
+        self.codes = np.concatenate([self.codes, *codes], axis=1)
+        self._buckets = None
+
+    def remove(self, ids):
+        keep = ~np.isin(self.ids, np.asarray(ids, np.int64))
+        self.ids, self.norms, self.codes = self.ids[keep], self.norms[keep], self.codes[:, keep]
+        self._buckets = None
+
+    def _build_buckets(self):
+        """Per table, slots sorted by code and where each code's run starts (a CSR of buckets)."""
+        order = np.argsort(self.codes, axis=1, kind="stable").astype(np.int32)  # radix sort on uint16
+        counts = np.stack([np.bincount(c, minlength=1 << self.config.bits) for c in self.codes])
+        offsets = np.concatenate([np.zeros((len(counts), 1), np.int64), counts.cumsum(axis=1)], axis=1)
+        self._buckets = order, offsets
+
+    def retrieve(self, q):
+        """Keys sharing q's bucket in >= 2 tables -> (ids (c,), centred norms (c,)).
+
+        Reads only the L buckets of q, never the other keys. Collisions are counted with
+        bincount into an n-slot scratch (one memset): ~10x faster in numpy than sorting them.
+        """
+        if self._buckets is None:
+            self._build_buckets()
+        order, offsets = self._buckets
+        code = self._hash(np.asarray(q, np.float32)[None])[:, 0].astype(np.int64)  # (L,)
+        starts = offsets[np.arange(len(code)), code]
+        stops = offsets[np.arange(len(code)), code + 1]
+        hits = np.concatenate([row[a:b] for row, a, b in zip(order, starts, stops)])
+        slots = np.flatnonzero(np.bincount(hits, minlength=len(self.ids)) >= 2)
+        return self.ids[slots], self.norms[slots]
+
+    def inclusion_probability(self, q, q_dot_keys, centred_norms):
+        """u_i from q·k_i: cos(q, k_i − c) = (q·k_i − q·c) / (||q|| ||k_i − c||)."""
+        q = np.asarray(q, np.float64)
+        cosines = (q_dot_keys - q @ self.centre) / (np.linalg.norm(q) * np.maximum(centred_norms, 1e-12))
+        return inclusion_probability(cosines, self.config.bits, self.config.tables)

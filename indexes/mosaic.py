@@ -1,0 +1,164 @@
+"""Reading a Memory Mosaic store: Gaussian kernel regression over (key, value) pairs.
+
+Keys are unit vectors, so the Gaussian kernel exp(-β/2 ||q - k||²) is, up to a factor that
+cancels, exp(β q·k) ("Memory Mosaics", ICLR 2025):
+
+    o(q) = Σ_i exp(β q·k_i) v_i / Σ_j exp(β q·k_j)        lse(q) = log Σ_j exp(β q·k_j)
+
+Every read returns (o, lse, n): with lse, results from shards, modes or an on-device part merge
+exactly (`merge_results`). Three modes share that contract:
+
+- EXACT  `kernel_regression`: all n pairs, streamed in blocks of keys (bounded memory).
+- TOPK   `topk_regression`: the kernel average over the k best keys of any search index.
+- LSH    `lsh_regression`: MagicPIG importance sampling through a `SimHashIndex` (indexes/lsh.py).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from indexes.lsh import SimHashIndex
+from memsvc.errors import InvalidArgument
+
+
+@dataclass
+class BetaPolicy:
+    """β = β1·n^α + β0 for a store of n pairs ("Memory Mosaics at scale"); α = β1 = 0 is fixed β."""
+
+    beta0: float = 1.0
+    beta1: float = 0.0
+    alpha: float = 0.0
+
+    @classmethod
+    def fixed(cls, beta: float) -> "BetaPolicy":
+        return cls(beta0=beta)
+
+    def beta(self, n: int) -> float:
+        return self.beta1 * float(n) ** self.alpha + self.beta0
+
+
+def _check(queries, keys, values):
+    """Validate once at the boundary; return float arrays in one common float dtype."""
+    dtype = np.result_type(queries, keys, values, np.float32)
+    queries, keys, values = (np.asarray(a, dtype=dtype) for a in (queries, keys, values))
+    if queries.ndim != 2 or keys.ndim != 2 or values.ndim != 2:
+        raise InvalidArgument("queries, keys and values must be 2-d arrays")
+    if keys.shape[1] != queries.shape[1]:
+        raise InvalidArgument(f"keys have dim {keys.shape[1]}, queries have {queries.shape[1]}")
+    if values.shape[0] != keys.shape[0]:
+        raise InvalidArgument(f"values has {values.shape[0]} rows, keys has {keys.shape[0]}")
+    return queries, keys, values
+
+
+def _softmax_average(logits, values):
+    """Self-normalised average of values under exp(logits), plus log Σ exp(logits).
+
+    logits (m, c), -inf where a slot is empty; values (c, dv) shared by all queries or (m, c, dv)
+    per query. A row with no finite logit gets o = 0, lse = -inf (the empty-shard convention).
+    """
+    top = logits.max(axis=1, initial=-np.inf)
+    top = np.where(np.isfinite(top), top, 0.0)
+    weights = np.exp(logits - top[:, None])  # (m, c), in (0, 1]: no overflow
+    total = weights.sum(axis=1)
+    if values.ndim == 2:
+        o = weights @ values  # (m, dv): one BLAS call for the whole block
+    else:
+        o = np.einsum("mc,mcd->md", weights, values)
+    with np.errstate(divide="ignore"):
+        lse = top + np.log(total)
+    return o / np.where(total > 0, total, 1.0)[:, None], lse
+
+
+def merge_results(results):
+    """Exact merge of (o_s, lse_s, n_s) from disjoint shards: o = Σ_s exp(lse_s − L) o_s, L = logsumexp."""
+    results = list(results)
+    if not results:
+        raise InvalidArgument("merge_results needs at least one result")
+    lse = np.stack([r[1] for r in results])  # (S, m)
+    top = np.where(np.isfinite(lse.max(axis=0)), lse.max(axis=0), 0.0)
+    mass = np.exp(lse - top)  # (S, m); empty shards (lse = -inf) weigh 0
+    total = mass.sum(axis=0)
+    o = sum(w[:, None] * r[0] for w, r in zip(mass, results))
+    with np.errstate(divide="ignore"):
+        merged_lse = top + np.log(total)
+    return o / np.where(total > 0, total, 1.0)[:, None], merged_lse, sum(int(r[2]) for r in results)
+
+
+def kernel_regression(queries, keys, values, beta, *, block=65536):
+    """EXACT mode. queries (m, d), unit keys (n, d), values (n, dv) -> (o (m, dv), lse (m,), n).
+
+    Each block of keys is an exact little shard; folding the blocks with `merge_results` is the
+    streaming log-sum-exp, so memory stays O(m·block) however large n is.
+    """
+    queries, keys, values = _check(queries, keys, values)
+    m, dv = queries.shape[0], values.shape[1]
+    result = (np.zeros((m, dv), queries.dtype), np.full(m, -np.inf, queries.dtype), 0)
+    for start in range(0, keys.shape[0], block):
+        scores = beta * (queries @ keys[start:start + block].T)  # (m, block)
+        o, lse = _softmax_average(scores, values[start:start + block])
+        result = merge_results([result, (o, lse, scores.shape[1])])
+    return result
+
+
+def exact_topk(keys, *, block=65536):
+    """A search(queries, k) -> (ids, distances = −q·k) by inner product over all keys, streamed."""
+
+    def search(queries, k):
+        m = queries.shape[0]
+        best_scores, best_ids = np.empty((m, 0), queries.dtype), np.empty((m, 0), np.int64)
+        for start in range(0, keys.shape[0], block):
+            block_scores = queries @ keys[start:start + block].T  # (m, b)
+            block_ids = np.broadcast_to(np.arange(start, start + block_scores.shape[1]), block_scores.shape)
+            scores = np.concatenate([best_scores, block_scores], axis=1)
+            ids = np.concatenate([best_ids, block_ids], axis=1)
+            keep = np.argpartition(-scores, min(k, scores.shape[1]) - 1, axis=1)[:, :k]
+            best_scores, best_ids = np.take_along_axis(scores, keep, 1), np.take_along_axis(ids, keep, 1)
+        rank = np.argsort(-best_scores, axis=1)
+        pad = ((0, 0), (0, k - best_ids.shape[1]))
+        ids = np.pad(np.take_along_axis(best_ids, rank, 1), pad, constant_values=-1)
+        distances = np.pad(-np.take_along_axis(best_scores, rank, 1), pad, constant_values=np.inf)
+        return ids, distances.astype(np.float32)
+
+    return search
+
+
+def topk_regression(queries, keys, values, beta, k, search=None):
+    """TOPK mode: the kernel average over the k keys `search` returns for each query.
+
+    `search(queries, k) -> (ids (m, k), distances)` is any index with the uniform interface whose
+    ids are rows of keys/values (padded with -1); default: exact top-k by inner product. Scores are
+    recomputed from the keys, so the index's distance convention does not matter.
+    Returns (o, lse, n) where lse is over the retrieved set only: a LOWER BOUND of the true lse
+    (the missing tail mass is what biases top-k when attention is long-tailed).
+    """
+    queries, keys, values = _check(queries, keys, values)
+    search = search or exact_topk(keys)
+    ids, _ = search(queries, k)
+    ids = np.asarray(ids, np.int64)
+    found = ids >= 0
+    rows = np.where(found, ids, 0)
+    scores = beta * np.einsum("md,mkd->mk", queries, keys[rows])  # (m, k)
+    o, lse = _softmax_average(np.where(found, scores, -np.inf), values[rows])
+    return o, lse, keys.shape[0]
+
+
+def lsh_regression(queries, keys, values, beta, index: SimHashIndex):
+    """LSH mode (MagicPIG): importance sampling of keys through SimHash collisions.
+
+    Key i is retrieved (set S) with probability u_i (see `inclusion_probability`); the estimate
+    uses weights exp(β q·k_i − log u_i) over S, self-normalised for o. The same weights give
+    lse_est = log Σ_S exp(β q·k_i)/u_i, the log of an unbiased (Horvitz-Thompson) estimate of
+    Σ_j exp(β q·k_j), so LSH results still merge with `merge_results`.
+    `index` holds the rows of keys/values by id. Returns (o, lse_est, n, fraction_touched (m,)).
+    """
+    queries, keys, values = _check(queries, keys, values)
+    outs, lses, touched = [], [], []
+    for q in queries:
+        ids, centred_norms = index.retrieve(q)
+        q_dot_keys = np.take(keys, ids, axis=0) @ q  # (c,)
+        logits = beta * q_dot_keys - np.log(index.inclusion_probability(q, q_dot_keys, centred_norms))
+        o, lse = _softmax_average(logits[None].astype(values.dtype), np.take(values, ids, axis=0))
+        outs.append(o[0])
+        lses.append(lse[0])
+        touched.append(len(ids) / max(len(index), 1))
+    return np.stack(outs), np.array(lses), len(index), np.array(touched)
