@@ -17,6 +17,7 @@ OPS = ("set", "copy", "blend", "scale", "reset")
 class RowOp:
     """One operation on one token's rows.
 
+    A token is named by ``token_id`` or by word (``token``); the store resolves words.
     op:     set (vector), copy (from source token), blend (toward vector or source with alpha:
             new = (1 - alpha) * current + alpha * source), scale (new = alpha * current),
             reset (back to the base row).
@@ -25,11 +26,13 @@ class RowOp:
     """
 
     op: str
-    token_id: int
+    token_id: int | None = None
     layers: list = field(default_factory=list)
     vector: np.ndarray | None = None
     source_token_id: int | None = None
     alpha: float = 1.0
+    token: str | None = None  # the token by word, when token_id is None (resolved by the store)
+    source_token: str | None = None
 
 
 @dataclass

@@ -2,6 +2,10 @@
 thing whichever one it talks to."""
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from memsvc.dtypes import to_float32
+
 
 @dataclass
 class EditRequest:
@@ -59,3 +63,16 @@ class TableInfo:
     created_version: int
     base_version: int
     version: int  # the version this description was read at
+
+
+@dataclass
+class LookupResult:
+    rows: np.ndarray  # (n_unique, n_layers, dim) in the table's storage dtype
+    unique_ids: np.ndarray  # (n_unique,) int64, first-occurrence order
+    inverse: np.ndarray  # (n_request,) int64: request position -> row of `rows`
+    version: int
+    dtype: str
+
+    def in_request_order(self) -> np.ndarray:
+        """float32 rows (n_request, n_layers, dim) aligned with the request."""
+        return to_float32(self.rows, self.dtype)[self.inverse]

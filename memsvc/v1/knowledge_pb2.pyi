@@ -69,6 +69,22 @@ class DescribeTableRequest(_message.Message):
     at: VersionRef
     def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
 
+class VocabularyRequest(_message.Message):
+    __slots__ = ("table", "at")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    at: VersionRef
+    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
+
+class VocabularyResponse(_message.Message):
+    __slots__ = ("words", "version")
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    words: _containers.RepeatedScalarFieldContainer[str]
+    version: int
+    def __init__(self, words: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ...) -> None: ...
+
 class RowOp(_message.Message):
     __slots__ = ("op", "token_id", "token", "layers", "vector", "source_token_id", "source_token", "alpha")
     class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):

@@ -44,6 +44,11 @@ class KnowledgeServiceStub:
                 request_serializer=memsvc_dot_v1_dot_knowledge__pb2.DescribeTableRequest.SerializeToString,
                 response_deserializer=memsvc_dot_v1_dot_knowledge__pb2.TableInfo.FromString,
                 _registered_method=True)
+        self.Vocabulary = channel.unary_unary(
+                '/memsvc.v1.KnowledgeService/Vocabulary',
+                request_serializer=memsvc_dot_v1_dot_knowledge__pb2.VocabularyRequest.SerializeToString,
+                response_deserializer=memsvc_dot_v1_dot_knowledge__pb2.VocabularyResponse.FromString,
+                _registered_method=True)
         self.Lookup = channel.unary_unary(
                 '/memsvc.v1.KnowledgeService/Lookup',
                 request_serializer=memsvc_dot_v1_dot_knowledge__pb2.LookupRequest.SerializeToString,
@@ -101,6 +106,12 @@ class KnowledgeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DescribeTable(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Vocabulary(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -172,6 +183,11 @@ def add_KnowledgeServiceServicer_to_server(servicer, server):
                     servicer.DescribeTable,
                     request_deserializer=memsvc_dot_v1_dot_knowledge__pb2.DescribeTableRequest.FromString,
                     response_serializer=memsvc_dot_v1_dot_knowledge__pb2.TableInfo.SerializeToString,
+            ),
+            'Vocabulary': grpc.unary_unary_rpc_method_handler(
+                    servicer.Vocabulary,
+                    request_deserializer=memsvc_dot_v1_dot_knowledge__pb2.VocabularyRequest.FromString,
+                    response_serializer=memsvc_dot_v1_dot_knowledge__pb2.VocabularyResponse.SerializeToString,
             ),
             'Lookup': grpc.unary_unary_rpc_method_handler(
                     servicer.Lookup,
@@ -273,6 +289,33 @@ class KnowledgeService:
             '/memsvc.v1.KnowledgeService/DescribeTable',
             memsvc_dot_v1_dot_knowledge__pb2.DescribeTableRequest.SerializeToString,
             memsvc_dot_v1_dot_knowledge__pb2.TableInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Vocabulary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memsvc.v1.KnowledgeService/Vocabulary',
+            memsvc_dot_v1_dot_knowledge__pb2.VocabularyRequest.SerializeToString,
+            memsvc_dot_v1_dot_knowledge__pb2.VocabularyResponse.FromString,
             options,
             channel_credentials,
             insecure,

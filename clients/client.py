@@ -1,0 +1,184 @@
+"""MemoryClient: what an inference worker or an editor imports to talk to memsvc over gRPC.
+
+Its methods mirror memsvc.store.KnowledgeBase (same names, same results), so code and the CLI
+can hold either one.
+
+    >>> client = MemoryClient("127.0.0.1:50051")
+    >>> rows = client.lookup("stem", ["Spain", "Germany"]).in_request_order()  # (2, L, d) float32
+    >>> pinned = client.pinned()          # reads one version for its whole life
+    >>> client.edit("stem", [RowOp("copy", token="Spain", source_token="Germany")], message="swap")
+"""
+import json
+
+import grpc
+import numpy as np
+
+from editing.rows import RowOp, RowWrites
+from memsvc import convert
+from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError,
+                           NotFound, OutOfRange, ResourceExhausted)
+from memsvc.types import CommitResult, EditRequest, LookupResult
+from memsvc.v1 import knowledge_pb2 as pb
+from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
+
+# Status codes back to the errors the store raises, so callers catch the same classes.
+ERROR_OF = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.ALREADY_EXISTS: Conflict,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+}
+
+MAX_MESSAGE_BYTES = 256 << 20
+
+
+def _ref(version=None, tag=None) -> pb.VersionRef:
+    return pb.VersionRef(version=int(version or 0), tag=tag or "")
+
+
+class MemoryClient:
+    def __init__(self, address: str, timeout: float | None = 60.0, channel: grpc.Channel | None = None):
+        self.address = address
+        self.timeout = timeout
+        self.channel = channel or grpc.insecure_channel(address, options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self.stub = pb_grpc.KnowledgeServiceStub(self.channel)
+
+    def _call(self, method, request):
+        try:
+            return getattr(self.stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                raise FailedPrecondition(f"server: cannot reach memsvc at {self.address} ({e.details()})") from None
+            raise ERROR_OF.get(e.code(), MemsvcError)(e.details()) from None
+
+    def close(self):
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---------------------------------------------------------------- reads
+
+    @property
+    def version(self) -> int:
+        """The head version now."""
+        return self._call("ListTables", pb.ListTablesRequest()).version
+
+    def resolve_version(self, version=None, tag=None) -> int:
+        return self._call("ListTables", pb.ListTablesRequest(at=_ref(version, tag))).version
+
+    def list_tables(self, version=None):
+        reply = self._call("ListTables", pb.ListTablesRequest(at=_ref(version)))
+        return [convert.table_from_pb(t) for t in reply.tables]
+
+    def describe(self, table, version=None):
+        return convert.table_from_pb(self._call("DescribeTable", pb.DescribeTableRequest(table=table, at=_ref(version))))
+
+    def vocabulary(self, table, version=None) -> list:
+        """Words by token id ('' for ids that do not exist at that version)."""
+        return list(self._call("Vocabulary", pb.VocabularyRequest(table=table, at=_ref(version))).words)
+
+    def lookup(self, table, tokens, layers=None, version=None, tag=None, overrides=None) -> LookupResult:
+        """Rows of tokens (ids or words); ``.in_request_order()`` gives float32 (n, L, d)."""
+        ids, words = _split_tokens(tokens)
+        request = pb.LookupRequest(table=table, layers=[int(l) for l in layers or []], token_ids=ids, tokens=words,
+                                   at=_ref(version, tag), overrides=[convert.row_op_to_pb(op) for op in overrides or []])
+        return convert.lookup_from_pb(self._call("Lookup", request))
+
+    def read_rows(self, table, token_ids, version=None) -> np.ndarray:
+        return self.lookup(table, token_ids, version=version).in_request_order()
+
+    def token_ids(self, table, words, version=None, field="tokens") -> np.ndarray:
+        result = self.lookup(table, list(words), version=version)
+        return result.unique_ids[result.inverse]
+
+    def pinned(self, version=None, tag=None) -> "PinnedClient":
+        """A handle that reads one version (default: the head now) for its whole life."""
+        return PinnedClient(self, self.resolve_version(version, tag))
+
+    # ---------------------------------------------------------------- writes
+
+    def edit(self, table, ops, author="", message="", request: EditRequest | None = None, metrics=None) -> CommitResult:
+        reply = self._call("Edit", self._edit_request(table, ops, author, message, request, metrics))
+        return convert.commit_result_from_pb(reply.commit)
+
+    def preview(self, table, ops, version=None):
+        """Dry run: (RowWrites, [RowChange]); nothing is written."""
+        reply = self._call("Edit", self._edit_request(table, ops, dry_run=True))
+        changes = [convert.row_change_from_pb(c) for c in reply.changes]
+        vectors = convert.stored_tensor(reply.new_rows).astype(np.float32)
+        return (RowWrites(token_ids=np.array([c.token_id for c in changes], dtype=np.int64),
+                          layers=np.array([c.layer for c in changes], dtype=np.int64), vectors=vectors[:len(changes)]),
+                changes)
+
+    def _edit_request(self, table, ops, author="", message="", request=None, metrics=None, dry_run=False):
+        return pb.EditRequest(table=table, ops=[convert.row_op_to_pb(op) for op in ops], author=author, message=message,
+                              request=convert.edit_request_to_pb(request), metrics_json=json.dumps(metrics) if metrics else "",
+                              dry_run=dry_run)
+
+    def inject_token(self, table, word, vector=None, like=(), author="", message="") -> CommitResult:
+        request = pb.InjectTokenRequest(table=table, token=word, like=list(like), author=author, message=message)
+        if vector is not None:
+            request.vector.CopyFrom(convert.tensor_to_pb(np.asarray(vector, dtype=np.float32)))
+        return convert.commit_result_from_pb(self._call("InjectToken", request).commit)
+
+    def revert(self, version, author="", message="") -> CommitResult:
+        return convert.commit_result_from_pb(self._call("Revert", pb.RevertRequest(version=int(version), author=author, message=message)))
+
+    def tag(self, name, version=None) -> int:
+        return self._call("Tag", pb.TagRequest(name=name, at=_ref(version))).version
+
+    def delete_tag(self, name) -> int:
+        return self._call("Tag", pb.TagRequest(name=name, delete=True)).version
+
+    def tags(self) -> dict:
+        return dict(sorted(self._call("ListTags", pb.ListTagsRequest()).tags.items(), key=lambda kv: (kv[1], kv[0])))
+
+    # ---------------------------------------------------------------- history
+
+    def log(self, table=None, limit=None):
+        reply = self._call("Log", pb.LogRequest(table=table or "", limit=limit or 0))
+        return [convert.commit_info_from_pb(c) for c in reply.commits]
+
+    def show(self, version):
+        reply = self._call("Show", pb.ShowRequest(at=_ref(version)))
+        return convert.commit_info_from_pb(reply.commit), [convert.row_change_from_pb(c) for c in reply.changes]
+
+    def diff(self, from_version, to_version, table=None):
+        reply = self._call("Diff", pb.DiffRequest(**{"from": _ref(from_version), "to": _ref(to_version)}, table=table or ""))
+        return [convert.row_change_from_pb(c) for c in reply.changes]
+
+
+class PinnedClient:
+    """Reads of one version only: a generation pins one so an edit landing mid-sentence cannot tear it."""
+
+    def __init__(self, client: MemoryClient, version: int):
+        self.client = client
+        self.version = version
+
+    def vocabulary(self, table, version=None) -> list:
+        """Words by token id ('' for ids that do not exist at that version)."""
+        return list(self._call("Vocabulary", pb.VocabularyRequest(table=table, at=_ref(version))).words)
+
+    def lookup(self, table, tokens, layers=None, overrides=None) -> LookupResult:
+        return self.client.lookup(table, tokens, layers, version=self.version, overrides=overrides)
+
+    def describe(self, table):
+        return self.client.describe(table, self.version)
+
+
+def _split_tokens(tokens):
+    """A list of token ids or of words (not mixed) -> (ids, words)."""
+    tokens = list(np.asarray(tokens).tolist()) if isinstance(tokens, np.ndarray) else list(tokens)
+    if all(isinstance(t, str) for t in tokens):
+        return [], tokens
+    if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in tokens):
+        return [int(t) for t in tokens], []
+    raise InvalidArgument("tokens: give token ids or words, not both")

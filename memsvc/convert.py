@@ -1,0 +1,142 @@
+"""Between protobuf messages and memsvc's Python values, both directions, in one place.
+
+The servicer decodes requests and encodes replies with these; the client does the reverse.
+"""
+import json
+
+import numpy as np
+
+from editing.rows import RowOp
+from memsvc.dtypes import STORAGE, from_bytes, storage_dtype
+from memsvc.errors import InvalidArgument
+from memsvc.types import (CommitInfo, CommitResult, EditRequest, LookupResult, RowChange,
+                          TableInfo)
+from memsvc.v1 import knowledge_pb2 as pb
+
+OP_NAMES = {pb.RowOp.SET: "set", pb.RowOp.COPY: "copy", pb.RowOp.BLEND: "blend",
+            pb.RowOp.SCALE: "scale", pb.RowOp.RESET: "reset"}
+OP_CODES = {name: code for code, name in OP_NAMES.items()}
+
+
+# ---------------------------------------------------------------- tensors
+
+def tensor_to_pb(array: np.ndarray, dtype: str = "float32") -> pb.Tensor:
+    """An array already in ``dtype``'s storage form -> Tensor (raw little-endian bytes)."""
+    return pb.Tensor(dtype=dtype, shape=list(array.shape), data=np.ascontiguousarray(array).tobytes())
+
+
+def tensor_from_pb(t: pb.Tensor, field: str) -> np.ndarray:
+    """Tensor -> float32 array, validated (dtype, byte count, NaN/Inf); errors name ``field``."""
+    if t.dtype not in STORAGE:
+        raise InvalidArgument(f"{field}.dtype: {t.dtype!r} is not one of {', '.join(STORAGE)}")
+    if any(s < 0 for s in t.shape):
+        raise InvalidArgument(f"{field}.shape: negative size in {list(t.shape)}")
+    try:
+        values = from_bytes(t.data, t.dtype, t.shape)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{field}: {e}".replace("vector: ", ""))
+    if not np.isfinite(values).all():
+        raise InvalidArgument(f"{field}: contains NaN or Inf")
+    return values
+
+
+def stored_tensor(t: pb.Tensor) -> np.ndarray:
+    """Tensor -> its storage array without conversion (zero-copy view of the bytes)."""
+    return np.frombuffer(t.data, dtype=storage_dtype(t.dtype)).reshape(tuple(t.shape))
+
+
+# ---------------------------------------------------------------- row operations
+
+def row_op_to_pb(op: RowOp) -> pb.RowOp:
+    msg = pb.RowOp(op=OP_CODES.get(op.op, pb.RowOp.OP_UNSPECIFIED), layers=[int(l) for l in op.layers or []],
+                   alpha=op.alpha, token=op.token or "", source_token=op.source_token or "")
+    if op.token_id is not None:
+        msg.token_id = int(op.token_id)
+    if op.source_token_id is not None:
+        msg.source_token_id = int(op.source_token_id)
+    if op.vector is not None:
+        msg.vector.CopyFrom(tensor_to_pb(np.asarray(op.vector, dtype=np.float32)))
+    return msg
+
+
+def row_op_from_pb(msg: pb.RowOp, field: str) -> RowOp:
+    if msg.op not in OP_NAMES:
+        raise InvalidArgument(f"{field}.op: unknown operation {msg.op} (expected one of {', '.join(OP_CODES)})")
+    return RowOp(op=OP_NAMES[msg.op],
+                 token_id=msg.token_id if msg.HasField("token_id") else None, token=msg.token or None,
+                 layers=list(msg.layers),
+                 vector=tensor_from_pb(msg.vector, f"{field}.vector") if msg.HasField("vector") else None,
+                 source_token_id=msg.source_token_id if msg.HasField("source_token_id") else None,
+                 source_token=msg.source_token or None,
+                 alpha=msg.alpha)
+
+
+# ---------------------------------------------------------------- results
+
+def lookup_to_pb(result: LookupResult) -> pb.LookupResponse:
+    return pb.LookupResponse(rows=tensor_to_pb(result.rows, result.dtype), unique_token_ids=result.unique_ids.tolist(),
+                             inverse=result.inverse.tolist(), version=result.version)
+
+
+def lookup_from_pb(msg: pb.LookupResponse) -> LookupResult:
+    return LookupResult(rows=stored_tensor(msg.rows), unique_ids=np.array(msg.unique_token_ids, dtype=np.int64),
+                        inverse=np.array(msg.inverse, dtype=np.int64), version=msg.version, dtype=msg.rows.dtype)
+
+
+def table_to_pb(t: TableInfo) -> pb.TableInfo:
+    return pb.TableInfo(**t.__dict__)
+
+
+def table_from_pb(msg: pb.TableInfo) -> TableInfo:
+    return TableInfo(name=msg.name, kind=msg.kind, dtype=msg.dtype, vocab_size=msg.vocab_size,
+                     num_layers=msg.num_layers, dim=msg.dim, created_version=msg.created_version,
+                     base_version=msg.base_version, version=msg.version)
+
+
+def commit_result_to_pb(r: CommitResult) -> pb.CommitResult:
+    return pb.CommitResult(version=r.version, rows_changed=r.rows_changed)
+
+
+def commit_result_from_pb(msg: pb.CommitResult) -> CommitResult:
+    return CommitResult(version=msg.version, rows_changed=msg.rows_changed)
+
+
+def edit_request_to_pb(r: EditRequest | None) -> pb.EditInfo:
+    return pb.EditInfo(**(r or EditRequest()).__dict__)
+
+
+def edit_request_from_pb(msg: pb.EditInfo) -> EditRequest:
+    return EditRequest(prompt=msg.prompt, subject=msg.subject, target_new=msg.target_new, ground_truth=msg.ground_truth)
+
+
+def commit_info_to_pb(c: CommitInfo) -> pb.CommitInfo:
+    return pb.CommitInfo(version=c.version, time=c.time, author=c.author, message=c.message, kind=c.kind,
+                         tables=c.tables, rows_changed=c.rows_changed, request=edit_request_to_pb(c.request),
+                         metrics_json=json.dumps(c.metrics), tags=c.tags)
+
+
+def commit_info_from_pb(msg: pb.CommitInfo) -> CommitInfo:
+    return CommitInfo(version=msg.version, time=msg.time, author=msg.author, message=msg.message, kind=msg.kind,
+                      tables=list(msg.tables), rows_changed=msg.rows_changed,
+                      request=edit_request_from_pb(msg.request), metrics=json.loads(msg.metrics_json or "{}"),
+                      tags=list(msg.tags))
+
+
+def row_change_to_pb(c: RowChange) -> pb.RowChange:
+    return pb.RowChange(**c.__dict__)
+
+
+def row_change_from_pb(msg: pb.RowChange) -> RowChange:
+    return RowChange(table=msg.table, token_id=msg.token_id, token=msg.token, layer=msg.layer, l2=msg.l2, cosine=msg.cosine)
+
+
+def metrics_from_json(text: str, field: str = "metrics_json") -> dict:
+    if not text:
+        return {}
+    try:
+        metrics = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"{field}: not JSON ({e})")
+    if not isinstance(metrics, dict):
+        raise InvalidArgument(f"{field}: expected a JSON object")
+    return metrics

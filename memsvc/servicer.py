@@ -1,0 +1,142 @@
+"""The gRPC servicer: adapters only. Each method decodes a request, calls one store function
+and encodes the reply; errors become status codes in one place (ErrorInterceptor)."""
+import logging
+
+import grpc
+import numpy as np
+
+from memsvc import convert
+from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError,
+                           NotFound, OutOfRange, ResourceExhausted)
+from memsvc.v1 import knowledge_pb2 as pb
+from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
+
+LOG = logging.getLogger("memsvc.servicer")
+
+# The single mapping from memsvc errors to gRPC status codes (most specific class first).
+STATUS_OF = [
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (MemsvcError, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def status_of(error: Exception) -> grpc.StatusCode:
+    return next((code for cls, code in STATUS_OF if isinstance(error, cls)), grpc.StatusCode.INTERNAL)
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Turns exceptions raised by servicer methods into status codes with their message."""
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behaviour = handler.unary_unary
+
+        def guarded(request, context):
+            try:
+                return behaviour(request, context)
+            except Exception as e:  # noqa: BLE001 - every error gets a status, the server keeps serving
+                code = status_of(e)
+                if code == grpc.StatusCode.INTERNAL:
+                    LOG.exception("internal error in %s", details.method)
+                context.abort(code, str(e))
+
+        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+
+def _version(ref: pb.VersionRef):
+    return dict(version=ref.version or None, tag=ref.tag or None)
+
+
+class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
+    def __init__(self, kb, config):
+        self.kb = kb
+        self.config = config
+
+    def ListTables(self, request, context):
+        v = self.kb.resolve_version(**_version(request.at))
+        return pb.ListTablesResponse(tables=[convert.table_to_pb(t) for t in self.kb.list_tables(v)], version=v)
+
+    def DescribeTable(self, request, context):
+        return convert.table_to_pb(self.kb.describe(request.table, self.kb.resolve_version(**_version(request.at))))
+
+    def Vocabulary(self, request, context):
+        v = self.kb.resolve_version(**_version(request.at))
+        return pb.VocabularyResponse(words=self.kb.vocabulary(request.table, v), version=v)
+
+    def Lookup(self, request, context):
+        v = self.kb.resolve_version(**_version(request.at))
+        ids = list(request.token_ids)
+        if request.tokens:
+            ids += self.kb.token_ids(request.table, request.tokens, v).tolist()
+        self._check_size(request.table, v, len(ids), len(request.layers))
+        overrides = [convert.row_op_from_pb(op, f"overrides[{i}]") for i, op in enumerate(request.overrides)]
+        return convert.lookup_to_pb(self.kb.lookup(request.table, np.array(ids, dtype=np.int64), list(request.layers),
+                                                   version=v, overrides=overrides))
+
+    def _check_size(self, table, version, n_tokens, n_layers):
+        info = self.kb.describe(table, version)
+        row_bytes = (n_layers or info.num_layers) * info.dim * (4 if info.dtype == "float32" else 2)
+        if n_tokens > self.config.max_lookup_tokens or n_tokens * row_bytes > self.config.max_message_bytes - (1 << 20):
+            raise ResourceExhausted(f"token_ids: {n_tokens} tokens x {row_bytes} bytes exceed the lookup limit "
+                                    f"({self.config.max_lookup_tokens} tokens, {self.config.max_message_bytes} bytes); split the request")
+
+    def Edit(self, request, context):
+        ops = [convert.row_op_from_pb(op, f"ops[{i}]") for i, op in enumerate(request.ops)]
+        if request.dry_run:
+            writes, changes = self.kb.preview(request.table, ops)
+            return pb.EditResponse(changes=[convert.row_change_to_pb(c) for c in changes],
+                                   new_rows=convert.tensor_to_pb(writes.vectors))
+        result = self.kb.edit(request.table, ops, author=request.author, message=request.message,
+                              request=convert.edit_request_from_pb(request.request),
+                              metrics=convert.metrics_from_json(request.metrics_json))
+        return pb.EditResponse(commit=convert.commit_result_to_pb(result),
+                               changes=[convert.row_change_to_pb(c) for c in self.kb.show(result.version)[1]])
+
+    def InjectToken(self, request, context):
+        vector = convert.tensor_from_pb(request.vector, "vector") if request.HasField("vector") else None
+        result = self.kb.inject_token(request.table, request.token, vector=vector, like=list(request.like),
+                                      author=request.author, message=request.message)
+        return pb.InjectTokenResponse(commit=convert.commit_result_to_pb(result),
+                                      token_id=int(self.kb.token_ids(request.table, [request.token])[0]))
+
+    def Log(self, request, context):
+        commits = self.kb.log(table=request.table or None, limit=request.limit or None)
+        return pb.LogResponse(commits=[convert.commit_info_to_pb(c) for c in commits])
+
+    def Show(self, request, context):
+        if not (request.at.version or request.at.tag):
+            _missing("at.version")
+        info, changes = self.kb.show(self.kb.resolve_version(**_version(request.at)))
+        return pb.ShowResponse(commit=convert.commit_info_to_pb(info), changes=[convert.row_change_to_pb(c) for c in changes])
+
+    def Diff(self, request, context):
+        a = self.kb.resolve_version(**_version(getattr(request, "from")))
+        b = self.kb.resolve_version(**_version(request.to))
+        changes = self.kb.diff(a, b, table=request.table or None)
+        return pb.DiffResponse(changes=[convert.row_change_to_pb(c) for c in changes], from_version=a, to_version=b)
+
+    def Revert(self, request, context):
+        if not request.version:
+            _missing("version")
+        return convert.commit_result_to_pb(self.kb.revert(request.version, author=request.author, message=request.message))
+
+    def Tag(self, request, context):
+        if request.delete:
+            return pb.TagResponse(name=request.name, version=self.kb.delete_tag(request.name))
+        return pb.TagResponse(name=request.name, version=self.kb.tag(request.name, self.kb.resolve_version(**_version(request.at))))
+
+    def ListTags(self, request, context):
+        return pb.ListTagsResponse(tags=self.kb.tags())
+
+
+def _missing(field):
+    raise InvalidArgument(f"{field}: required")
