@@ -15,9 +15,10 @@ import numpy as np
 
 from editing.rows import RowOp, RowWrites
 from memsvc import convert
+from memsvc.auth import bearer_metadata
 from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError,
                            NotFound, OutOfRange, ResourceExhausted)
-from memsvc.types import CommitResult, EditRequest, LookupResult
+from memsvc.types import CommitResult, EditRequest, LookupResult, split_tokens
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 
@@ -34,22 +35,33 @@ ERROR_OF = {
 MAX_MESSAGE_BYTES = 256 << 20
 
 
+def open_channel(address: str, tls_ca: str | None = None) -> grpc.Channel:
+    """A channel to memsvc: TLS verified against the CA certificate file ``tls_ca``, else plaintext."""
+    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    if tls_ca is None:
+        return grpc.insecure_channel(address, options=options)
+    with open(tls_ca, "rb") as f:
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=f.read()), options=options)
+
+
 def _ref(version=None, tag=None) -> pb.VersionRef:
     return pb.VersionRef(version=int(version or 0), tag=tag or "")
 
 
 class MemoryClient:
-    def __init__(self, address: str, timeout: float | None = 60.0, channel: grpc.Channel | None = None):
+    def __init__(self, address: str, timeout: float | None = 60.0, channel: grpc.Channel | None = None,
+                 api_key: str | None = None, tls_ca: str | None = None):
+        """``api_key`` is sent as ``authorization: Bearer <key>``; ``tls_ca`` (a PEM file) turns on TLS."""
         self.address = address
         self.timeout = timeout
-        self.channel = channel or grpc.insecure_channel(address, options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self.metadata = bearer_metadata(api_key)
+        self.channel = channel or open_channel(address, tls_ca)
         self.stub = pb_grpc.KnowledgeServiceStub(self.channel)
 
     def _call(self, method, request):
         try:
-            return getattr(self.stub, method)(request, timeout=self.timeout)
+            return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
                 raise FailedPrecondition(f"server: cannot reach memsvc at {self.address} ({e.details()})") from None
@@ -87,7 +99,7 @@ class MemoryClient:
 
     def lookup(self, table, tokens, layers=None, version=None, tag=None, overrides=None) -> LookupResult:
         """Rows of tokens (ids or words); ``.in_request_order()`` gives float32 (n, L, d)."""
-        ids, words = _split_tokens(tokens)
+        ids, words = split_tokens(tokens)
         request = pb.LookupRequest(table=table, layers=[int(l) for l in layers or []], token_ids=ids, tokens=words,
                                    at=_ref(version, tag), overrides=[convert.row_op_to_pb(op) for op in overrides or []])
         return convert.lookup_from_pb(self._call("Lookup", request))
@@ -173,12 +185,3 @@ class PinnedClient:
     def describe(self, table):
         return self.client.describe(table, self.version)
 
-
-def _split_tokens(tokens):
-    """A list of token ids or of words (not mixed) -> (ids, words)."""
-    tokens = list(np.asarray(tokens).tolist()) if isinstance(tokens, np.ndarray) else list(tokens)
-    if all(isinstance(t, str) for t in tokens):
-        return [], tokens
-    if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in tokens):
-        return [int(t) for t in tokens], []
-    raise InvalidArgument("tokens: give token ids or words, not both")

@@ -31,10 +31,7 @@ def tensor_from_pb(t: pb.Tensor, field: str) -> np.ndarray:
         raise InvalidArgument(f"{field}.dtype: {t.dtype!r} is not one of {', '.join(STORAGE)}")
     if any(s < 0 for s in t.shape):
         raise InvalidArgument(f"{field}.shape: negative size in {list(t.shape)}")
-    try:
-        values = from_bytes(t.data, t.dtype, t.shape)
-    except InvalidArgument as e:
-        raise InvalidArgument(f"{field}: {e}".replace("vector: ", ""))
+    values = from_bytes(t.data, t.dtype, t.shape, field)
     if not np.isfinite(values).all():
         raise InvalidArgument(f"{field}: contains NaN or Inf")
     return values

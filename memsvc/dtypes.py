@@ -34,10 +34,10 @@ def to_float32(stored: np.ndarray, dtype: str) -> np.ndarray:
     return (np.asarray(stored, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
-def from_bytes(data: bytes, dtype: str, shape) -> np.ndarray:
+def from_bytes(data: bytes, dtype: str, shape, field="vector") -> np.ndarray:
     """Raw little-endian bytes from the wire -> a float32 array of ``shape``."""
     dt = storage_dtype(dtype)
     shape = tuple(int(s) for s in shape)
     if len(data) != dt.itemsize * int(np.prod(shape, dtype=np.int64)):
-        raise InvalidArgument(f"vector: {len(data)} bytes do not hold {dtype} of shape {shape}")
+        raise InvalidArgument(f"{field}: {len(data)} bytes do not hold {dtype} of shape {shape}")
     return to_float32(np.frombuffer(data, dtype=dt).reshape(shape), dtype)

@@ -2,14 +2,18 @@
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from memsvc.auth import AuthInterceptor, check_exposure, load_keys
+from memsvc.errors import InvalidArgument
+from memsvc.metrics import Metrics, MetricsInterceptor, ServingState, start_http
 from memsvc.servicer import ErrorInterceptor, KnowledgeServicer
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.v1 import knowledge_pb2 as pb
@@ -31,26 +35,44 @@ class ServerConfig:
     max_lookup_tokens: int = 65536
     grace_seconds: float = 5.0  # how long in-flight calls may finish on shutdown
     seed_demo: bool = True  # create the default demo knowledge base when data_dir holds none
+    api_keys_file: Path | None = None  # '<read|write> <key>' lines; MEMSVC_{READ,WRITE}_KEYS add more
+    insecure: bool = False  # allow a non-loopback host without API keys
+    tls_cert: Path | None = None  # PEM certificate chain and private key: serve TLS only
+    tls_key: Path | None = None
+    metrics_port: int | None = None  # HTTP /metrics /healthz /readyz on this port (0: a free one)
+    drain_seconds: float = 0.0  # on SIGTERM, answer NOT_SERVING this long before stopping (balancers)
 
 
-def create_server(kb: KnowledgeBase, config: ServerConfig):
-    """A started gRPC server over ``kb``; returns (server, port, health_servicer)."""
+def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | None = None,
+                  state: ServingState | None = None):
+    """A started, SERVING gRPC server over ``kb``; returns (server, port, serving_state).
+    Interceptors run outermost first: metrics (sees every status), auth, error mapping."""
+    keys = load_keys(config.api_keys_file)
+    check_exposure(config.host, keys, config.insecure)
+    interceptors = ([MetricsInterceptor(metrics)] if metrics else []) + ([AuthInterceptor(keys)] if keys else [])
     options = [("grpc.max_send_message_length", config.max_message_bytes),
                ("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
-                         interceptors=[ErrorInterceptor()], options=options)
+                         interceptors=interceptors + [ErrorInterceptor()], options=options)
     pb_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(kb, config), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    state = state or ServingState(health.HealthServicer(), ("", SERVICE))
+    health_pb2_grpc.add_HealthServicer_to_server(state.health, server)
     reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    port = server.add_secure_port(address, tls_credentials(config)) if config.tls_cert or config.tls_key \
+        else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     server.start()
-    for name in ("", SERVICE):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, health_servicer
+    state.set(True)
+    return server, port, state
+
+
+def tls_credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    if not (config.tls_cert and config.tls_key):
+        raise InvalidArgument("tls: give both --tls-cert and --tls-key")
+    return grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
 
 
 def open_kb(config: ServerConfig) -> KnowledgeBase:
@@ -65,8 +87,13 @@ def open_kb(config: ServerConfig) -> KnowledgeBase:
 
 def serve(config: ServerConfig, ready=None):
     """Serve until SIGTERM/SIGINT: then NOT_SERVING, let in-flight calls finish, close the store."""
+    metrics, state = Metrics(), ServingState(health.HealthServicer(), ("", SERVICE))
+    if config.metrics_port is not None:  # up before the store opens: /readyz says 503 while it loads
+        _, http_port = start_http(config.host, config.metrics_port, metrics, state)
+        print(f"memsvc: metrics and probes on http://{config.host}:{http_port}/metrics", flush=True)
     kb = open_kb(config)
-    server, port, health_servicer = create_server(kb, config)
+    metrics.track_store(lambda: kb.version)
+    server, port, _ = create_server(kb, config, metrics, state)
     LOG.info("memsvc serving %s on %s:%d (head version %d)", config.data_dir, config.host, port, kb.version)
     print(f"memsvc: serving {config.data_dir} on {config.host}:{port} (version {kb.version})", flush=True)
     stop = threading.Event()
@@ -75,7 +102,8 @@ def serve(config: ServerConfig, ready=None):
     if ready is not None:
         ready(port)
     stop.wait()
-    health_servicer.enter_graceful_shutdown()
+    state.set(False)
+    time.sleep(config.drain_seconds)
     server.stop(config.grace_seconds).wait()
     kb.close()
     print("memsvc: stopped", flush=True)

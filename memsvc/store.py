@@ -40,7 +40,7 @@ from memsvc.dtypes import storage_dtype, to_float32, to_storage
 from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, NotFound,
                            OutOfRange)
 from memsvc.types import (CommitInfo, CommitResult, EditRequest, LookupResult, RowChange,
-                          TableInfo)
+                          TableInfo, split_tokens)
 
 NEVER = 2**62  # removed_in of a token that was never removed
 FORMAT = "1"
@@ -320,11 +320,12 @@ class KnowledgeBase:
         return np.array([t.id_of(w, v, field) for w in words], dtype=np.int64)
 
     def lookup(self, name, token_ids, layers=None, version=None, tag=None, overrides=None) -> LookupResult:
-        """Rows of tokens at a version, de-duplicated; ``overrides`` (RowOps) apply to this read
+        """Rows of tokens (ids or words) at a version, de-duplicated; ``overrides`` (RowOps) apply to this read
         only, planned exactly as a persistent edit of the same ops would be."""
         v = self.resolve_version(version, tag)
         t = self.table(name, v)
-        ids = t.check_ids(token_ids, v)
+        ids, words = split_tokens(token_ids)
+        ids = t.check_ids(ids + [t.id_of(w, v, "tokens") for w in words], v)
         if len(ids) == 0:
             raise InvalidArgument("token_ids: the request names no tokens")
         layer_idx = t.check_layers(layers)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from memsvc.dtypes import to_float32
+from memsvc.errors import InvalidArgument
 
 
 @dataclass
@@ -76,3 +77,13 @@ class LookupResult:
     def in_request_order(self) -> np.ndarray:
         """float32 rows (n_request, n_layers, dim) aligned with the request."""
         return to_float32(self.rows, self.dtype)[self.inverse]
+
+
+def split_tokens(tokens):
+    """A list of token ids or of words (not mixed) -> (ids, words)."""
+    tokens = list(np.asarray(tokens).tolist()) if isinstance(tokens, np.ndarray) else list(tokens)
+    if all(isinstance(t, str) for t in tokens):
+        return [], tokens
+    if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in tokens):
+        return [int(t) for t in tokens], []
+    raise InvalidArgument("tokens: give token ids or words, not both")
