@@ -450,20 +450,22 @@ class KnowledgeBase:
         with self._write_lock:
             if name in self.tables:
                 raise Conflict(f"table: table {name!r} already exists")
-            version = self._head + 1
-            rel = self._write_base(name, version, stored, progress)
-            with self._transaction() as conn:
-                self._insert_commit(conn, "import", [name], author, message or f"import {name}", int(rows.shape[0] * rows.shape[1]))
+            rel = self._write_base(name, self._head + 1, stored, progress)
+            n_rows = int(rows.shape[0] * rows.shape[1])
+
+            def write(conn, version):
                 conn.execute("insert into tables values (?,?,?,?,?,?)", [name, "bank", dtype, rows.shape[2], rows.shape[1], version])
                 conn.execute("insert into bases values (?,?,?,?)", [name, version, rel, rows.shape[0]])
-                conn.executemany("insert into tokens values (?,?,?,?,?)",
-                                 [(name, i, w, version, NEVER) for i, w in enumerate(vocab)])
-            t = TableState(name, "bank", dtype, rows.shape[2], rows.shape[1], version)
-            t.bases.append((version, self._map_base(rel, t)))
-            t.add_tokens(list(vocab), version)
-            self.tables[name] = t
-            self._head = version
-            return CommitResult(version=version, rows_changed=int(rows.shape[0] * rows.shape[1]))
+                conn.executemany("insert into tokens values (?,?,?,?,?)", [(name, i, w, version, NEVER) for i, w in enumerate(vocab)])
+
+            def publish(version):
+                t = TableState(name, "bank", dtype, rows.shape[2], rows.shape[1], version)
+                t.bases.append((version, self._map_base(rel, t)))
+                t.add_tokens(list(vocab), version)
+                self.tables[name] = t
+
+            version = self.commit("import", [name], write, publish, author, message or f"import {name}", n_rows)
+            return CommitResult(version=version, rows_changed=n_rows)
 
     def edit(self, name, ops, author="", message="", request=None, metrics=None) -> CommitResult:
         """Apply a batch of RowOps as one atomic commit."""
@@ -471,11 +473,27 @@ class KnowledgeBase:
             writes = self.plan(name, ops)
             return self._commit_rows(name, writes, "edit", author, message, request, metrics)
 
+    def commit(self, kind, tables, write, publish, author="", message="", rows_changed=0, request=None, metrics=None) -> int:
+        """One atomic commit of any table kind; returns its version.
+
+        ``write(conn, version)`` runs inside the SQLite transaction (a crash or an exception
+        leaves the previous head intact); ``publish(version)`` then mirrors the commit in memory.
+        Readers resolve the head before reading and the head moves last, so no reader sees half
+        a commit."""
+        with self._write_lock:
+            with self._transaction() as conn:
+                version = self._insert_commit(conn, kind, tables, author, message, rows_changed, request, metrics)
+                write(conn, version)
+                _crash_point("commit:after-rows")
+            publish(version)
+            self._head = version
+            return version
+
     def _commit_rows(self, name, writes, kind, author, message, request=None, metrics=None, new_tokens=(), removed_tokens=()):
         t = self.tables[name]
         stored = to_storage(writes.vectors, t.dtype)
-        with self._transaction() as conn:
-            commit = self._insert_commit(conn, kind, [name], author, message, len(writes), request, metrics)
+
+        def write(conn, commit):
             conn.executemany("insert into tokens values (?,?,?,?,?)",
                              [(name, len(t.words) + i, w, commit, NEVER) for i, w in enumerate(new_tokens)])
             conn.executemany("update tokens set removed_in=? where tbl=? and token_id=?",
@@ -483,16 +501,16 @@ class KnowledgeBase:
             conn.executemany("insert into deltas values (?,?,?,?,?)",
                              [(name, tok, layer, commit, vec.tobytes()) for tok, layer, vec in
                               zip(writes.token_ids.tolist(), writes.layers.tolist(), stored)])
-            _crash_point("commit:after-rows")
-        # Readers resolve the head before reading, so everything below is invisible to them
-        # until the head moves: no reader sees half a commit.
-        if new_tokens:
-            t.add_tokens(list(new_tokens), commit)
-        for tok in removed_tokens:
-            t.removed_in[tok] = commit
-        t.record(commit, writes.token_ids, writes.layers, stored)
-        self._head = commit
-        return CommitResult(version=commit, rows_changed=len(writes))
+
+        def publish(commit):
+            if new_tokens:
+                t.add_tokens(list(new_tokens), commit)
+            for tok in removed_tokens:
+                t.removed_in[tok] = commit
+            t.record(commit, writes.token_ids, writes.layers, stored)
+
+        version = self.commit(kind, [name], write, publish, author, message, len(writes), request, metrics)
+        return CommitResult(version=version, rows_changed=len(writes))
 
     def inject_token(self, name, word, vector=None, like=(), author="", message="") -> CommitResult:
         """Grow the vocabulary by one token whose rows (every layer) are a vector, another
@@ -652,14 +670,17 @@ class KnowledgeBase:
             for name, t in self.tables.items():
                 ids = np.arange(len(t.words), dtype=np.int64)
                 files[name] = self._write_base(name, version, t.gather(ids, self._head), progress)
-            with self._transaction() as conn:
-                self._insert_commit(conn, "compact", list(files), author, message or "compact", 0)
+
+            def write(conn, version):
                 conn.executemany("insert into bases values (?,?,?,?)",
                                  [(name, version, rel, len(self.tables[name].words)) for name, rel in files.items()])
-            for name, rel in files.items():
-                t = self.tables[name]
-                t.bases.append((version, self._map_base(rel, t)))
-            self._head = version
+
+            def publish(version):
+                for name, rel in files.items():
+                    t = self.tables[name]
+                    t.bases.append((version, self._map_base(rel, t)))
+
+            self.commit("compact", list(files), write, publish, author, message or "compact")
             return CommitResult(version=version, rows_changed=0)
 
     def gc(self, retention_seconds=None, now=None) -> dict:
