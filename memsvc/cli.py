@@ -23,7 +23,11 @@ class MemsvcGroup(click.Group):
 
 @click.group(cls=MemsvcGroup)
 @click.version_option(package_name="memsvc")
-def cli():
+@click.option("--api-key", envvar="MEMSVC_API_KEY", default=None, help="API key sent to --server (Bearer).")
+@click.option("--tls-ca", envvar="MEMSVC_TLS_CA", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="CA certificate (PEM): talk TLS to --server and verify it.")
+@click.pass_context
+def cli(ctx, api_key, tls_ca):
     """memsvc: versioned knowledge tables for memory-augmented language models.
 
     \b
@@ -31,7 +35,9 @@ def cli():
         memsvc serve --data ./memsvc-data
         memsvc edit --token Spain --like Germany -m "Spain now uses Germany's rows"
         memsvc log
+        MEMSVC_API_KEY=... memsvc --tls-ca ca.pem log --server kb.example:50051
     """
+    ctx.obj = {"api_key": api_key, "tls_ca": tls_ca}
 
 
 def store_options(f):
@@ -52,7 +58,8 @@ def open_store(data, server, create=False):
     if server:
         from clients.client import MemoryClient
 
-        with MemoryClient(server) as client:
+        ctx = click.get_current_context(silent=True)
+        with MemoryClient(server, **((ctx.find_root().obj if ctx else None) or {})) as client:
             yield client
     else:
         from memsvc.store import KnowledgeBase, StoreConfig
@@ -79,14 +86,24 @@ def print_changes(changes, limit=50):
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=50051, show_default=True, type=int)
 @click.option("--no-seed", is_flag=True, help="Do not create the demo knowledge base when --data holds none.")
-def serve(data, host, port, no_seed):
+@click.option("--api-keys-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="'<read|write> <key>' per line (MEMSVC_READ_KEYS / MEMSVC_WRITE_KEYS add more).")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without API keys.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM certificate chain: serve TLS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM private key of --tls-cert.")
+@click.option("--metrics-port", type=int, default=None, help="HTTP /metrics, /healthz, /readyz on this port (0: any free).")
+@click.option("--drain-seconds", type=float, default=0.0, show_default=True,
+              help="On SIGTERM, report NOT_SERVING this long before refusing calls.")
+def serve(data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls_key, metrics_port, drain_seconds):
     """Serve a knowledge base over gRPC (health checking and reflection included).
 
-    On first run an empty --data is seeded with the demo model's knowledge base.
+    On first run an empty --data is seeded with the demo model's knowledge base. Beyond
+    loopback, give API keys (or --insecure); SIGTERM drains and stops cleanly.
 
     \b
     Example:
         memsvc serve --data ./memsvc-data --port 50051
+        memsvc serve --host 0.0.0.0 --api-keys-file keys.txt --tls-cert c.pem --tls-key k.pem --metrics-port 9100
     """
     import logging
 
@@ -94,7 +111,9 @@ def serve(data, host, port, no_seed):
     from memsvc.server import serve as run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run(ServerConfig(data_dir=Path(data), host=host, port=port, seed_demo=not no_seed))
+    run(ServerConfig(data_dir=Path(data), host=host, port=port, seed_demo=not no_seed, api_keys_file=api_keys_file,
+                     insecure=insecure, tls_cert=tls_cert, tls_key=tls_key, metrics_port=metrics_port,
+                     drain_seconds=drain_seconds))
 
 
 @cli.command(name="import")

@@ -87,6 +87,7 @@ def open_kb(config: ServerConfig) -> KnowledgeBase:
 
 def serve(config: ServerConfig, ready=None):
     """Serve until SIGTERM/SIGINT: then NOT_SERVING, let in-flight calls finish, close the store."""
+    check_exposure(config.host, load_keys(config.api_keys_file), config.insecure)  # fail before loading
     metrics, state = Metrics(), ServingState(health.HealthServicer(), ("", SERVICE))
     if config.metrics_port is not None:  # up before the store opens: /readyz says 503 while it loads
         _, http_port = start_http(config.host, config.metrics_port, metrics, state)
