@@ -1,0 +1,308 @@
+"""Backups, restores and consistency checks of a knowledge base's data directory.
+
+A consistent backup while a server writes, without stopping it. Two facts make it possible:
+
+1. The catalog (catalog.db, SQLite in WAL mode) is the only file that changes. SQLite's online
+   backup API, run from another connection, copies it as of one read transaction: a snapshot
+   that holds whole commits only (a commit is one SQLite transaction).
+2. Every other file (bases/<table>/v<N>.npy) is immutable: it is written (tmp, fsync, rename)
+   *before* the catalog transaction that names it commits, and gc deletes it only *after* the
+   catalog transaction that stops naming it commits.
+
+So: snapshot the catalog first, then open every file the snapshot names. A file can be missing
+only if gc dropped it after the snapshot; then the whole backup starts again from a newer
+snapshot. Once a file is open, a later unlink cannot take its bytes away. The backup file is a
+tar (MANIFEST.json with a sha256 per file, catalog.db, the files), written to a temporary name
+and renamed, so a crash never leaves a half backup under the final name.
+"""
+import hashlib
+import io
+import json
+import os
+import shutil
+import sqlite3
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from memsvc.dtypes import storage_dtype, to_float32
+from memsvc.errors import FailedPrecondition, InvalidArgument
+
+FORMAT = "memsvc-backup/1"
+CATALOG = "catalog.db"
+SKIP = {CATALOG, f"{CATALOG}-wal", f"{CATALOG}-shm", ".lock"}  # the catalog travels as a snapshot
+SAMPLE_TOKENS = 256  # tokens read per (version, table) by fsck besides every edited one
+CHUNK_BYTES = 1 << 24
+
+
+@dataclass
+class BackupInfo:
+    path: Path
+    head_version: int
+    files: int
+    bytes: int
+
+
+@dataclass
+class FsckReport:
+    problems: list = field(default_factory=list)  # anything here means the KB is damaged
+    notes: list = field(default_factory=list)  # harmless leftovers (an interrupted compaction's file)
+    versions_checked: int = 0
+    bases_checked: int = 0
+    deltas_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _catalog_snapshot(catalog: Path, out: Path):
+    """Copy the catalog as of one read transaction (SQLite online backup, all pages in one step)."""
+    src = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=30)
+    dst = sqlite3.connect(out)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
+def _data_files(root: Path, catalog: Path) -> list:
+    """Relative paths the backup must hold besides the catalog: every base the snapshot names,
+    plus any other file outside bases/ (none today); temporary and lock files are left out."""
+    with sqlite3.connect(catalog) as db:
+        named = [r[0] for r in db.execute("select file from bases order by tbl, version")]
+    others = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*"))
+              if p.is_file() and p.relative_to(root).parts[0] != "bases" and p.name not in SKIP and not p.name.endswith(".tmp")]
+    return named + others
+
+
+def _head(catalog: Path) -> int:
+    with sqlite3.connect(catalog) as db:
+        return db.execute("select coalesce(max(id), 0) from commits").fetchone()[0]
+
+
+def _open_all(root: Path, files: list):
+    """Open every file, or None when one has gone (gc ran after the snapshot)."""
+    handles = []
+    for rel in files:
+        try:
+            handles.append(open(root / rel, "rb"))
+        except FileNotFoundError:
+            for h in handles:
+                h.close()
+            return None
+    return handles
+
+
+def _sha256(f) -> str:
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(CHUNK_BYTES), b""):
+        h.update(block)
+    f.seek(0)
+    return h.hexdigest()
+
+
+def backup(data_dir, out, attempts=5, progress=False) -> BackupInfo:
+    """Write a consistent snapshot of ``data_dir`` to the tar file ``out`` (safe while serving)."""
+    root, out = Path(data_dir), Path(out)
+    if not (root / CATALOG).exists():
+        raise FailedPrecondition(f"data: no knowledge base at {root}")
+    if out.resolve().is_relative_to(root.resolve()):
+        raise InvalidArgument(f"to: write the backup outside the data directory {root}")
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".memsvc-backup-") as tmp:
+        catalog = Path(tmp) / CATALOG
+        for _ in range(attempts):
+            catalog.unlink(missing_ok=True)
+            _catalog_snapshot(root / CATALOG, catalog)
+            files = _data_files(root, catalog)
+            handles = _open_all(root, files)
+            if handles is not None:
+                break
+        else:
+            raise FailedPrecondition(f"data: base files kept disappearing under the backup ({attempts} attempts); is gc running in a loop?")
+        partial = out.with_name(out.name + ".partial")
+        manifest = {"format": FORMAT, "created": time.time(), "head_version": _head(catalog), "files": {}}
+        try:
+            with tarfile.open(partial, "w") as tar:
+                for rel, f in tqdm(list(zip([CATALOG] + files, [open(catalog, "rb")] + handles)), desc="backup",
+                                   unit="file", disable=not progress):
+                    with f:
+                        size = os.fstat(f.fileno()).st_size
+                        manifest["files"][rel] = {"size": size, "sha256": _sha256(f)}
+                        info = tarfile.TarInfo(rel)
+                        info.size, info.mtime = size, int(time.time())
+                        tar.addfile(info, f)
+                body = json.dumps(manifest, indent=1).encode()
+                info = tarfile.TarInfo("MANIFEST.json")
+                info.size, info.mtime = len(body), int(time.time())
+                tar.addfile(info, io.BytesIO(body))
+            with open(partial, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(partial, out)
+        finally:
+            for h in handles:
+                h.close()
+            partial.unlink(missing_ok=True)
+    return BackupInfo(path=out, head_version=manifest["head_version"], files=len(manifest["files"]),
+                      bytes=sum(f["size"] for f in manifest["files"].values()))
+
+
+def restore(backup_file, data_dir, progress=False) -> FsckReport:
+    """Unpack a backup into a new (or empty) data directory, verify every checksum and fsck it;
+    the directory appears under its name only when all of that passed."""
+    root = Path(data_dir)
+    if root.exists() and any(root.iterdir()):
+        raise FailedPrecondition(f"data: {root} is not empty; restore into a new directory")
+    staging = root.with_name(root.name + ".restoring")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with tarfile.open(backup_file, "r") as tar:
+            manifest = _read_manifest(tar, backup_file)
+            for rel, meta in tqdm(manifest["files"].items(), desc="restore", unit="file", disable=not progress):
+                _extract(tar, rel, meta, staging)
+        report = fsck(staging, progress=progress)
+        if not report.ok:
+            raise FailedPrecondition(f"backup: {backup_file} restores to a damaged knowledge base: {report.problems[0]}")
+        if root.exists():
+            root.rmdir()
+        os.replace(staging, root)
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read_manifest(tar, name) -> dict:
+    try:
+        manifest = json.load(tar.extractfile("MANIFEST.json"))
+    except (KeyError, ValueError) as e:
+        raise InvalidArgument(f"backup: {name} is not a memsvc backup ({e})")
+    if manifest.get("format") != FORMAT:
+        raise InvalidArgument(f"backup: {name} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    for rel in manifest["files"]:
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise InvalidArgument(f"backup: {name} names a file outside the data directory: {rel!r}")
+    return manifest
+
+
+def _extract(tar, rel, meta, staging: Path):
+    """Copy one member to staging/rel, checking its size and sha256 against the manifest."""
+    target = staging / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        src = tar.extractfile(rel)
+    except KeyError:
+        raise FailedPrecondition(f"backup: {rel} is listed in the manifest but missing") from None
+    h = hashlib.sha256()
+    with src, open(target, "wb") as dst:
+        for block in iter(lambda: src.read(CHUNK_BYTES), b""):
+            h.update(block)
+            dst.write(block)
+        dst.flush()
+        os.fsync(dst.fileno())
+    if target.stat().st_size != meta["size"] or h.hexdigest() != meta["sha256"]:
+        raise FailedPrecondition(f"backup: {rel} does not match its checksum; the backup file is damaged")
+
+
+# ---------------------------------------------------------------- fsck
+
+def fsck(data_dir, progress=False) -> FsckReport:
+    """Check a knowledge base that no process has open: SQLite integrity, every base file against
+    the catalog (present, shape, dtype, finite), every delta row (size, finite), and every
+    retained version readable (each live token has a row; edited and sampled tokens are read)."""
+    root, report = Path(data_dir), FsckReport()
+    if not (root / CATALOG).exists():
+        raise FailedPrecondition(f"data: no knowledge base at {root}")
+    from memsvc.store import KnowledgeBase, StoreConfig
+
+    try:
+        kb = KnowledgeBase(StoreConfig(data_dir=root))  # holds the lock: nobody writes meanwhile
+    except FailedPrecondition as e:
+        if "open in another process" in str(e):
+            raise
+        report.problems.append(str(e))
+        kb = None
+    except Exception as e:  # noqa: BLE001 - a damaged catalog can fail anywhere while loading
+        report.problems.append(f"data: the knowledge base does not load ({type(e).__name__}: {e})")
+        kb = None
+    try:
+        with sqlite3.connect(f"file:{root / CATALOG}?mode=ro", uri=True) as db:
+            if _check_sqlite(db, report):
+                _check_files(root, db, report, progress)
+        if kb is not None and report.ok:
+            _check_versions(kb, report, progress)
+    finally:
+        if kb is not None:
+            kb.close()
+    return report
+
+
+def _check_sqlite(db, report) -> bool:
+    result = [r[0] for r in db.execute("PRAGMA integrity_check")]
+    if result != ["ok"]:
+        report.problems += [f"catalog: {r}" for r in result]
+    return result == ["ok"]
+
+
+def _check_files(root, db, report, progress):
+    tables = {r[0]: r[1:] for r in db.execute("select name, dtype, dim, num_layers from tables")}
+    named = set()
+    for tbl, version, rel, vocab in db.execute("select tbl, version, file, vocab_size from bases order by tbl, version"):
+        named.add(rel)
+        dtype, dim, layers = tables[tbl]
+        try:
+            base = np.load(root / rel, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            report.problems.append(f"base: {rel} (table {tbl!r}, version {version}) is missing or unreadable ({e})")
+            continue
+        if base.shape != (vocab, layers, dim) or base.dtype != storage_dtype(dtype):
+            report.problems.append(f"base: {rel} is {base.shape} {base.dtype}; the catalog says ({vocab}, {layers}, {dim}) {dtype}")
+            continue
+        step = max(1, CHUNK_BYTES // max(1, base[0].nbytes))
+        for start in tqdm(range(0, vocab, step), desc=f"fsck {rel}", unit="chunk", disable=not progress, leave=False):
+            if not np.isfinite(to_float32(base[start:start + step], dtype)).all():
+                report.problems.append(f"base: {rel} holds NaN or Inf near token {start}")
+                break
+        report.bases_checked += 1
+    for tbl, (dtype, dim, _) in tables.items():
+        size = dim * storage_dtype(dtype).itemsize
+        for token, layer, commit, data in db.execute("select token_id, layer, commit_id, data from deltas where tbl=?", [tbl]):
+            report.deltas_checked += 1
+            if len(data) != size or not np.isfinite(to_float32(np.frombuffer(data, storage_dtype(dtype)), dtype)).all():
+                report.problems.append(f"delta: table {tbl!r} token {token} layer {layer} commit {commit} is not {dim} finite {dtype}")
+    for p in sorted((root / "bases").rglob("*")) if (root / "bases").exists() else []:
+        if p.is_file() and p.relative_to(root).as_posix() not in named:
+            report.notes.append(f"{p.relative_to(root)} is named by no commit (left by an interrupted write; gc-safe to delete)")
+
+
+def _check_versions(kb, report, progress):
+    """Every retained version of every table: a base at or below it, a row for every live
+    token, and the real read path over its edited tokens and a sample of the others."""
+    for v in tqdm(kb.list_versions(), desc="fsck versions", unit="version", disable=not progress):
+        for name, t in kb.tables.items():
+            if t.created_in > v:
+                continue
+            if t.bases[0][0] > v:
+                report.problems.append(f"version {v}: table {name!r} has no base at or below it")
+                continue
+            alive = np.flatnonzero((t.added_in <= v) & (t.removed_in > v))
+            base_version, base = t.base_at(v)
+            uncovered = [int(i) for i in alive[alive >= base.shape[0]] if t.edited_row(i, v, -1) is None]
+            if uncovered:
+                report.problems.append(f"version {v}: table {name!r} token {uncovered[0]} has no row")
+                continue
+            edited = [i for i in alive[t.edited[alive]].tolist() if t.edited_row(i, v, base_version) is not None]
+            sample = alive[np.linspace(0, len(alive) - 1, min(len(alive), SAMPLE_TOKENS)).astype(int)].tolist()
+            ids = np.array(sorted(set(edited + sample)), dtype=np.int64)
+            try:
+                rows = kb.lookup(name, ids, version=v)
+                if not np.isfinite(to_float32(rows.rows, t.dtype)).all():
+                    report.problems.append(f"version {v}: table {name!r} reads NaN or Inf")
+            except Exception as e:  # noqa: BLE001 - report every unreadable version, keep checking
+                report.problems.append(f"version {v}: table {name!r} does not read ({type(e).__name__}: {e})")
+        report.versions_checked += 1
