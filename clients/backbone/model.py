@@ -1,0 +1,287 @@
+"""A small STEM transformer (nanoGPT-style) whose STEM up-projections live in a pluggable bank.
+
+In a STEM layer the SwiGLU up-projection is replaced by a per-layer table indexed by token id
+("STEM: Scaling Transformers with Embedding Modules", 2026):
+
+    y = W_down( SiLU(W_gate x) ⊙ U_l[t] )        U_l: [vocab, d_ff], one per STEM layer
+
+The U tables are not parameters of the model. They come from a *bank*, which in production is a
+remote service. The bank protocol is two methods and one optional hook:
+
+    handle = bank.request(token_ids)   # token_ids: LongTensor (N,); starts the fetch, returns now
+    rows = handle.result()             # Tensor (N, n_stem_layers, d_ff): all STEM layers of
+                                       # the N tokens, token-major ([vocab, layers, d_ff] layout)
+    bank.prefetch(token_ids)           # optional: generate() calls it with the next step's
+                                       # tokens as soon as they are sampled
+
+`StemTransformer.forward` calls `bank.request(idx.flatten())` exactly once, first thing, and calls
+`.result()` only just before the first STEM FFN needs the rows, so a remote bank overlaps its RPC
+with the embedding and the first attention. Layer slot j of the rows belongs to
+`config.stem_layers[j]` (sorted). Rows are cast to the model's dtype; nothing else depends on the
+bank, so any bank that returns the same rows produces bit-identical logits and tokens.
+
+`InProcessBank` holds U as one trainable nn.Parameter [V, n_stem, d_ff] (training, reference).
+Parameter names of `StemTransformer` and `InProcessBank` are a stable checkpoint format.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 1024
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    d_ff: int = 512
+    stem_layers: list[int] | None = None  # layer indices that use STEM; None means every layer
+    max_seq_len: int = 64
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False  # share tok_emb with lm_head (the demo keeps them separate)
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.stem_layers is None:
+            self.stem_layers = list(range(self.n_layer))
+        self.stem_layers = sorted(int(i) for i in self.stem_layers)
+        if any(not 0 <= i < self.n_layer for i in self.stem_layers) or len(
+            set(self.stem_layers)
+        ) != len(self.stem_layers):
+            raise ValueError(f"stem_layers must be distinct indices in [0, {self.n_layer})")
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ValueError("d_model / n_head must be an even integer (rotary pairs)")
+
+    @property
+    def n_stem(self) -> int:
+        return len(self.stem_layers)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rotary_tables(head_dim: int, max_seq_len: int, theta: float):
+    """cos, sin of shape (max_seq_len, head_dim // 2) for rotary position embedding (RoFormer)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate consecutive pairs of x (B, H, T, hd) by the angles of positions cos/sin (T, hd/2)."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # (B, H, T, hd/2) each
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, H, T, hd/2, 2)
+    return rotated.flatten(-2).type_as(x)  # (B, H, T, hd)
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding; the first `pos` slots are filled."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, dtype=torch.float32, device=None):
+        head_dim = config.d_model // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.max_seq_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = 0
+
+    def update(self, layer: int, k, v):
+        """Store k, v (B, H, T, hd) at positions pos..pos+T; return all keys/values so far."""
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, H, end, hd)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer  # index into the KV cache
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # (B, H, T, hd)
+        start = 0
+        if cache is not None:
+            start = cache.pos
+            k, v = cache.update(self.layer, k, v)  # (B, H, start + T, hd)
+        # query i sits at absolute position start + i and may see keys 0..start + i
+        q_pos = torch.arange(start, start + T, device=x.device)
+        mask = torch.arange(k.size(2), device=x.device)[None, :] <= q_pos[:, None]  # (T, S)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.proj(y)
+
+
+class SwiGLU(nn.Module):
+    """Dense FFN of non-STEM layers: W_down(SiLU(W_gate x) ⊙ W_up x)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.up = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class StemMLP(nn.Module):
+    """STEM FFN: W_down(SiLU(W_gate x) ⊙ U_l[t]); the rows u = U_l[t] come from the bank."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=False)
+
+    def forward(self, x, u):
+        return self.down(F.silu(self.gate(x)) * u)  # x (B, T, C), u (B, T, d_ff)
+
+
+class BankRows:
+    """The rows of one forward pass, resolved from the bank handle on first use."""
+
+    def __init__(self, handle, shape: tuple[int, int, int, int], dtype):
+        self.handle, self.shape, self.dtype = handle, shape, dtype
+        self.rows = None
+
+    def slot(self, j: int):
+        if self.rows is None:
+            B, T, n_stem, d_ff = self.shape
+            rows = self.handle.result()
+            if tuple(rows.shape) != (B * T, n_stem, d_ff):
+                raise ValueError(f"bank returned rows {tuple(rows.shape)}, want {(B * T, n_stem, d_ff)}")
+            self.rows = rows.to(self.dtype).view(B, T, n_stem, d_ff)  # (B, T, n_stem, d_ff)
+        return self.rows[:, :, j]  # (B, T, d_ff)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        # which slot of the bank rows this layer reads, or None for a dense layer
+        self.stem_slot = config.stem_layers.index(layer) if layer in config.stem_layers else None
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = CausalSelfAttention(config, layer)
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = SwiGLU(config) if self.stem_slot is None else StemMLP(config)
+
+    def forward(self, x, cos, sin, rows: BankRows, cache: KVCache | None = None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
+        h = self.mlp_norm(x)
+        if self.stem_slot is None:
+            return x + self.mlp(h)
+        return x + self.mlp(h, rows.slot(self.stem_slot))
+
+
+class StemTransformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm_f = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        cos, sin = rotary_tables(config.d_model // config.n_head, config.max_seq_len, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # derived, not checkpointed
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, bank, cache: KVCache | None = None, input_embeds=None):
+        """Logits (B, T, V) for tokens idx (B, T) that sit at positions cache.pos.. (or 0..).
+
+        input_embeds (B, T, C) replaces tok_emb(idx) (the trainer uses it to hide entities)."""
+        B, T = idx.shape
+        handle = bank.request(idx.flatten())  # first thing: a remote fetch overlaps what follows
+        start = 0 if cache is None else cache.pos
+        if start + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        x = self.tok_emb(idx) if input_embeds is None else input_embeds  # (B, T, C)
+        rows = BankRows(handle, (B, T, self.config.n_stem, self.config.d_ff), x.dtype)
+        for block in self.blocks:
+            x = block(x, cos, sin, rows, cache)
+        if cache is not None:
+            cache.pos += T
+        return self.lm_head(self.norm_f(x))
+
+
+class ReadyRows:
+    """A bank handle whose rows are already there."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def result(self):
+        return self.rows
+
+
+class InProcessBank(nn.Module):
+    """All STEM tables in memory as one parameter, token-major: weight[t, j] = U_{stem_layers[j]}[t]."""
+
+    def __init__(self, config: ModelConfig, weight=None):
+        super().__init__()
+        shape = (config.vocab_size, config.n_stem, config.d_ff)
+        if weight is None:
+            # rows near 1 let SiLU(W_gate x) pass through at first, so every token starts with a
+            # working FFN and training shapes its rows from there
+            weight = torch.ones(shape) + 0.02 * torch.randn(shape)
+        if tuple(weight.shape) != shape:
+            raise ValueError(f"bank weight has shape {tuple(weight.shape)}, want {shape}")
+        self.weight = nn.Parameter(weight)
+
+    def request(self, token_ids):
+        return ReadyRows(self.weight[token_ids])  # (N, n_stem, d_ff)
+
+
+@torch.no_grad()
+def generate(model: StemTransformer, bank, prompt_ids, max_new_tokens: int, on_token=None, prefill_chunk: int | None = None):
+    """Greedy decoding with a KV cache. prompt_ids (B, T) -> (B, T + max_new_tokens).
+
+    One bank request per forward: the prompt in chunks of prefill_chunk tokens (default: all at
+    once), then one request per step for that step's B tokens. After each step the sampled tokens
+    go to bank.prefetch (if the bank has it and another step follows) and then to
+    on_token(step, next_ids (B,))."""
+    B, T = prompt_ids.shape
+    if T + max_new_tokens > model.config.max_seq_len:
+        raise ValueError(f"{T} + {max_new_tokens} tokens exceed max_seq_len {model.config.max_seq_len}")
+    was_training = model.training
+    model.eval()
+    cache = KVCache(model.config, B, model.tok_emb.weight.dtype, prompt_ids.device)
+    chunk = prefill_chunk or T
+    for s in range(0, T, chunk):
+        logits = model(prompt_ids[:, s : s + chunk], bank, cache)  # (B, chunk, V)
+    out = [prompt_ids]
+    for step in range(max_new_tokens):
+        next_ids = logits[:, -1].argmax(-1)  # (B,)
+        out.append(next_ids[:, None])
+        last = step + 1 == max_new_tokens
+        if not last and hasattr(bank, "prefetch"):
+            bank.prefetch(next_ids)
+        if on_token is not None:
+            on_token(step, next_ids)
+        if not last:
+            logits = model(next_ids[:, None], bank, cache)  # (B, 1, V)
+    model.train(was_training)
+    return torch.cat(out, dim=1)

@@ -1,0 +1,163 @@
+"""Train the demo STEM backbone on the synthetic fact corpus (CPU, a minute or two).
+
+    python -m clients.backbone.train --preset demo --out runs/demo
+
+Facts must end up in the STEM rows of the entity tokens, so that an edit of rows is an edit of
+knowledge. With probability null_entity_prob a training sentence's entity token gets a shared
+learned null vector as its input embedding, so the model cannot identify the entity from its
+embedding alone and has to read the identity from the entity's STEM rows.
+"""
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import save_checkpoint
+from .demo import CorpusConfig, DemoCorpus, Fact, WordTokenizer
+from .model import InProcessBank, ModelConfig, StemTransformer
+
+
+@dataclass
+class TrainConfig:
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decay down to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.0  # decay would shrink the rows of rarely seen tokens
+    null_entity_prob: float = 0.5  # how often an entity's input embedding is the null vector
+    swap_pairs: int = 50  # entity pairs for the swap measurement after training
+    seed: int = 0
+    num_threads: int = 2
+
+
+def presets() -> dict[str, tuple[ModelConfig, TrainConfig]]:
+    """'demo': the default backbone; 'tiny': a small world that trains in seconds (for tests)."""
+    return {
+        "demo": (ModelConfig(d_model=128, d_ff=512, n_layer=4, n_head=4, max_seq_len=16), TrainConfig()),
+        "tiny": (
+            ModelConfig(d_model=64, d_ff=128, n_layer=2, n_head=4, max_seq_len=16),
+            TrainConfig(corpus=CorpusConfig(n_entities=24, n_languages=6, n_currencies=6, n_continents=3), steps=300, batch_size=64),
+        ),
+    }  # fmt: skip
+
+
+def encode_facts(tokenizer: WordTokenizer, facts: list[Fact]) -> torch.Tensor:
+    """'<bos> prompt answer <eos>' per fact, right-padded with <pad>: LongTensor (n, L)."""
+    rows = [tokenizer.encode(f"{f.prompt} {f.answer}") + [tokenizer.eos_id] for f in facts]
+    width = max(map(len, rows))
+    return torch.tensor([r + [tokenizer.pad_id] * (width - len(r)) for r in rows])
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + torch.cos(torch.tensor(torch.pi * progress)).item())
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+@torch.no_grad()
+def predict_next(model: StemTransformer, bank, tokenizer: WordTokenizer, prompts: list[str]) -> list[str]:
+    """The greedy next word after each prompt (prompts of equal token length run as one batch)."""
+    model.eval()
+    encoded = [tokenizer.encode(p) for p in prompts]
+    answers = [""] * len(prompts)
+    for length in sorted(set(map(len, encoded))):
+        which = [i for i, ids in enumerate(encoded) if len(ids) == length]
+        logits = model(torch.tensor([encoded[i] for i in which]), bank)  # (n, length, V)
+        for i, token in zip(which, logits[:, -1].argmax(-1).tolist()):
+            answers[i] = tokenizer.vocab[token]
+    return answers
+
+
+def fact_accuracy(model: StemTransformer, bank, tokenizer: WordTokenizer, facts: list[Fact]) -> float:
+    """Fraction of facts whose greedy next token after the prompt is the answer."""
+    predicted = predict_next(model, bank, tokenizer, [f.prompt for f in facts])
+    return sum(p == f.answer for p, f in zip(predicted, facts)) / len(facts)
+
+
+@torch.no_grad()
+def entity_swap_effect(model, bank: InProcessBank, tokenizer: WordTokenizer, corpus: DemoCorpus, pairs, split: str = "train") -> float:
+    """Copy entity A's STEM rows onto entity B; the fraction of B's facts (where A and B differ)
+    that now answer A's attribute. The bank is restored afterwards."""
+    hits = total = 0
+    for a, b in pairs:
+        ia, ib = tokenizer.index[a], tokenizer.index[b]
+        saved = bank.weight[ib].clone()
+        bank.weight[ib] = bank.weight[ia]
+        facts = [f for f in corpus.facts(split, [b]) if corpus.attributes[a][f.relation] != f.answer]
+        predicted = predict_next(model, bank, tokenizer, [f.prompt for f in facts])
+        hits += sum(p == corpus.attributes[a][f.relation] for p, f in zip(predicted, facts))
+        total += len(facts)
+        bank.weight[ib] = saved
+    return hits / max(1, total)
+
+
+def train_demo(model_config: ModelConfig, train_config: TrainConfig, out_dir, progress: bool = True) -> dict:
+    """Train on the demo corpus, save a checkpoint in out_dir, return metrics.
+
+    model_config.vocab_size is set to the corpus tokenizer's size."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(train_config.num_threads)
+    torch.manual_seed(train_config.seed)
+    corpus = DemoCorpus(train_config.corpus)
+    tokenizer = corpus.tokenizer()
+    config = replace(model_config, vocab_size=len(tokenizer))
+    model, bank = StemTransformer(config), InProcessBank(config)
+    null_vector = nn.Parameter(0.02 * torch.randn(config.d_model))
+    is_entity = torch.zeros(len(tokenizer), dtype=torch.bool)
+    is_entity[[tokenizer.index[e] for e in corpus.entities]] = True
+    data = encode_facts(tokenizer, corpus.facts("train"))  # (n, L)
+    params = list(model.parameters()) + list(bank.parameters()) + [null_vector]
+    optimizer = torch.optim.AdamW(params, lr=train_config.lr, weight_decay=train_config.weight_decay)
+    model.train()
+    start, losses = time.perf_counter(), []
+    bar = tqdm(range(train_config.steps), desc="train", disable=not progress)
+    for step in bar:
+        batch = data[torch.randint(len(data), (train_config.batch_size,))]
+        idx, targets = batch[:, :-1], batch[:, 1:]  # (B, L-1) each
+        hide = is_entity[idx] & (torch.rand(idx.shape[0], 1) < train_config.null_entity_prob)
+        embeds = torch.where(hide[..., None], null_vector, model.tok_emb(idx))  # (B, L-1, C)
+        logits = model(idx, bank, input_embeds=embeds)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=tokenizer.pad_id)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, train_config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    metrics = {
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "first_loss": losses[0],
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "fact_accuracy": fact_accuracy(model, bank, tokenizer, corpus.facts("train")),
+        "heldout_accuracy": fact_accuracy(model, bank, tokenizer, corpus.facts("heldout")),
+        "swap_reliability": entity_swap_effect(model, bank, tokenizer, corpus, corpus.entity_pairs(train_config.swap_pairs)),
+        "n_facts": len(data),
+        "vocab_size": len(tokenizer),
+    }  # fmt: skip
+    save_checkpoint(out_dir, model, bank, tokenizer)
+    return metrics
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train the demo STEM backbone and save a checkpoint.")
+    parser.add_argument("--preset", choices=sorted(presets()), default="demo")
+    parser.add_argument("--out", required=True, help="checkpoint directory")
+    parser.add_argument("--steps", type=int, help="override the preset's training steps")
+    args = parser.parse_args()
+    model_config, train_config = presets()[args.preset]
+    if args.steps:
+        train_config = replace(train_config, steps=args.steps)
+    print(json.dumps(train_demo(model_config, train_config, args.out)))
