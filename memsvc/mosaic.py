@@ -1,0 +1,590 @@
+"""Memory Mosaic stores: the knowledge base's second table kind ("mosaic").
+
+A store holds (key, value) pairs grouped by (layer, head). Key dim and value dim are fixed per
+store; each pair has an int id (unique among the live pairs of its group) and an optional label
+(e.g. the fact it encodes). Keys are stored unit-normalised, k / ||k||, because the kernel
+exp(β q·k) assumes unit keys; queries are used as given (their norm scales β).
+
+Every add, remove and replace is a KB-wide commit (KnowledgeBase.commit), so versions interleave
+with bank edits. SQLite keeps one row per pair *version* with added_in / removed_in: a replace
+closes the old row and opens a new one under the same id. Memory mirrors each group as arrays
+over *slots* (rows in write order), so reading version v is the mask added_in <= v < removed_in
+and no read touches SQLite.
+
+    >>> kb.mosaic.create("facts", num_layers=2, num_heads=4, key_dim=64, value_dim=64).version
+    7
+    >>> kb.mosaic.add("facts", 0, 1, keys, values, labels=["Paris is in France", ...]).ids
+    array([0, 1, ...])
+    >>> kb.mosaic.query("facts", 0, 1, queries, beta=8.0).outputs      # EXACT, at the head
+
+Reads return (o, lse, n) (indexes/mosaic.py), so results of several stores merge exactly
+(`merge`). Modes:
+
+- EXACT: kernel_regression over the pairs alive at the version read.
+- TOPK: kernel average over the k best keys. Stores created with a `topk_index` kind search an
+  ANN index (indexes.ann, metric ip) that follows the group's newest pairs; a read of an older
+  version than the group's last change, or a store without an index, uses exact top-k.
+- LSH: MagicPIG sampling through a SimHashIndex per (group, K, L). It holds every retained slot,
+  removed ones included, catches up with new slots before answering (the catch-up is reported
+  as `index_lag`), and its retrieved slots are filtered by the version mask. Keys are sampled
+  independently, so the filtered estimate stays unbiased for the pairs alive at any version.
+
+Lifetime: gc deletes the pair rows that no retained version reads; indexes live in memory only
+and are rebuilt on first use after the KB is opened or gc'd.
+"""
+import bisect
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from indexes.lsh import SimHashConfig, SimHashIndex, choose_tables
+from indexes.mosaic import BetaPolicy, kernel_regression, lsh_regression, merge_results, topk_regression
+from memsvc.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from memsvc.types import CommitResult, TableInfo
+
+NEVER = 2**62  # removed_in of a live pair (as memsvc.store.NEVER)
+MODES = ("exact", "topk", "lsh")
+TOPK_INDEX_KINDS = ("exact", "hnsw")  # ANN kinds that build without training queries
+MAX_INDEXES_PER_STORE = 16  # cached LSH/ANN indexes per store; the oldest is dropped first
+
+
+@dataclass
+class LshParams:
+    """MagicPIG knobs: K bits per table and L tables, or a budget (expected fraction touched)."""
+
+    bits: int = 10
+    tables: int = 0  # 0: from `budget`, else SimHashConfig's default
+    budget: float = 0.0  # e.g. 0.03: L is the smallest giving that mean inclusion probability
+
+
+@dataclass
+class MosaicResult:
+    """One read: outputs (m, dv), lse (m,) and n (pairs read, the same for every query)."""
+
+    outputs: np.ndarray
+    lse: np.ndarray
+    n: int
+    version: int
+    beta: float
+    mode: str = "exact"
+    touched: np.ndarray | None = None  # LSH: fraction of the n pairs each query touched
+    lsh_tables: int = 0  # LSH: the L used
+    index_lag: int = 0  # pairs the index absorbed before answering (it was behind by that many)
+
+
+@dataclass
+class PairsResult:
+    """A commit of pairs: its version, rows written and the ids it added, removed or replaced."""
+
+    version: int
+    rows_changed: int
+    ids: np.ndarray
+
+
+@dataclass
+class MosaicInfo:
+    name: str
+    num_layers: int
+    num_heads: int
+    key_dim: int
+    value_dim: int
+    created_version: int
+    pairs: np.ndarray  # (layers, heads) live pairs per group at `version`
+    policy: BetaPolicy
+    topk_index: str
+    version: int
+
+
+def merge(results) -> MosaicResult:
+    """Exact merge of reads of disjoint stores (or shards) with the same queries and β."""
+    results = list(results)
+    o, lse, n = merge_results([(r.outputs, r.lse, r.n) for r in results])
+    return MosaicResult(outputs=o, lse=lse, n=n, version=max(r.version for r in results), beta=results[0].beta,
+                        mode=results[0].mode)
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """One (layer, head) group as arrays over slots. Immutable: a commit swaps in a new one, so
+    a reader that took it sees one consistent state."""
+
+    ids: np.ndarray  # (s,) int64
+    keys: np.ndarray  # (s, dk) float32, unit rows
+    values: np.ndarray  # (s, dv) float32
+    labels: tuple  # (s,) str
+    added_in: np.ndarray  # (s,) int64
+    removed_in: np.ndarray  # (s,) int64, NEVER while alive
+
+    @classmethod
+    def empty(cls, key_dim, value_dim):
+        return cls(np.zeros(0, np.int64), np.zeros((0, key_dim), np.float32), np.zeros((0, value_dim), np.float32),
+                   (), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    def alive(self, version) -> np.ndarray:
+        return (self.added_in <= version) & (self.removed_in > version)
+
+    def last_change(self) -> int:
+        """The newest commit that changed this group (0 for none)."""
+        closed = self.removed_in[self.removed_in < NEVER]
+        return int(max(self.added_in.max(initial=0), closed.max(initial=0)))
+
+    def slots_of(self, ids, version, field="ids") -> np.ndarray:
+        """Slots of pair ids alive at a version; NotFound names the first missing id."""
+        alive = np.flatnonzero(self.alive(version))
+        slot_of = dict(zip(self.ids[alive].tolist(), alive.tolist()))
+        missing = [i for i in ids.tolist() if i not in slot_of]
+        if missing:
+            raise NotFound(f"{field}: pair id {missing[0]} does not exist at version {version}")
+        return np.array([slot_of[i] for i in ids.tolist()], dtype=np.int64)
+
+    def changed(self, version, remove_slots, ids, keys, values, labels) -> "Pairs":
+        removed_in = self.removed_in.copy()
+        removed_in[remove_slots] = version
+        return Pairs(np.concatenate([self.ids, ids]), np.concatenate([self.keys, keys]),
+                     np.concatenate([self.values, values]), self.labels + tuple(labels),
+                     np.concatenate([self.added_in, np.full(len(ids), version, np.int64)]),
+                     np.concatenate([removed_in, np.full(len(ids), NEVER, np.int64)]))
+
+
+@dataclass
+class GroupChange:
+    """What one commit does to one group: close some slots, append some pairs."""
+
+    layer: int
+    head: int
+    remove_slots: np.ndarray
+    ids: np.ndarray
+    keys: np.ndarray
+    values: np.ndarray
+    labels: list
+
+    def __len__(self):
+        return len(self.remove_slots) + len(self.ids)
+
+
+class FollowingIndex:
+    """An index over a group's slots brought up to date (add / remove) right before each use.
+    `make(slots, keys)` builds it; callers hold `lock` from sync to the end of the search."""
+
+    def __init__(self, make):
+        self.make, self.index, self.covered, self.lock = make, None, np.zeros(0, bool), threading.Lock()
+
+    def sync(self, pairs: Pairs, target: np.ndarray) -> int:
+        """Make the index hold exactly the slots in `target`; returns how many it had to change."""
+        covered = np.zeros(len(target), bool)
+        covered[:len(self.covered)] = self.covered
+        add, drop = np.flatnonzero(target & ~covered), np.flatnonzero(covered & ~target)
+        if self.index is None and len(add):
+            self.index = self.make(add, pairs.keys[add])
+        elif len(add):
+            self.index.add(add, pairs.keys[add])
+        if len(drop):
+            self.index.remove(drop)
+        self.covered = target.copy()
+        return len(add) + len(drop)
+
+
+class AliveAt:
+    """A SimHashIndex seen at one version: retrieves only slots alive there (what lsh_regression
+    needs of an index: retrieve, inclusion_probability, len)."""
+
+    def __init__(self, index: SimHashIndex, alive: np.ndarray):
+        self.index, self.alive = index, alive
+
+    def __len__(self):
+        return int(np.count_nonzero(self.alive))
+
+    def retrieve(self, q):
+        slots, norms = self.index.retrieve(q)
+        keep = self.alive[slots]
+        return slots[keep], norms[keep]
+
+    def inclusion_probability(self, q, q_dot_keys, centred_norms):
+        return self.index.inclusion_probability(q, q_dot_keys, centred_norms)
+
+
+@dataclass
+class MosaicTable:
+    name: str
+    num_layers: int
+    num_heads: int
+    key_dim: int
+    value_dim: int
+    created_in: int
+    policy: BetaPolicy
+    topk_index: str
+    groups: dict = field(default_factory=dict)  # (layer, head) -> Pairs
+    indexes: dict = field(default_factory=dict)  # (mode, layer, head, knobs...) -> FollowingIndex
+    _index_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def group(self, layer, head) -> Pairs:
+        for value, size, what in ((layer, self.num_layers, "layer"), (head, self.num_heads, "head")):
+            if not 0 <= value < size:
+                raise OutOfRange(f"{what}: {value} out of range [0, {size}) for mosaic store {self.name!r}")
+        return self.groups[(layer, head)]
+
+    def following(self, key, make) -> FollowingIndex:
+        """The cached index under `key`, created empty on first use."""
+        with self._index_lock:
+            if key not in self.indexes:
+                if len(self.indexes) >= MAX_INDEXES_PER_STORE:
+                    del self.indexes[next(iter(self.indexes))]
+                self.indexes[key] = FollowingIndex(make)
+            return self.indexes[key]
+
+
+# ---------------------------------------------------------------- validation
+
+def check_name(name):
+    if not name or "/" in name or name.startswith("."):
+        raise InvalidArgument(f"table: invalid table name {name!r}")
+
+
+def check_matrix(name, x, dim, what):
+    """x as float32 (c, dim), c > 0, finite; errors name the field."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise InvalidArgument(f"{name}: expected a non-empty (n, {dim}) array, got shape {x.shape}")
+    if x.shape[1] != dim:
+        raise InvalidArgument(f"{name}: expected {what} {dim}, got {x.shape[1]}")
+    if not np.isfinite(x).all():
+        raise InvalidArgument(f"{name}: contains NaN or Inf")
+    return x
+
+
+def unit_keys(keys, dim):
+    keys = check_matrix("keys", keys, dim, "key dim")
+    norms = np.linalg.norm(keys, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise InvalidArgument(f"keys: row {int(np.argmin(norms))} is zero; keys are stored as unit vectors")
+    return keys / norms
+
+
+def check_pair_ids(ids, field="ids"):
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if len(ids) == 0:
+        raise InvalidArgument(f"{field}: no pair ids given")
+    if (ids < 0).any():
+        raise InvalidArgument(f"{field}: pair id {int(ids[ids < 0][0])} is negative")
+    if len(np.unique(ids)) != len(ids):
+        raise InvalidArgument(f"{field}: ids repeat")
+    return ids
+
+
+def check_policy(policy: BetaPolicy, field="policy"):
+    for name in ("beta0", "beta1", "alpha"):
+        if not np.isfinite(getattr(policy, name)):
+            raise InvalidArgument(f"{field}.{name}: must be finite, got {getattr(policy, name)}")
+    return policy
+
+
+def resolve_beta(beta, policy: BetaPolicy, n) -> float:
+    """β given, or the policy's β1·n^α + β0 for the n pairs read; must be finite and > 0."""
+    field = "beta"
+    if beta is None:
+        field = "policy"
+        try:
+            beta = check_policy(policy).beta(n)
+        except (ZeroDivisionError, OverflowError):
+            beta = float("inf")
+    if not np.isfinite(beta) or beta <= 0:
+        raise InvalidArgument(f"{field}: β must be finite and > 0, got {beta}" + (f" for n = {n}" if field == "policy" else ""))
+    return float(beta)
+
+
+def check_lsh(params: LshParams) -> LshParams:
+    if not 1 <= params.bits <= 16:
+        raise InvalidArgument(f"lsh.bits: K must be in [1, 16], got {params.bits}")
+    if params.tables and params.tables < 2:
+        raise InvalidArgument(f"lsh.tables: L must be >= 2, got {params.tables}")
+    if not 0 <= params.budget <= 1 or not np.isfinite(params.budget):
+        raise InvalidArgument(f"lsh.budget: must be a fraction in (0, 1], got {params.budget}")
+    return params
+
+
+def hashed_cosines(keys, sample=64, seed=0):
+    """cos(q, k − c) for a sample of keys standing in for queries (what choose_tables needs)."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(keys), min(sample, len(keys)), replace=False)
+    shifted = keys - keys.mean(axis=0)
+    norms = np.maximum(np.linalg.norm(shifted, axis=1), 1e-12)
+    q = keys[pick]
+    return (q @ shifted.T) / (np.linalg.norm(q, axis=1, keepdims=True) * norms)  # (sample, n)
+
+
+# ---------------------------------------------------------------- the store
+
+class MosaicStore:
+    """Every mosaic store of one knowledge base: persisted in its catalog (tables mosaic_tables,
+    mosaic_pairs), mirrored in memory. Created by KnowledgeBase._load."""
+
+    def __init__(self, kb):
+        self.kb = kb
+        self._create_schema()
+        self.tables = {}
+        self._load()
+
+    def _create_schema(self):
+        db = self.kb.db
+        db["mosaic_tables"].create({"name": str, "num_layers": int, "num_heads": int, "key_dim": int, "value_dim": int,
+                                    "created_in": int, "beta0": float, "beta1": float, "alpha": float,
+                                    "topk_index": str}, pk="name", if_not_exists=True)
+        db["mosaic_pairs"].create({"tbl": str, "layer": int, "head": int, "pair_id": int, "added_in": int,
+                                   "removed_in": int, "label": str, "key": bytes, "value": bytes},
+                                  pk=("tbl", "layer", "head", "pair_id", "added_in"), if_not_exists=True)
+
+    def _load(self):
+        for r in self.kb.db["mosaic_tables"].rows:
+            t = self._new_table(r["name"], r["num_layers"], r["num_heads"], r["key_dim"], r["value_dim"],
+                                r["created_in"], BetaPolicy(r["beta0"], r["beta1"], r["alpha"]), r["topk_index"])
+            for (layer, head), pairs in t.groups.items():
+                rows = self.kb.db.execute("select pair_id, added_in, removed_in, label, key, value from mosaic_pairs "
+                                          "where tbl=? and layer=? and head=? order by rowid", [t.name, layer, head]).fetchall()
+                if rows:
+                    ids, added, removed, labels, keys, values = zip(*rows)
+                    t.groups[(layer, head)] = Pairs(
+                        np.array(ids, np.int64), np.frombuffer(b"".join(keys), np.float32).reshape(len(rows), t.key_dim),
+                        np.frombuffer(b"".join(values), np.float32).reshape(len(rows), t.value_dim), tuple(labels),
+                        np.array(added, np.int64), np.array(removed, np.int64))
+            self.tables[t.name] = t
+
+    @staticmethod
+    def _new_table(name, num_layers, num_heads, key_dim, value_dim, created_in, policy, topk_index):
+        t = MosaicTable(name, num_layers, num_heads, key_dim, value_dim, created_in, policy, topk_index)
+        t.groups = {(l, h): Pairs.empty(key_dim, value_dim) for l in range(num_layers) for h in range(num_heads)}
+        return t
+
+    def table(self, name, version) -> MosaicTable:
+        t = self.tables.get(name)
+        if t is None or t.created_in > version:
+            raise NotFound(f"table: unknown mosaic store {name!r}" + ("" if t is None else f" at version {version}"))
+        return t
+
+    # ---------------------------------------------------------------- catalog reads
+
+    def describe_store(self, name, version=None, tag=None) -> MosaicInfo:
+        v = self.kb.resolve_version(version, tag)
+        t = self.table(name, v)
+        counts = np.zeros((t.num_layers, t.num_heads), np.int64)
+        for (layer, head), pairs in t.groups.items():
+            counts[layer, head] = np.count_nonzero(pairs.alive(v))
+        return MosaicInfo(t.name, t.num_layers, t.num_heads, t.key_dim, t.value_dim, t.created_in, counts,
+                          t.policy, t.topk_index, v)
+
+    def list_stores(self, version=None, tag=None) -> list:
+        v = self.kb.resolve_version(version, tag)
+        return [self.describe_store(name, v) for name, t in sorted(self.tables.items()) if t.created_in <= v]
+
+    def describe(self, name, version) -> TableInfo:
+        """The store as a KB table (kind "mosaic"): vocab_size = live pairs, dim = key dim."""
+        info = self.describe_store(name, version)
+        return TableInfo(name=name, kind="mosaic", dtype="float32", vocab_size=int(info.pairs.sum()),
+                         num_layers=info.num_layers, dim=info.key_dim, created_version=info.created_version,
+                         base_version=info.created_version, version=info.version)
+
+    def list_tables(self, version) -> list:
+        return [self.describe(name, version) for name, t in sorted(self.tables.items()) if t.created_in <= version]
+
+    def read_pairs(self, name, layer, head, version=None, tag=None) -> dict:
+        """The live pairs of a group at a version: ids, keys (unit), values, labels (the export)."""
+        v = self.kb.resolve_version(version, tag)
+        pairs = self.table(name, v).group(layer, head)
+        alive = np.flatnonzero(pairs.alive(v))
+        return {"ids": pairs.ids[alive], "keys": pairs.keys[alive], "values": pairs.values[alive],
+                "labels": [pairs.labels[i] for i in alive], "version": v}
+
+    # ---------------------------------------------------------------- writes
+
+    def create(self, name, num_layers, num_heads, key_dim, value_dim, policy=None, topk_index="",
+               author="", message="") -> PairsResult:
+        """An empty store (one commit)."""
+        check_name(name)
+        for what, value in (("num_layers", num_layers), ("num_heads", num_heads), ("key_dim", key_dim),
+                            ("value_dim", value_dim)):
+            if value < 1:
+                raise InvalidArgument(f"{what}: must be >= 1, got {value}")
+        policy = check_policy(policy or BetaPolicy())
+        if topk_index not in ("",) + TOPK_INDEX_KINDS:
+            raise InvalidArgument(f"topk_index: {topk_index!r} is not one of {', '.join(TOPK_INDEX_KINDS)} (or empty)")
+        with self.kb._write_lock:
+            if name in self.tables or name in self.kb.tables:
+                raise Conflict(f"table: table {name!r} already exists")
+
+            def write(conn, version):
+                conn.execute("insert into mosaic_tables values (?,?,?,?,?,?,?,?,?,?)",
+                             [name, num_layers, num_heads, key_dim, value_dim, version, policy.beta0, policy.beta1,
+                              policy.alpha, topk_index])
+
+            def publish(version):
+                self.tables[name] = self._new_table(name, num_layers, num_heads, key_dim, value_dim, version, policy,
+                                                    topk_index)
+
+            version = self.kb.commit("mosaic-create", [name], write, publish, author, message or f"create mosaic {name}")
+            return PairsResult(version, 0, np.zeros(0, np.int64))
+
+    def add(self, name, layer, head, keys, values, ids=None, labels=None, author="", message="") -> PairsResult:
+        """Add pairs to group (layer, head) as one commit; ids default to the next unused ones."""
+        with self.kb._write_lock:
+            t = self.table(name, self.kb.version)
+            pairs = t.group(layer, head)
+            keys, values = unit_keys(keys, t.key_dim), check_matrix("values", values, t.value_dim, "value dim")
+            if len(values) != len(keys):
+                raise InvalidArgument(f"values: {len(values)} rows for {len(keys)} keys")
+            if ids is None:
+                ids = np.arange(len(keys), dtype=np.int64) + int(pairs.ids.max(initial=-1)) + 1
+            ids = check_pair_ids(ids)
+            if len(ids) != len(keys):
+                raise InvalidArgument(f"ids: {len(ids)} ids for {len(keys)} keys")
+            taken = ids[np.isin(ids, pairs.ids[pairs.alive(self.kb.version)])]
+            if len(taken):
+                raise Conflict(f"ids: pair id {int(taken[0])} already exists in {name!r} layer {layer} head {head}; replace it")
+            change = GroupChange(layer, head, np.zeros(0, np.int64), ids, keys, values, self._labels(labels, len(ids)))
+            return self._commit(t, [change], "mosaic-add", author, message or f"add {len(ids)} pairs to {name}", ids)
+
+    def remove(self, name, layer, head, ids, author="", message="") -> PairsResult:
+        with self.kb._write_lock:
+            t = self.table(name, self.kb.version)
+            ids = check_pair_ids(ids)
+            slots = t.group(layer, head).slots_of(ids, self.kb.version)
+            change = GroupChange(layer, head, slots, np.zeros(0, np.int64), np.zeros((0, t.key_dim), np.float32),
+                                 np.zeros((0, t.value_dim), np.float32), [])
+            return self._commit(t, [change], "mosaic-remove", author, message or f"remove {len(ids)} pairs from {name}", ids)
+
+    def replace(self, name, layer, head, ids, keys, values, labels=None, author="", message="") -> PairsResult:
+        """New keys/values (and labels; default: kept) for existing pair ids, as one commit."""
+        with self.kb._write_lock:
+            t = self.table(name, self.kb.version)
+            pairs = t.group(layer, head)
+            ids = check_pair_ids(ids)
+            slots = pairs.slots_of(ids, self.kb.version)
+            keys, values = unit_keys(keys, t.key_dim), check_matrix("values", values, t.value_dim, "value dim")
+            if not len(ids) == len(keys) == len(values):
+                raise InvalidArgument(f"keys: {len(ids)} ids, {len(keys)} keys and {len(values)} values")
+            labels = [pairs.labels[s] for s in slots] if labels is None else self._labels(labels, len(ids))
+            change = GroupChange(layer, head, slots, ids, keys, values, labels)
+            return self._commit(t, [change], "mosaic-replace", author, message or f"replace {len(ids)} pairs in {name}", ids)
+
+    @staticmethod
+    def _labels(labels, n):
+        labels = [""] * n if labels is None or len(labels) == 0 else [str(x) for x in labels]
+        if len(labels) != n:
+            raise InvalidArgument(f"labels: {len(labels)} labels for {n} pairs")
+        return labels
+
+    def _commit(self, t: MosaicTable, changes, kind, author, message, ids) -> PairsResult:
+        def write(conn, version):
+            for c in changes:
+                pairs = t.groups[(c.layer, c.head)]
+                conn.executemany("update mosaic_pairs set removed_in=? where tbl=? and layer=? and head=? and pair_id=? and added_in=?",
+                                 [(version, t.name, c.layer, c.head, int(pairs.ids[s]), int(pairs.added_in[s])) for s in c.remove_slots])
+                conn.executemany("insert into mosaic_pairs values (?,?,?,?,?,?,?,?,?)",
+                                 [(t.name, c.layer, c.head, i, version, NEVER, label, k.tobytes(), val.tobytes())
+                                  for i, label, k, val in zip(c.ids.tolist(), c.labels, c.keys, c.values)])
+
+        def publish(version):
+            for c in changes:
+                t.groups[(c.layer, c.head)] = t.groups[(c.layer, c.head)].changed(
+                    version, c.remove_slots, c.ids, c.keys, c.values, c.labels)
+
+        rows = sum(len(c) for c in changes)
+        version = self.kb.commit(kind, [t.name], write, publish, author, message, rows)
+        return PairsResult(version, rows, ids)
+
+    def revert(self, version, author="", message="") -> CommitResult:
+        """Undo one pairs commit with a new commit: pairs it added are removed, pairs it removed
+        (or replaced) come back. Refused while a later commit changed the same pair ids."""
+        with self.kb._write_lock:
+            info = self.kb._commit_info(version)
+            if info.kind == "mosaic-create":
+                raise FailedPrecondition(f"version: commit {version} creates a mosaic store; only pair commits can be reverted")
+            t = self.table(info.tables[0], self.kb.version)
+            head, changes, ids = self.kb.version, [], []
+            for (layer, h), pairs in t.groups.items():
+                added, removed = np.flatnonzero(pairs.added_in == version), np.flatnonzero(pairs.removed_in == version)
+                if (pairs.removed_in[added] < NEVER).any() or np.isin(pairs.ids[removed], pairs.ids[pairs.added_in > version]).any():
+                    raise FailedPrecondition(f"version: pairs of commit {version} in layer {layer} head {h} were changed "
+                                             "again by a later commit; revert that one first")
+                if len(added) or len(removed):
+                    changes.append(GroupChange(layer, h, added, pairs.ids[removed], pairs.keys[removed],
+                                               pairs.values[removed], [pairs.labels[s] for s in removed]))
+                    ids += pairs.ids[np.concatenate([added, removed])].tolist()
+            result = self._commit(t, changes, "revert", author, message or f"revert {version}: {info.message}",
+                                  np.unique(np.array(ids, np.int64)))
+            return CommitResult(version=result.version, rows_changed=result.rows_changed)
+
+    def gc(self, conn, retained) -> int:
+        """Delete pair rows that no retained version reads (inside gc's transaction); returns the count."""
+        keep_versions = sorted(retained)
+        stale = []
+        for t in self.tables.values():
+            for (layer, head), pairs in t.groups.items():
+                for i, a, r in zip(pairs.ids.tolist(), pairs.added_in.tolist(), pairs.removed_in.tolist()):
+                    j = bisect.bisect_left(keep_versions, a)  # the oldest retained version >= added_in
+                    if j == len(keep_versions) or keep_versions[j] >= r:
+                        stale.append((t.name, layer, head, i, a))
+        conn.executemany("delete from mosaic_pairs where tbl=? and layer=? and head=? and pair_id=? and added_in=?", stale)
+        return len(stale)
+
+    # ---------------------------------------------------------------- reads
+
+    def query(self, name, layer, head, queries, *, beta=None, policy=None, mode="exact", k=0,
+              lsh: LshParams | None = None, version=None, tag=None) -> MosaicResult:
+        """Kernel regression of queries (m, key_dim) over group (layer, head) at a version.
+
+        β: `beta`, else `policy` (β1·n^α + β0 over the n pairs read), else the store's policy.
+        mode: "exact", "topk" (needs k >= 1) or "lsh" (`lsh` knobs)."""
+        if mode not in MODES:
+            raise InvalidArgument(f"mode: {mode!r} is not one of {', '.join(MODES)}")
+        v = self.kb.resolve_version(version, tag)
+        t = self.table(name, v)
+        pairs = t.group(layer, head)
+        queries = check_matrix("queries", queries, t.key_dim, "key dim")
+        if mode == "topk" and k < 1:
+            raise InvalidArgument(f"k: TOPK needs k >= 1, got {k}")
+        lsh = check_lsh(lsh or LshParams())
+        alive = pairs.alive(v)
+        n = int(np.count_nonzero(alive))
+        beta = resolve_beta(beta, check_policy(policy) if policy is not None else t.policy, n)
+        result = MosaicResult(outputs=None, lse=None, n=n, version=v, beta=beta, mode=mode)
+        if n == 0 or mode == "exact":
+            result.outputs, result.lse, _ = kernel_regression(queries, pairs.keys[alive], pairs.values[alive], beta)
+        elif mode == "topk":
+            self._topk(t, layer, head, v, queries, beta, k, result)
+        else:
+            self._lsh(t, layer, head, v, queries, beta, lsh, result)
+        return result
+
+    def _topk(self, t, layer, head, v, queries, beta, k, result):
+        def make(slots, keys):
+            from indexes.ann import IndexConfig, build_index
+
+            return build_index(IndexConfig(kind=t.topk_index, metric="ip", progress=False), slots, keys)
+
+        index = t.following(("topk", layer, head), make) if t.topk_index else None
+        with index.lock if index else nullcontext():
+            pairs = t.groups[(layer, head)]  # the newest, read under the lock: the index never runs ahead of it
+            alive = pairs.alive(v)
+            if index is None or v < pairs.last_change():  # the index holds the group's newest pairs only
+                result.outputs, result.lse, _ = topk_regression(queries, pairs.keys[alive], pairs.values[alive], beta, k)
+                return
+            result.index_lag = index.sync(pairs, alive)
+            result.outputs, result.lse, _ = topk_regression(queries, pairs.keys, pairs.values, beta, k,
+                                                            lambda q, kk: index.index.search(q, kk))
+
+    def _lsh(self, t, layer, head, v, queries, beta, lsh, result):
+        def make(slots, keys):
+            tables = lsh.tables or (choose_tables(lsh.bits, lsh.budget, hashed_cosines(keys)) if lsh.budget
+                                    else SimHashConfig.tables)
+            index = SimHashIndex(SimHashConfig(bits=lsh.bits, tables=tables), t.key_dim)
+            index.add(slots, keys)
+            return index
+
+        index = t.following(("lsh", layer, head, lsh.bits, lsh.tables, lsh.budget), make)
+        with index.lock:
+            pairs = t.groups[(layer, head)]
+            result.index_lag = index.sync(pairs, np.ones(len(pairs.ids), bool))  # every retained slot
+            result.lsh_tables = index.index.config.tables
+            result.outputs, result.lse, _, result.touched = lsh_regression(
+                queries, pairs.keys, pairs.values, beta, AliveAt(index.index, pairs.alive(v)))
