@@ -223,6 +223,9 @@ class KnowledgeBase:
             cur = self.db.execute("select commit_id, token_id, layer, data from deltas where tbl=? order by commit_id", [t.name])
             self._replay(t, cur, dt)
             self.tables[t.name] = t
+        from memsvc.mosaic import MosaicStore  # here, not at the top: memsvc.mosaic builds on this module's KB
+
+        self.mosaic = MosaicStore(self)  # the mosaic table kind: its own catalog tables, same commits
 
     def _replay(self, table, cursor, dt):
         batch, commit = [], None
@@ -298,10 +301,13 @@ class KnowledgeBase:
 
     def list_tables(self, version=None) -> list:
         v = self.resolve_version(version)
-        return [self.describe(name, v) for name, t in sorted(self.tables.items()) if t.created_in <= v]
+        banks = [self.describe(name, v) for name, t in sorted(self.tables.items()) if t.created_in <= v]
+        return sorted(banks + self.mosaic.list_tables(v), key=lambda info: info.name)
 
     def describe(self, name, version=None) -> TableInfo:
         v = self.resolve_version(version)
+        if name in self.mosaic.tables:
+            return self.mosaic.describe(name, v)
         t = self.table(name, v)
         return TableInfo(name=t.name, kind=t.kind, dtype=t.dtype, vocab_size=t.vocab_size(v),
                          num_layers=t.num_layers, dim=t.dim, created_version=t.created_in,
@@ -448,7 +454,7 @@ class KnowledgeBase:
         if not all(np.isfinite(to_float32(stored[i:i + step], dtype)).all() for i in range(0, len(stored), step)):
             raise InvalidArgument("rows: contain NaN or Inf")
         with self._write_lock:
-            if name in self.tables:
+            if name in self.tables or name in self.mosaic.tables:
                 raise Conflict(f"table: table {name!r} already exists")
             rel = self._write_base(name, self._head + 1, stored, progress)
             n_rows = int(rows.shape[0] * rows.shape[1])
@@ -546,6 +552,8 @@ class KnowledgeBase:
             info = self._commit_info(v)
             if info.kind in ("import", "compact"):
                 raise FailedPrecondition(f"version: commit {v} is an {info.kind}; only edits, injections and reverts can be reverted")
+            if info.tables and info.tables[0] in self.mosaic.tables:
+                return self.mosaic.revert(v, author, message)
             before = self.resolve_version(v - 1)
             name = info.tables[0]
             t = self.tables[name]
@@ -707,10 +715,12 @@ class KnowledgeBase:
                 conn.executemany("update commits set gone=1 where id=?", [(v,) for v in dropped])
                 conn.executemany("delete from deltas where tbl=? and token_id=? and layer=? and commit_id=?", stale_deltas)
                 conn.executemany("delete from bases where tbl=? and version=?", stale_bases)
+                pairs_deleted = self.mosaic.gc(conn, retained)
             for f in files:
                 (self.root / f).unlink(missing_ok=True)
             self._load()
-            return {"versions_dropped": len(dropped), "deltas_deleted": len(stale_deltas), "bases_deleted": len(files)}
+            return {"versions_dropped": len(dropped), "deltas_deleted": len(stale_deltas), "bases_deleted": len(files),
+                    "pairs_deleted": pairs_deleted}
 
 
 def _row_change(t, token_id, layer, old, new):
