@@ -30,11 +30,17 @@ class SimHashConfig:
 
 
 def inclusion_probability(cosines, bits, tables):
-    """u(p) = P[at least 2 of L tables collide], p = 1 − arccos(cos)/π; float64 for the small ones."""
+    """u(p) = P[at least 2 of L tables collide], p = 1 − arccos(cos)/π, in float64.
+
+    1 − P[0] − P[1] cancels when L·p^K is small, and a retrieved key's weight is 1/u, so there
+    we use the leading term C(L, 2) t² (1 − t)^(L−2) (relative error < L·t/3 < 1e-5).
+    """
     p = 1.0 - np.arccos(np.clip(np.asarray(cosines, np.float64), -1.0, 1.0)) / np.pi
-    table = p**bits  # P[one table collides]
-    miss = np.log1p(-np.minimum(table, 1.0 - 1e-16))  # log(1 − p^K), finite when p = 1
-    return 1.0 - np.exp(tables * miss) - tables * table * np.exp((tables - 1) * miss)
+    t = p**bits  # P[one table collides]
+    miss = np.log1p(-np.minimum(t, 1.0 - 1e-16))  # log(1 − t), finite when p = 1
+    u = -np.expm1(tables * miss) - tables * t * np.exp((tables - 1) * miss)
+    rare = tables * (tables - 1) / 2 * t**2 * np.exp((tables - 2) * miss)
+    return np.where(tables * t < 3e-5, rare, u)
 
 
 def choose_tables(bits, budget, cosines, max_tables=4096):
@@ -124,5 +130,6 @@ class SimHashIndex:
     def inclusion_probability(self, q, q_dot_keys, centred_norms):
         """u_i from q·k_i: cos(q, k_i − c) = (q·k_i − q·c) / (||q|| ||k_i − c||)."""
         q = np.asarray(q, np.float64)
-        cosines = (q_dot_keys - q @ self.centre) / (np.linalg.norm(q) * np.maximum(centred_norms, 1e-12))
+        shift = 0.0 if self.centre is None else q @ self.centre  # None: nothing added yet
+        cosines = (q_dot_keys - shift) / (np.linalg.norm(q) * np.maximum(centred_norms, 1e-12))
         return inclusion_probability(cosines, self.config.bits, self.config.tables)

@@ -71,6 +71,9 @@ def test_empty_store_gives_zero_and_minus_infinity():
     assert (o == 0).all() and np.isneginf(lse).all()
     o, lse, n = merge_results([(o, lse, 0), (o, lse, 0)])
     assert n == 0 and (o == 0).all() and np.isneginf(lse).all()
+    o, lse, n, touched = lsh_regression(np.ones((2, 3)), np.empty((0, 3)), np.empty((0, 4)), 5.0,
+                                        SimHashIndex(SimHashConfig(bits=4, tables=8), 3))
+    assert n == 0 and (o == 0).all() and np.isneginf(lse).all() and (touched == 0).all()
 
 
 def test_small_beta_gives_the_mean_value_and_large_beta_the_nearest(pairs):
@@ -149,6 +152,9 @@ def test_inclusion_probability_formula_and_table_choice():
     t = p**K
     assert inclusion_probability(np.cos((1 - p) * np.pi), K, L) == pytest.approx(
         1 - (1 - t) ** L - L * t * (1 - t) ** (L - 1))
+    t = np.array([1e-9, 1e-6, 1e-4])  # tiny collision rates: no cancellation to zero
+    u = inclusion_probability(np.cos((1 - t ** (1 / 8)) * np.pi), 8, 150)
+    np.testing.assert_allclose(u, 150 * 149 / 2 * t**2 * (1 - t) ** 148, rtol=2e-2)
     cosines = np.random.default_rng(4).uniform(-0.5, 0.9, 1000)
     L = choose_tables(8, 0.05, cosines)
     assert inclusion_probability(cosines, 8, L).mean() >= 0.05 > inclusion_probability(cosines, 8, L - 1).mean()
