@@ -59,9 +59,10 @@ class MemoryClient:
         self.channel = channel or open_channel(address, tls_ca)
         self.stub = pb_grpc.KnowledgeServiceStub(self.channel)
 
-    def _call(self, method, request):
+    def _call(self, method, request, stub=None):
+        """One RPC (on ``stub``, default the KnowledgeService one) with errors as memsvc exceptions."""
         try:
-            return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
+            return getattr(stub or self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
                 raise FailedPrecondition(f"server: cannot reach memsvc at {self.address} ({e.details()})") from None
@@ -110,6 +111,18 @@ class MemoryClient:
     def token_ids(self, table, words, version=None, field="tokens") -> np.ndarray:
         result = self.lookup(table, list(words), version=version)
         return result.unique_ids[result.inverse]
+
+    def snapshot(self, table, version=None) -> dict:
+        """The base file and delta rows of a version (see KnowledgeBase.snapshot)."""
+        r = self._call("Snapshot", pb.SnapshotRequest(table=table, at=_ref(version)))
+        return dict(version=r.version, base_version=r.base_version, base_path=r.base_path, vocab_size=r.vocab_size,
+                    delta_token_ids=np.array(r.delta_token_ids, dtype=np.int64),
+                    delta_rows=convert.stored_tensor(r.delta_rows), dtype=r.delta_rows.dtype)
+
+    def changed_tokens(self, table, from_version, to_version) -> np.ndarray:
+        """Token ids whose rows read differently at two versions."""
+        r = self._call("ChangedTokens", pb.ChangedTokensRequest(table=table, **{"from": _ref(from_version)}, to=_ref(to_version)))
+        return np.array(r.token_ids, dtype=np.int64)
 
     def pinned(self, version=None, tag=None) -> "PinnedClient":
         """A handle that reads one version (default: the head now) for its whole life."""

@@ -420,3 +420,4 @@ from memsvc import cli_model  # noqa: E402,F401  registers train-demo, generate
 
 
 from memsvc import cli_ops  # noqa: E402,F401  registers backup/restore/fsck
+from memsvc import cli_model  # noqa: E402,F401  registers train-demo, generate

@@ -54,7 +54,7 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
                ("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
-                         interceptors=interceptors + [ErrorInterceptor()], options=options)
+                         interceptors=interceptors + [UnparsableRequestInterceptor(), ErrorInterceptor()], options=options)
     pb_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(kb, config), server)
     state = state or ServingState(health.HealthServicer(), ("", SERVICE))
     health_pb2_grpc.add_HealthServicer_to_server(state.health, server)
@@ -67,6 +67,30 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
     server.start()
     state.set(True)
     return server, port, state
+
+
+class UnparsableRequestInterceptor(grpc.ServerInterceptor):
+    """A request whose bytes do not parse is INVALID_ARGUMENT (gRPC itself answers INTERNAL)."""
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse, behaviour = handler.request_deserializer, handler.unary_unary
+
+        def lenient(data):
+            try:
+                return parse(data)
+            except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
+                return e
+
+        def guarded(request, context):
+            if isinstance(request, Exception):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {details.method} request ({request})")
+            return behaviour(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=lenient,
+                                                   response_serializer=handler.response_serializer)
 
 
 def tls_credentials(config: ServerConfig) -> grpc.ServerCredentials:

@@ -89,6 +89,17 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
             raise ResourceExhausted(f"token_ids: {n_tokens} tokens x {row_bytes} bytes exceed the lookup limit "
                                     f"({self.config.max_lookup_tokens} tokens, {self.config.max_message_bytes} bytes); split the request")
 
+    def Snapshot(self, request, context):
+        snap = self.kb.snapshot(request.table, self.kb.resolve_version(**_version(request.at)))
+        return pb.SnapshotResponse(version=snap["version"], base_version=snap["base_version"], base_path=snap["base_path"],
+                                   delta_token_ids=snap["delta_token_ids"].tolist(), vocab_size=snap["vocab_size"],
+                                   delta_rows=convert.tensor_to_pb(snap["delta_rows"], snap["dtype"]))
+
+    def ChangedTokens(self, request, context):
+        a = self.kb.resolve_version(**_version(getattr(request, "from")))
+        b = self.kb.resolve_version(**_version(request.to))
+        return pb.ChangedTokensResponse(token_ids=self.kb.changed_tokens(request.table, a, b).tolist(), from_version=a, to_version=b)
+
     def Edit(self, request, context):
         ops = [convert.row_op_from_pb(op, f"ops[{i}]") for i, op in enumerate(request.ops)]
         if request.dry_run:

@@ -356,6 +356,23 @@ class KnowledgeBase:
                 rows[position[tok], layer] = vec
         return rows
 
+    def snapshot(self, name, version=None) -> dict:
+        """A version as its read-only base file plus the full rows of every token edited since
+        that base: what a worker on the same host maps instead of asking per row."""
+        v = self.resolve_version(version)
+        t = self.table(name, v)
+        base_version, base = t.base_at(v)
+        edited = [(tok, t.edited_row(tok, v, base_version)) for tok in np.flatnonzero(t.edited).tolist()]
+        edited = [(tok, row) for tok, row in edited if row is not None]
+        rows = np.stack([row for _, row in edited]) if edited else np.zeros((0, t.num_layers, t.dim), storage_dtype(t.dtype))
+        return dict(version=v, base_version=base_version, base_path=str(Path(base.filename).resolve()),
+                    delta_token_ids=np.array([tok for tok, _ in edited], dtype=np.int64), delta_rows=rows,
+                    vocab_size=len(t.words), dtype=t.dtype)
+
+    def changed_tokens(self, name, from_version, to_version) -> np.ndarray:
+        """Token ids whose rows read differently at two versions (what a cache must drop)."""
+        return np.unique(np.array([c.token_id for c in self.diff(from_version, to_version, name)], dtype=np.int64))
+
     def read_rows(self, name, token_ids, version=None) -> np.ndarray:
         """float32 rows (n, L, d) of token ids at a version (all layers)."""
         v = self.resolve_version(version)

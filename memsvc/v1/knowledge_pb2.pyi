@@ -147,6 +147,49 @@ class LookupResponse(_message.Message):
     version: int
     def __init__(self, rows: _Optional[_Union[Tensor, _Mapping]] = ..., unique_token_ids: _Optional[_Iterable[int]] = ..., inverse: _Optional[_Iterable[int]] = ..., version: _Optional[int] = ...) -> None: ...
 
+class SnapshotRequest(_message.Message):
+    __slots__ = ("table", "at")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    at: VersionRef
+    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
+
+class SnapshotResponse(_message.Message):
+    __slots__ = ("version", "base_version", "base_path", "delta_token_ids", "delta_rows", "vocab_size")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_PATH_FIELD_NUMBER: _ClassVar[int]
+    DELTA_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_ROWS_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    base_version: int
+    base_path: str
+    delta_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    delta_rows: Tensor
+    vocab_size: int
+    def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ..., base_path: _Optional[str] = ..., delta_token_ids: _Optional[_Iterable[int]] = ..., delta_rows: _Optional[_Union[Tensor, _Mapping]] = ..., vocab_size: _Optional[int] = ...) -> None: ...
+
+class ChangedTokensRequest(_message.Message):
+    __slots__ = ("table", "to")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    to: VersionRef
+    def __init__(self, table: _Optional[str] = ..., to: _Optional[_Union[VersionRef, _Mapping]] = ..., **kwargs) -> None: ...
+
+class ChangedTokensResponse(_message.Message):
+    __slots__ = ("token_ids", "from_version", "to_version")
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    from_version: int
+    to_version: int
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ...) -> None: ...
+
 class EditInfo(_message.Message):
     __slots__ = ("prompt", "subject", "target_new", "ground_truth")
     PROMPT_FIELD_NUMBER: _ClassVar[int]

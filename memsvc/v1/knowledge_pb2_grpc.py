@@ -54,6 +54,16 @@ class KnowledgeServiceStub:
                 request_serializer=memsvc_dot_v1_dot_knowledge__pb2.LookupRequest.SerializeToString,
                 response_deserializer=memsvc_dot_v1_dot_knowledge__pb2.LookupResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_unary(
+                '/memsvc.v1.KnowledgeService/Snapshot',
+                request_serializer=memsvc_dot_v1_dot_knowledge__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=memsvc_dot_v1_dot_knowledge__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
+        self.ChangedTokens = channel.unary_unary(
+                '/memsvc.v1.KnowledgeService/ChangedTokens',
+                request_serializer=memsvc_dot_v1_dot_knowledge__pb2.ChangedTokensRequest.SerializeToString,
+                response_deserializer=memsvc_dot_v1_dot_knowledge__pb2.ChangedTokensResponse.FromString,
+                _registered_method=True)
         self.Edit = channel.unary_unary(
                 '/memsvc.v1.KnowledgeService/Edit',
                 request_serializer=memsvc_dot_v1_dot_knowledge__pb2.EditRequest.SerializeToString,
@@ -118,6 +128,18 @@ class KnowledgeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Lookup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Snapshot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangedTokens(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +215,16 @@ def add_KnowledgeServiceServicer_to_server(servicer, server):
                     servicer.Lookup,
                     request_deserializer=memsvc_dot_v1_dot_knowledge__pb2.LookupRequest.FromString,
                     response_serializer=memsvc_dot_v1_dot_knowledge__pb2.LookupResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=memsvc_dot_v1_dot_knowledge__pb2.SnapshotRequest.FromString,
+                    response_serializer=memsvc_dot_v1_dot_knowledge__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'ChangedTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangedTokens,
+                    request_deserializer=memsvc_dot_v1_dot_knowledge__pb2.ChangedTokensRequest.FromString,
+                    response_serializer=memsvc_dot_v1_dot_knowledge__pb2.ChangedTokensResponse.SerializeToString,
             ),
             'Edit': grpc.unary_unary_rpc_method_handler(
                     servicer.Edit,
@@ -343,6 +375,60 @@ class KnowledgeService:
             '/memsvc.v1.KnowledgeService/Lookup',
             memsvc_dot_v1_dot_knowledge__pb2.LookupRequest.SerializeToString,
             memsvc_dot_v1_dot_knowledge__pb2.LookupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memsvc.v1.KnowledgeService/Snapshot',
+            memsvc_dot_v1_dot_knowledge__pb2.SnapshotRequest.SerializeToString,
+            memsvc_dot_v1_dot_knowledge__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangedTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memsvc.v1.KnowledgeService/ChangedTokens',
+            memsvc_dot_v1_dot_knowledge__pb2.ChangedTokensRequest.SerializeToString,
+            memsvc_dot_v1_dot_knowledge__pb2.ChangedTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,196 @@
+"""Banks that serve the backbone's STEM rows from memsvc (the protocol is in clients/backbone/model.py).
+
+RemoteBank: one Lookup per forward for all STEM layers of the step's tokens, over gRPC, with a
+version pinned per generation, an LFU hot-token cache (token frequencies are Zipfian, so a small
+cache catches most reads), and prefetch of the next step's misses as soon as its tokens are
+sampled. LocalBank: a worker on the same host maps the knowledge base's base array read-only and
+overlays the delta rows of its pinned version (fetched once from the service): no RPC per step.
+Both return exactly the rows the service stores, as float32.
+"""
+import heapq
+
+import numpy as np
+import torch
+
+from clients.backbone.model import ReadyRows
+from memsvc import convert
+from memsvc.dtypes import to_float32
+from memsvc.v1 import knowledge_pb2 as pb
+
+
+class LFUCache:
+    """Rows of the most frequently used tokens. Frequencies count every access, cached or not;
+    a missed token is admitted when the cache has room or it is used more than the coldest one."""
+
+    def __init__(self, capacity: int, row_shape: tuple):
+        self.capacity = capacity
+        self.rows = np.zeros((capacity, *row_shape), dtype=np.float32)  # (capacity, L, d)
+        self.slot_of = {}  # token -> slot in rows
+        self.free = list(range(capacity - 1, -1, -1))  # unused slots
+        self.freq = {}  # token -> accesses
+        self.heap = []  # (freq when pushed, token), stale entries skipped lazily
+        self.hits = self.misses = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / max(1, self.hits + self.misses)
+
+    def count(self, tokens) -> list:
+        """Record one access of each token; return the ones not cached (the misses)."""
+        missing = []
+        for t in tokens:
+            f = self.freq[t] = self.freq.get(t, 0) + 1
+            if t in self.slot_of:
+                self.hits += 1
+                heapq.heappush(self.heap, (f, t))
+            else:
+                self.misses += 1
+                missing.append(t)
+        if len(self.heap) > 4 * self.capacity + 64:  # drop stale entries now and then
+            self.heap = [(self.freq[t], t) for t in self.slot_of]
+            heapq.heapify(self.heap)
+        return missing
+
+    def _coldest(self):
+        while self.heap:
+            f, t = self.heap[0]
+            if t in self.slot_of and self.freq[t] == f:
+                return f, t
+            heapq.heappop(self.heap)
+        return None
+
+    def admit(self, token, row):
+        if self.capacity <= 0 or token in self.slot_of:
+            return
+        if self.free:
+            slot = self.free.pop()
+        else:
+            f, cold = self._coldest()
+            if f >= self.freq[token]:
+                return
+            heapq.heappop(self.heap)
+            slot = self.slot_of.pop(cold)
+        self.rows[slot] = row
+        self.slot_of[token] = slot
+        heapq.heappush(self.heap, (self.freq[token], token))
+
+    def drop(self, tokens):
+        """Forget the rows of tokens (their rows changed)."""
+        for t in tokens:
+            slot = self.slot_of.pop(int(t), None)
+            if slot is not None:
+                self.free.append(slot)
+
+
+class RemoteRows:
+    """Rows of one request: cached ones now, missing ones when their Lookup future completes."""
+
+    def __init__(self, bank, uniq, inverse, futures):
+        self.bank, self.uniq, self.inverse, self.futures = bank, uniq, inverse, futures
+
+    def result(self):
+        fetched = {}
+        for future in {id(f): f for f in self.futures.values()}.values():
+            reply = future.result()
+            rows = to_float32(convert.stored_tensor(reply.rows), reply.rows.dtype)  # (n_unique, L, d)
+            fetched.update(zip(reply.unique_token_ids, rows))
+        cache = self.bank.cache
+        out = np.empty((len(self.uniq), *cache.rows.shape[1:]), dtype=np.float32)
+        tokens = self.uniq.tolist()
+        for i, t in enumerate(tokens):  # cached rows first: admitting fetched rows may evict them
+            if t not in fetched:
+                out[i] = cache.rows[cache.slot_of[t]]
+        for i, t in enumerate(tokens):
+            if t in fetched:
+                out[i] = fetched[t]
+                cache.admit(t, fetched[t])
+        return torch.from_numpy(out[self.inverse])  # (N, L, d)
+
+
+class RemoteBank:
+    """The backbone's bank over gRPC (see the module docstring).
+
+    cache_tokens: LFU capacity in tokens (0 disables the cache); prefetch: request the next
+    step's misses as soon as its tokens are sampled; overrides: RowOps applied to every read
+    (a per-request edit, nothing written)."""
+
+    def __init__(self, client, table, version=None, cache_tokens=0, prefetch=True, overrides=()):
+        self.client, self.table, self.prefetch_enabled = client, table, prefetch
+        self.version = client.resolve_version(version)
+        info = client.describe(table, self.version)
+        self.cache = LFUCache(cache_tokens, (info.num_layers, info.dim))
+        self.overrides = [convert.row_op_to_pb(op) for op in overrides]
+        self.pending = {}  # token -> Lookup future already in flight (prefetched)
+        self.lookups = 0
+
+    def _fetch(self, tokens):
+        self.lookups += 1
+        request = pb.LookupRequest(table=self.table, token_ids=tokens, at=pb.VersionRef(version=self.version),
+                                   overrides=self.overrides)
+        return self.client.stub.Lookup.future(request, timeout=self.client.timeout)
+
+    def request(self, token_ids):
+        uniq, inverse = np.unique(token_ids.numpy(), return_inverse=True)
+        missing = self.cache.count(uniq.tolist())
+        futures = {t: self.pending.pop(t) for t in missing if t in self.pending}
+        rest = [t for t in missing if t not in futures]
+        if rest:
+            future = self._fetch(rest)
+            futures.update({t: future for t in rest})
+        return RemoteRows(self, uniq, inverse, futures)
+
+    def prefetch(self, token_ids):
+        if not self.prefetch_enabled:
+            return
+        todo = [t for t in np.unique(token_ids.numpy()).tolist() if t not in self.cache.slot_of and t not in self.pending]
+        if todo:
+            future = self._fetch(todo)
+            self.pending.update({t: future for t in todo})
+
+    def move_to(self, version=None):
+        """Pin a newer version: drop only the cached rows that changed in between."""
+        new = self.client.resolve_version(version)
+        self.cache.drop(self.client.changed_tokens(self.table, self.version, new).tolist())
+        self.pending.clear()
+        self.version = new
+
+
+class LocalBank:
+    """The base array memory-mapped read-only, plus the pinned version's delta rows from the service."""
+
+    def __init__(self, client, table, version=None):
+        self.client, self.table = client, table
+        self.base_path = None
+        self.move_to(version)
+
+    def move_to(self, version=None):
+        snap = self.client.snapshot(self.table, version)
+        if snap["base_path"] != self.base_path:
+            self.base = np.load(snap["base_path"], mmap_mode="r")  # (V, L, d), never written
+            self.base_path = snap["base_path"]
+        self.dtype, self.version = snap["dtype"], snap["version"]
+        order = np.argsort(snap["delta_token_ids"])
+        self.delta_ids = snap["delta_token_ids"][order]
+        self.delta_rows = to_float32(snap["delta_rows"][order], self.dtype)
+
+    def request(self, token_ids):
+        ids = token_ids.numpy()
+        rows = to_float32(self.base[np.minimum(ids, len(self.base) - 1)], self.dtype)  # (N, L, d)
+        if len(self.delta_ids):
+            pos = np.minimum(np.searchsorted(self.delta_ids, ids), len(self.delta_ids) - 1)
+            hit = self.delta_ids[pos] == ids
+            rows[hit] = self.delta_rows[pos[hit]]
+        return ReadyRows(torch.from_numpy(rows))
+
+
+class StoreBank:
+    """Rows read synchronously through any store API (a KnowledgeBase or a MemoryClient): the
+    simple bank, with no cache and no prefetch, for tools and the in-process server path."""
+
+    def __init__(self, store, table, version=None, overrides=()):
+        self.store, self.table, self.overrides = store, table, list(overrides)
+        self.version = store.resolve_version(version)
+
+    def request(self, token_ids):
+        result = self.store.lookup(self.table, token_ids.numpy(), version=self.version, overrides=self.overrides)
+        return ReadyRows(torch.from_numpy(result.in_request_order()))

@@ -1,0 +1,50 @@
+"""The embedded default knowledge base: the demo backbone's STEM bank as table `stem`, and its
+checkpoint (dense weights, config, vocabulary) under <data>/models/demo so that `memsvc generate`
+can decode against the service."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from memsvc.store import KnowledgeBase, StoreConfig
+
+SHIPPED = Path(__file__).parent / "demo_data"  # a trained demo checkpoint shipped with memsvc
+MODEL_DIR = Path("models") / "demo"
+TABLE = "stem"
+
+
+def import_checkpoint(kb: KnowledgeBase, ckpt_dir, table=TABLE, message="") -> int:
+    """Import a backbone checkpoint's bank [V, n_stem, d_ff] as a table; returns the version."""
+    from clients.backbone.checkpoint import load_checkpoint
+
+    _, bank, tokenizer = load_checkpoint(ckpt_dir)
+    rows = bank.weight.detach().numpy().astype(np.float32)  # (V, n_stem, d_ff)
+    words = list(tokenizer.vocab)
+    return kb.import_table(table, rows, words, dtype="float32", message=message or f"import {Path(ckpt_dir).name} bank",
+                           progress=True).version
+
+
+def train_into(data_dir, preset="demo", steps=None, progress=True) -> dict:
+    """Train the demo backbone into <data>/models/demo (see clients/backbone/train.py)."""
+    from dataclasses import replace
+
+    from clients.backbone.train import presets, train_demo
+
+    model_config, train_config = presets()[preset]
+    if steps:
+        train_config = replace(train_config, steps=steps)
+    return train_demo(model_config, train_config, Path(data_dir) / MODEL_DIR, progress=progress)
+
+
+def seed_demo_kb(data_dir):
+    """Create the default KB in an empty data dir: the shipped demo checkpoint (or, without
+    one, a freshly trained one) and its bank as table `stem`."""
+    data_dir = Path(data_dir)
+    model_dir = data_dir / MODEL_DIR
+    if (SHIPPED / "model.safetensors").exists():
+        shutil.copytree(SHIPPED, model_dir, dirs_exist_ok=True)
+    else:
+        print("memsvc: training the demo backbone for the default knowledge base (first run only)", flush=True)
+        train_into(data_dir)
+    with KnowledgeBase(StoreConfig(data_dir=data_dir, create=True)) as kb:
+        import_checkpoint(kb, model_dir, message="the demo backbone's STEM bank")
