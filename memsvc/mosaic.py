@@ -314,6 +314,32 @@ def hashed_cosines(keys, sample=64, seed=0):
     return (q @ shifted.T) / (np.linalg.norm(q, axis=1, keepdims=True) * norms)  # (sample, n)
 
 
+# ---------------------------------------------------------------- files
+
+def load_pair_arrays(pairs_file=None, keys_file=None, values_file=None) -> dict:
+    """Pairs from a .npz (keys, values, optional labels and ids) or from two .npy files."""
+    if (pairs_file is None) == (keys_file is None or values_file is None):
+        raise InvalidArgument("pairs: give a .npz of keys and values, or both a keys and a values .npy")
+    try:
+        if pairs_file is not None:
+            with np.load(pairs_file, allow_pickle=False) as f:
+                arrays = {name: f[name] for name in f.files}
+        else:
+            arrays = {"keys": np.load(keys_file, allow_pickle=False), "values": np.load(values_file, allow_pickle=False)}
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(f"pairs: cannot read {pairs_file or keys_file} ({e})")
+    if "keys" not in arrays or "values" not in arrays:
+        raise InvalidArgument(f"pairs: {pairs_file} holds {', '.join(arrays) or 'nothing'}; it needs keys and values")
+    if "labels" in arrays:
+        arrays["labels"] = [str(x) for x in arrays["labels"]]
+    return arrays
+
+
+def save_pair_arrays(path, pairs: dict):
+    """The export: ids, unit keys, values and labels of a group as one .npz (what load reads back)."""
+    np.savez(path, ids=pairs["ids"], keys=pairs["keys"], values=pairs["values"], labels=np.array(pairs["labels"], dtype=str))
+
+
 # ---------------------------------------------------------------- the store
 
 class MosaicStore:
