@@ -38,9 +38,10 @@ class BetaPolicy:
 
 
 def _check(queries, keys, values):
-    """Validate once at the boundary; return float arrays in one common float dtype."""
-    dtype = np.result_type(queries, keys, values, np.float32)
-    queries, keys, values = (np.asarray(a, dtype=dtype) for a in (queries, keys, values))
+    """Validate once at the boundary. Keys and values are used as stored (no copy of a big
+    float32 or memory-mapped store); queries take the keys' float dtype."""
+    keys, values = np.asarray(keys), np.asarray(values)
+    queries = np.asarray(queries, dtype=np.result_type(keys.dtype, np.float32))
     if queries.ndim != 2 or keys.ndim != 2 or values.ndim != 2:
         raise InvalidArgument("queries, keys and values must be 2-d arrays")
     if keys.shape[1] != queries.shape[1]:
