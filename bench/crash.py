@@ -74,10 +74,11 @@ def spawn_server(data, *args, env=None):
     raise RuntimeError(f"memsvc serve did not start (exit {proc.wait()}):\n{''.join(lines)}")
 
 
-def make_kb(data, config: CrashConfig):
-    rows = np.random.default_rng(config.seed).standard_normal((config.vocab, config.layers, config.dim)).astype(np.float32)
+def make_kb(data, vocab=64, layers=3, dim=8, dtype="float16", seed=0):
+    """A KB with one random bank TABLE of words t0, t1, ... at version 1."""
+    rows = np.random.default_rng(seed).standard_normal((vocab, layers, dim)).astype(np.float32)
     with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as kb:
-        kb.import_table(TABLE, rows, [f"t{i}" for i in range(config.vocab)], dtype=config.dtype)
+        kb.import_table(TABLE, rows, [f"t{i}" for i in range(vocab)], dtype=dtype)
 
 
 def edit_of(config: CrashConfig, client: int, seq: int):
@@ -152,7 +153,7 @@ def verify(address, config, acked) -> dict:
 def run(config: CrashConfig, workdir) -> dict:
     """All rounds; the server that round n+1 starts first verifies what round n's crash left."""
     data = Path(workdir) / "kb"
-    make_kb(data, config)
+    make_kb(data, config.vocab, config.layers, config.dim, config.dtype, config.seed)
     rng = np.random.default_rng(config.seed)
     acked, totals, row = {}, {"rounds": 0, "lost": 0, "partial": 0, "fsck_failures": 0}, None
     print(f"{'round':>5} {'kill':<22} {'after s':>7} {'acked':>6} {'commits':>8} {'lost':>5} {'partial':>8} {'fsck':>5}")

@@ -70,7 +70,7 @@ class Metrics:
             shape = list(response.rows.shape)
             self.rows.labels(name).inc(math.prod(shape[:-1]) if shape else 0)
         commit = response.commit if "commit" in fields and response.HasField("commit") else response
-        if commit.DESCRIPTOR.name == "CommitResult" and commit.version:
+        if "Commit" in commit.DESCRIPTOR.name and getattr(commit, "version", 0):  # CommitResult, PairsCommit
             self.commits.labels(name).inc()
 
     def text(self) -> bytes:

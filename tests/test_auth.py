@@ -28,14 +28,15 @@ def method(name, service="memsvc.v1.KnowledgeService"):
 
 
 @pytest.mark.parametrize("name", ["ListTables", "DescribeTable", "Vocabulary", "Lookup", "Log", "Show", "Diff",
-                                  "ListTags", "Search", "SearchTokens", "GetIndex", "ListIndexes"])
+                                  "ListTags", "Search", "SearchTokens", "GetIndex", "ListIndexes", "Snapshot",
+                                  "ChangedTokens", "ReadPairs", "QueryMosaic", "ListMosaics", "DescribeMosaic"])
 def test_reads_need_a_read_key(name):
     assert required_role(method(name)) == READ
     assert required_role(method(name, "memsvc.v1.SearchService")) == READ
 
 
 @pytest.mark.parametrize("name", ["Edit", "InjectToken", "Revert", "Tag", "CreateIndex", "DropIndex", "AddPairs",
-                                  "RemovePairs", "Compact", "Frobnicate", "lookup"])
+                                  "RemovePairs", "ReplacePairs", "CreateMosaic", "Compact", "Frobnicate", "lookup"])
 def test_writes_and_unknown_methods_need_a_write_key(name):
     assert required_role(method(name)) == WRITE
 

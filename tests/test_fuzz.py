@@ -1,0 +1,37 @@
+"""Fuzzed bad input against a live server (bench/fuzz.py with ~200 examples): every answer is OK
+or an expected status code, the server stays up, and rejected writes change nothing."""
+import grpc
+import pytest
+
+from bench.crash import make_kb, spawn_server
+from bench.fuzz import FuzzTarget, fuzz, rpc_methods
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    data = tmp_path_factory.mktemp("fuzz") / "kb"
+    make_kb(data)
+    proc, address = spawn_server(data)
+    yield FuzzTarget(address)
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_every_rpc_is_fuzzed():
+    names = {m.rsplit("/", 1)[1] for m, _ in rpc_methods()}
+    assert {"Lookup", "Edit", "InjectToken", "Revert", "Tag", "Diff", "AddPairs", "QueryMosaic"} <= names
+
+
+def test_unparsable_bytes_are_invalid_argument_and_change_nothing(target):
+    for method, _ in target.methods:
+        for data in [b"\xff\xff\xff", b"\x0a\x05st", b"\x08" + b"\x80" * 11]:
+            assert target.send(method, data) == grpc.StatusCode.INVALID_ARGUMENT, method
+    assert target.changed == []
+
+
+def test_fuzzed_requests_get_expected_codes_and_change_nothing(target):
+    fuzz(target, 200)
+    assert sum(target.histogram.values()) >= 200
+    assert target.bad == []
+    assert target.changed == []
+    assert target.serving()
