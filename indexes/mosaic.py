@@ -150,7 +150,9 @@ def lsh_regression(queries, keys, values, beta, index: SimHashIndex):
     uses weights exp(β q·k_i − log u_i) over S, self-normalised for o. The same weights give
     lse_est = log Σ_S exp(β q·k_i)/u_i, the log of an unbiased (Horvitz-Thompson) estimate of
     Σ_j exp(β q·k_j), so LSH results still merge with `merge_results`.
-    `index` holds the rows of keys/values by id. Returns (o, lse_est, n, fraction_touched (m,)).
+    `index` holds the rows of keys/values by id: a SimHashIndex, or any object with its
+    retrieve(q), inclusion_probability(q, q_dot_keys, centred_norms) and len() (e.g. a view that
+    hides rows dead at some version). Returns (o, lse_est, n, fraction_touched (m,)).
     """
     queries, keys, values = _check(queries, keys, values)
     outs, lses, touched = [], [], []
