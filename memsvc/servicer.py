@@ -83,7 +83,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
                                                    version=v, overrides=overrides))
 
     def _check_size(self, table, version, n_tokens, n_layers):
-        info = self.kb.describe(table, version)
+        info = self.kb.table(table, version)  # not describe(): it counts the vocabulary on every call
         row_bytes = (n_layers or info.num_layers) * info.dim * (4 if info.dtype == "float32" else 2)
         if n_tokens > self.config.max_lookup_tokens or n_tokens * row_bytes > self.config.max_message_bytes - (1 << 20):
             raise ResourceExhausted(f"token_ids: {n_tokens} tokens x {row_bytes} bytes exceed the lookup limit "
