@@ -125,6 +125,12 @@ class Pairs:
     def alive(self, version) -> np.ndarray:
         return (self.added_in <= version) & (self.removed_in > version)
 
+    def live(self, alive) -> tuple:
+        """(keys, values) of the slots in `alive`; no copy when every slot is alive (the common head read)."""
+        if alive.all():
+            return self.keys, self.values
+        return self.keys[alive], self.values[alive]
+
     def last_change(self) -> int:
         """The newest commit that changed this group (0 for none)."""
         closed = self.removed_in[self.removed_in < NEVER]
@@ -575,7 +581,7 @@ class MosaicStore:
         beta = resolve_beta(beta, check_policy(policy) if policy is not None else t.policy, n)
         result = MosaicResult(outputs=None, lse=None, n=n, version=v, beta=beta, mode=mode)
         if n == 0 or mode == "exact":
-            result.outputs, result.lse, _ = kernel_regression(queries, pairs.keys[alive], pairs.values[alive], beta)
+            result.outputs, result.lse, _ = kernel_regression(queries, *pairs.live(alive), beta)
         elif mode == "topk":
             self._topk(t, layer, head, v, queries, beta, k, result)
         else:
@@ -593,7 +599,7 @@ class MosaicStore:
             pairs = t.groups[(layer, head)]  # the newest, read under the lock: the index never runs ahead of it
             alive = pairs.alive(v)
             if index is None or v < pairs.last_change():  # the index holds the group's newest pairs only
-                result.outputs, result.lse, _ = topk_regression(queries, pairs.keys[alive], pairs.values[alive], beta, k)
+                result.outputs, result.lse, _ = topk_regression(queries, *pairs.live(alive), beta, k)
                 return
             result.index_lag = index.sync(pairs, alive)
             result.outputs, result.lse, _ = topk_regression(queries, pairs.keys, pairs.values, beta, k,
