@@ -91,9 +91,8 @@ class RemoteRows:
     def result(self):
         fetched = {}
         for future in {id(f): f for f in self.futures.values()}.values():
-            reply = future.result()
-            rows = to_float32(convert.stored_tensor(reply.rows), reply.rows.dtype)  # (n_unique, L, d)
-            fetched.update(zip(reply.unique_token_ids, rows))
+            reply = future.result()  # a LookupResult (the client reads Lookup replies from the wire)
+            fetched.update(zip(reply.unique_ids.tolist(), to_float32(reply.rows, reply.dtype)))  # rows (L, d)
         cache = self.bank.cache
         out = np.empty((len(self.uniq), *cache.rows.shape[1:]), dtype=np.float32)
         tokens = self.uniq.tolist()

@@ -58,6 +58,10 @@ class MemoryClient:
         self.metadata = bearer_metadata(api_key)
         self.channel = channel or open_channel(address, tls_ca)
         self.stub = pb_grpc.KnowledgeServiceStub(self.channel)
+        # Lookup replies are read straight from the wire bytes: the rows stay a zero-copy view.
+        self.stub.Lookup = self.channel.unary_unary("/memsvc.v1.KnowledgeService/Lookup",
+                                                    request_serializer=pb.LookupRequest.SerializeToString,
+                                                    response_deserializer=convert.lookup_from_wire)
 
     def _call(self, method, request, stub=None):
         """One RPC (on ``stub``, default the KnowledgeService one) with errors as memsvc exceptions."""
@@ -103,7 +107,7 @@ class MemoryClient:
         ids, words = split_tokens(tokens)
         request = pb.LookupRequest(table=table, layers=[int(l) for l in layers or []], token_ids=ids, tokens=words,
                                    at=_ref(version, tag), overrides=[convert.row_op_to_pb(op) for op in overrides or []])
-        return convert.lookup_from_pb(self._call("Lookup", request))
+        return self._call("Lookup", request)
 
     def read_rows(self, table, token_ids, version=None) -> np.ndarray:
         return self.lookup(table, token_ids, version=version).in_request_order()

@@ -75,13 +75,6 @@ def row_op_from_pb(msg: pb.RowOp, field: str) -> RowOp:
 
 # ---------------------------------------------------------------- results
 
-def lookup_to_pb(result: LookupResult) -> pb.LookupResponse:
-    msg = pb.LookupResponse(unique_token_ids=result.unique_ids.tolist(), inverse=result.inverse.tolist(),
-                            version=result.version)
-    tensor_to_pb(result.rows, result.dtype, out=msg.rows)
-    return msg
-
-
 def lookup_from_pb(msg: pb.LookupResponse, rows: np.ndarray | None = None) -> LookupResult:
     """``rows``: the rows when they did not travel inside ``msg`` (see lookup_from_wire)."""
     return LookupResult(rows=stored_tensor(msg.rows) if rows is None else rows,

@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from memsvc import convert
+
 # 50 µs .. 10 s: a cached lookup is ~0.3 ms over Python gRPC, a big edit or diff seconds.
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -63,6 +65,10 @@ class Metrics:
         if code != grpc.StatusCode.OK:
             self.errors.labels(code.name).inc()
         if response is None:
+            return
+        if isinstance(response, bytes):  # Lookup replies are wire bytes (convert.lookup_to_wire)
+            self.bytes.labels(name).inc(len(response))
+            self.rows.labels(name).inc(math.prod(convert.lookup_from_wire(response).rows.shape[:-1]))
             return
         self.bytes.labels(name).inc(response.ByteSize())
         fields = {f.name for f in response.DESCRIPTOR.fields}

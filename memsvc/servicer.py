@@ -48,8 +48,10 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     LOG.exception("internal error in %s", details.method)
                 context.abort(code, str(e))
 
+        serialize = handler.response_serializer
+        # Lookup writes its reply as wire bytes itself (convert.lookup_to_wire): pass them through.
         return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
+                                                   response_serializer=lambda r: r if isinstance(r, bytes) else serialize(r))
 
 
 def _version(ref: pb.VersionRef):
@@ -79,7 +81,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
             ids += self.kb.token_ids(request.table, request.tokens, v).tolist()
         self._check_size(request.table, v, len(ids), len(request.layers))
         overrides = [convert.row_op_from_pb(op, f"overrides[{i}]") for i, op in enumerate(request.overrides)]
-        return convert.lookup_to_pb(self.kb.lookup(request.table, np.array(ids, dtype=np.int64), list(request.layers),
+        return convert.lookup_to_wire(self.kb.lookup(request.table, np.array(ids, dtype=np.int64), list(request.layers),
                                                    version=v, overrides=overrides))
 
     def _check_size(self, table, version, n_tokens, n_layers):

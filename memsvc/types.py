@@ -81,7 +81,11 @@ class LookupResult:
 
 def split_tokens(tokens):
     """A list of token ids or of words (not mixed) -> (ids, words)."""
-    tokens = list(np.asarray(tokens).tolist()) if isinstance(tokens, np.ndarray) else list(tokens)
+    if isinstance(tokens, np.ndarray):
+        if np.issubdtype(tokens.dtype, np.integer):
+            return tokens.astype(np.int64).tolist(), []
+        tokens = tokens.tolist()
+    tokens = list(tokens)
     if all(isinstance(t, str) for t in tokens):
         return [], tokens
     if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in tokens):
