@@ -1,0 +1,66 @@
+"""SearchClient: nearest-row search and index management over gRPC, with the methods (and
+results) of memsvc.search.IndexManager, so code and the CLI can hold either one.
+
+    >>> search = SearchClient(MemoryClient("127.0.0.1:50051"))
+    >>> search.create("tokens", "stem", layer=0, config={"kind": "hnsw", "metric": "cosine"})
+    >>> search.wait("tokens")                       # READY (or raises on FAILED)
+    >>> search.search("stem", 0, tokens=["France"], k=10).tokens[0]
+"""
+import json
+
+import numpy as np
+
+from clients.client import MemoryClient, _ref
+from memsvc.convert import stored_tensor, tensor_to_pb
+from memsvc.search import SearchResult, wait_for_build
+from memsvc.search_servicer import info_from_pb
+from memsvc.types import split_tokens
+from memsvc.v1 import search_pb2 as spb
+from memsvc.v1 import search_pb2_grpc as spb_grpc
+
+
+class SearchClient:
+    def __init__(self, client: MemoryClient):
+        self.client = client
+        self.stub = spb_grpc.SearchServiceStub(client.channel)
+
+    def _call(self, method, request):
+        return self.client._call(method, request, stub=self.stub)
+
+    def search(self, table, layer=0, queries=None, tokens=(), k=10, index=None, params=None,
+               version=None, tag=None, metric=None) -> SearchResult:
+        """The k nearest tokens of each query vector (n, d) or token (its row in `layer`)."""
+        ids, words = split_tokens(tokens)
+        request = spb.SearchRequest(table=table, layer=int(layer), token_ids=ids, tokens=words, k=int(k),
+                                    index=index or "", params=params or {}, at=_ref(version, tag), metric=metric or "")
+        if queries is not None:
+            request.queries.CopyFrom(tensor_to_pb(np.ascontiguousarray(queries, dtype=np.float32)))
+        reply = self._call("Search", request)
+        distances = stored_tensor(reply.distances)
+        ids = np.array(reply.ids, dtype=np.int64).reshape(distances.shape)
+        k = distances.shape[1]
+        tokens = [list(reply.tokens[i * k:(i + 1) * k]) for i in range(distances.shape[0])]
+        return SearchResult(ids=ids, distances=distances, tokens=tokens, version=reply.version, index=reply.index,
+                            index_version=reply.index_version, lag_rows=reply.lag_rows, metric=reply.metric)
+
+    def create(self, name, table, layer=0, config=None, version=None, tag=None, wait=False):
+        """Start a build (``config``: IndexConfig fields as a dict); ``wait`` blocks until it ends."""
+        config = dict(config or {})
+        request = spb.CreateIndexRequest(name=name, table=table, layer=int(layer), kind=config.pop("kind", ""),
+                                         metric=config.pop("metric", ""), config_json=json.dumps(config),
+                                         at=_ref(version, tag))
+        info = info_from_pb(self._call("CreateIndex", request))
+        return self.wait(name) if wait else info
+
+    def wait(self, name, poll_seconds=0.2, on_progress=None):
+        """Block until the build ends: READY info, or FailedPrecondition with its error."""
+        return wait_for_build(self.describe, name, poll_seconds, on_progress)
+
+    def drop(self, name):
+        return info_from_pb(self._call("DropIndex", spb.DropIndexRequest(name=name)))
+
+    def list(self):
+        return [info_from_pb(i) for i in self._call("ListIndexes", spb.ListIndexesRequest()).indexes]
+
+    def describe(self, name):
+        return info_from_pb(self._call("DescribeIndex", spb.DescribeIndexRequest(name=name)))

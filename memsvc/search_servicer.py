@@ -1,0 +1,72 @@
+"""SearchService over gRPC: adapters only (decode, call IndexManager, encode), plus the
+IndexInfo <-> protobuf conversions that the client shares."""
+import json
+
+from memsvc import convert
+from memsvc.errors import InvalidArgument
+from memsvc.search import IndexInfo, IndexManager
+from memsvc.v1 import search_pb2 as spb
+from memsvc.v1 import search_pb2_grpc as spb_grpc
+
+SERVICE = spb.DESCRIPTOR.services_by_name["SearchService"].full_name
+
+
+def info_to_pb(info: IndexInfo) -> spb.IndexInfo:
+    fields = {k: v for k, v in info.__dict__.items() if k != "config"}
+    return spb.IndexInfo(**fields, config_json=json.dumps(info.config))
+
+
+def info_from_pb(msg: spb.IndexInfo) -> IndexInfo:
+    fields = {f: getattr(msg, f) for f in IndexInfo.__dataclass_fields__ if f != "config"}
+    return IndexInfo(**fields, config=json.loads(msg.config_json or "{}"))
+
+
+def _json_object(text, field) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"{field}: not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{field}: expected a JSON object of IndexConfig fields")
+    return value
+
+
+def _version(ref):
+    return dict(version=ref.version or None, tag=ref.tag or None)
+
+
+class SearchServicer(spb_grpc.SearchServiceServicer):
+    def __init__(self, manager: IndexManager):
+        self.manager = manager
+
+    def Search(self, request, context):
+        queries = convert.tensor_from_pb(request.queries, "queries") if request.HasField("queries") else None
+        result = self.manager.search(request.table, request.layer, queries=queries,
+                                     tokens=list(request.token_ids) or list(request.tokens), k=request.k,
+                                     index=request.index or None, params=dict(request.params),
+                                     metric=request.metric or None, **_version(request.at))
+        return spb.SearchResponse(ids=result.ids.ravel().tolist(), distances=convert.tensor_to_pb(result.distances),
+                                  tokens=[w for row in result.tokens for w in row], version=result.version,
+                                  index=result.index, index_version=result.index_version, lag_rows=result.lag_rows,
+                                  metric=result.metric)
+
+    def CreateIndex(self, request, context):
+        config = {**_json_object(request.config_json, "config_json"),
+                  **{k: v for k, v in (("kind", request.kind), ("metric", request.metric)) if v}}
+        return info_to_pb(self.manager.create(request.name, request.table, request.layer, config, **_version(request.at)))
+
+    def DropIndex(self, request, context):
+        return info_to_pb(self.manager.drop(request.name))
+
+    def ListIndexes(self, request, context):
+        return spb.ListIndexesResponse(indexes=[info_to_pb(i) for i in self.manager.list()])
+
+    def DescribeIndex(self, request, context):
+        return info_to_pb(self.manager.describe(request.name))
+
+
+def add_to_server(kb, server) -> IndexManager:
+    """Attach an IndexManager over ``kb`` (its indexes reload now) and serve it."""
+    manager = IndexManager(kb)
+    spb_grpc.add_SearchServiceServicer_to_server(SearchServicer(manager), server)
+    return manager
