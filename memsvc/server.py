@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from memsvc import mosaic_servicer
+from memsvc import mosaic_servicer, search_servicer
 from memsvc.auth import AuthInterceptor, check_exposure, load_keys
 from memsvc.errors import InvalidArgument
 from memsvc.metrics import Metrics, MetricsInterceptor, ServingState, start_http
@@ -58,9 +58,10 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
                          interceptors=interceptors + [UnparsableRequestInterceptor(), ErrorInterceptor()], options=options)
     pb_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(kb, config), server)
     mosaic_servicer.add_to_server(kb, server)
+    search_servicer.add_to_server(kb, server)
     state = state or ServingState(health.HealthServicer(), ("", SERVICE))
     health_pb2_grpc.add_HealthServicer_to_server(state.health, server)
-    reflection.enable_server_reflection([SERVICE, mosaic_servicer.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection([SERVICE, mosaic_servicer.SERVICE, search_servicer.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     address = f"{config.host}:{config.port}"
     port = server.add_secure_port(address, tls_credentials(config)) if config.tls_cert or config.tls_key \
         else server.add_insecure_port(address)
