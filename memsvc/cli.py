@@ -422,3 +422,4 @@ from memsvc import cli_model  # noqa: E402,F401  registers train-demo, generate
 from memsvc import cli_ops  # noqa: E402,F401  registers backup/restore/fsck
 from memsvc import cli_model  # noqa: E402,F401  registers train-demo, generate
 from memsvc import cli_mosaic  # noqa: E402,F401  registers mosaic create/add/remove/query/list/export
+from memsvc import cli_search  # noqa: E402,F401  registers search, index create/drop/list
