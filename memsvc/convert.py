@@ -3,6 +3,7 @@
 The servicer decodes requests and encodes replies with these; the client does the reverse.
 """
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -130,7 +131,15 @@ def _wire_fields(buf, start: int, end: int):
         pos = value_end
 
 
-def lookup_to_wire(result: LookupResult) -> bytes:
+@dataclass
+class LookupWire:
+    """A Lookup reply as wire bytes, and how many rows they carry (metrics count without parsing)."""
+
+    data: bytes
+    rows_served: int
+
+
+def lookup_to_wire(result: LookupResult) -> LookupWire:
     """LookupResponse wire bytes, rows copied once: the small fields through protobuf, then the
     rows as a second `rows` field holding only `data` (a parser merges the two `rows`)."""
     head = pb.LookupResponse(unique_token_ids=result.unique_ids.tolist(), inverse=result.inverse.tolist(),
@@ -139,8 +148,9 @@ def lookup_to_wire(result: LookupResult) -> bytes:
     head.rows.shape[:] = result.rows.shape
     data = memoryview(np.ascontiguousarray(result.rows)).cast("B")
     data_key = _varint(3 << 3 | LEN) + _varint(data.nbytes)  # Tensor.data = 3
-    return b"".join([head.SerializeToString(), _varint(1 << 3 | LEN), _varint(len(data_key) + data.nbytes),
-                     data_key, data])  # LookupResponse.rows = 1
+    return LookupWire(b"".join([head.SerializeToString(), _varint(1 << 3 | LEN), _varint(len(data_key) + data.nbytes),
+                                data_key, data]),  # LookupResponse.rows = 1
+                      rows_served=int(np.prod(result.rows.shape[:-1])))
 
 
 def lookup_from_wire(wire: bytes) -> LookupResult:

@@ -66,9 +66,9 @@ class Metrics:
             self.errors.labels(code.name).inc()
         if response is None:
             return
-        if isinstance(response, bytes):  # Lookup replies are wire bytes (convert.lookup_to_wire)
-            self.bytes.labels(name).inc(len(response))
-            self.rows.labels(name).inc(math.prod(convert.lookup_from_wire(response).rows.shape[:-1]))
+        if isinstance(response, convert.LookupWire):  # Lookup replies are wire bytes
+            self.bytes.labels(name).inc(len(response.data))
+            self.rows.labels(name).inc(response.rows_served)
             return
         self.bytes.labels(name).inc(response.ByteSize())
         fields = {f.name for f in response.DESCRIPTOR.fields}

@@ -50,8 +50,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
         serialize = handler.response_serializer
         # Lookup writes its reply as wire bytes itself (convert.lookup_to_wire): pass them through.
-        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=lambda r: r if isinstance(r, bytes) else serialize(r))
+        return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=handler.request_deserializer,
+            response_serializer=lambda r: r.data if isinstance(r, convert.LookupWire) else serialize(r))
 
 
 def _version(ref: pb.VersionRef):

@@ -25,8 +25,9 @@ def test_lookup_wire_bytes_are_an_ordinary_lookup_response():
     for dtype in ("float32", "float16", "bfloat16"):
         rows = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5).astype(storage_dtype(dtype))
         result = LookupResult(rows=rows, unique_ids=np.array([7, 3]), inverse=np.array([0, 1, 0]), version=4, dtype=dtype)
-        wire = lookup_to_wire(result)
+        wire = lookup_to_wire(result).data
         parsed = pb.LookupResponse.FromString(wire)  # any protobuf parser reads it
+        assert lookup_to_wire(result).rows_served == 2 * 3
         assert (parsed.rows.dtype, list(parsed.rows.shape), parsed.version) == (dtype, [2, 3, 5], 4)
         assert parsed.rows.data == rows.tobytes() and list(parsed.unique_token_ids) == [7, 3] and list(parsed.inverse) == [0, 1, 0]
         back = lookup_from_wire(wire)
