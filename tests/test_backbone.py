@@ -11,6 +11,15 @@ from clients.backbone.demo import SPECIAL_TOKENS, WordTokenizer
 from clients.backbone.model import InProcessBank, KVCache, ModelConfig, StemTransformer, generate
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls: a second OpenMP thread only spins when the two cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small(**overrides):
     config = ModelConfig(vocab_size=40, n_layer=3, n_head=2, d_model=16, d_ff=24, max_seq_len=32, **overrides)
     torch.manual_seed(0)
