@@ -17,8 +17,8 @@ remote service. The bank protocol is two methods and one optional hook:
 `StemTransformer.forward` calls `bank.request(idx.flatten())` exactly once, first thing, and calls
 `.result()` only just before the first STEM FFN needs the rows, so a remote bank overlaps its RPC
 with the embedding and the first attention. Layer slot j of the rows belongs to
-`config.stem_layers[j]` (sorted). Rows are cast to the model's dtype; nothing else depends on the
-bank, so any bank that returns the same rows produces bit-identical logits and tokens.
+`config.stem_layers[j]` (sorted). Rows are cast to the model's dtype and device; nothing else
+depends on the bank, so any bank that returns the same rows gives bit-identical logits and tokens.
 
 `InProcessBank` holds U as one trainable nn.Parameter [V, n_stem, d_ff] (training, reference).
 Parameter names of `StemTransformer` and `InProcessBank` are a stable checkpoint format.
@@ -156,8 +156,8 @@ class StemMLP(nn.Module):
 class BankRows:
     """The rows of one forward pass, resolved from the bank handle on first use."""
 
-    def __init__(self, handle, shape: tuple[int, int, int, int], dtype):
-        self.handle, self.shape, self.dtype = handle, shape, dtype
+    def __init__(self, handle, shape: tuple[int, int, int, int], like):
+        self.handle, self.shape, self.like = handle, shape, like  # like: a tensor of the model's dtype and device
         self.rows = None
 
     def slot(self, j: int):
@@ -166,7 +166,7 @@ class BankRows:
             rows = self.handle.result()
             if tuple(rows.shape) != (B * T, n_stem, d_ff):
                 raise ValueError(f"bank returned rows {tuple(rows.shape)}, want {(B * T, n_stem, d_ff)}")
-            self.rows = rows.to(self.dtype).view(B, T, n_stem, d_ff)  # (B, T, n_stem, d_ff)
+            self.rows = rows.to(self.like).reshape(B, T, n_stem, d_ff)  # (B, T, n_stem, d_ff)
         return self.rows[:, :, j]  # (B, T, d_ff)
 
 
@@ -219,7 +219,7 @@ class StemTransformer(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
         cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         x = self.tok_emb(idx) if input_embeds is None else input_embeds  # (B, T, C)
-        rows = BankRows(handle, (B, T, self.config.n_stem, self.config.d_ff), x.dtype)
+        rows = BankRows(handle, (B, T, self.config.n_stem, self.config.d_ff), like=x)
         for block in self.blocks:
             x = block(x, cos, sin, rows, cache)
         if cache is not None:
