@@ -1,0 +1,143 @@
+"""ANN search through the service (SearchClient -> `memsvc serve`) against the same index kind
+in-process (indexes.ann.build_index + index.search), on the same rows, side by side.
+
+Rows are a clustered synthetic table (indexes/synthetic.py) stored as float16 in one bank layer;
+the in-process index is built over exactly those float16 rows widened to float32. Queries come in
+batches of 64 (one request per batch), k = 10. Recall@10 is |found ∩ exact top-10| / 10 against
+brute force (faiss knn). Target (issue 5): service QPS >= 0.7x in-process at batch 64, equal recall.
+
+It also measures what index work does to a concurrent Lookup: p50/p99 latency of single-token
+lookups alone, while another thread keeps the service busy with searches, and while the service
+builds a DiskANN index (builds run in a worker process, so the GIL of the server stays free).
+Run: .venv/bin/python bench/ann_service.py              (20k rows x 128; ~2 min on 2 cores)
+     .venv/bin/python bench/ann_service.py --rows 5000 --seconds 0.5   (a quick look)
+"""
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from bench.lookup import TABLE, memsvc_server  # noqa: E402
+from clients.client import MemoryClient  # noqa: E402
+from clients.search import SearchClient  # noqa: E402
+from indexes.ann import IndexConfig, build_index  # noqa: E402
+from indexes.base import exact_knn  # noqa: E402
+from indexes.synthetic import clustered_table  # noqa: E402
+
+LOG = logging.getLogger("bench.ann_service")
+
+
+@dataclass
+class BenchConfig:
+    rows: int = 20_000
+    dim: int = 128
+    batch: int = 64
+    batches: int = 8  # distinct query batches, cycled
+    k: int = 10
+    kinds: tuple = ("hnsw", "diskann", "ivfpq")
+    seconds: float = 3.0  # timed seconds per measurement
+    rounds: int = 3  # in-process and service timings alternate this many times (median kept)
+    seed: int = 0
+
+
+def recall(found, truth):
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())]))
+
+
+def timed_qps(search, batches, seconds):
+    """Queries per second of `search(batch) -> ids` over the batches, cycled for `seconds`; and
+    the ids of one pass over every batch (for recall)."""
+    found = np.concatenate([search(b) for b in batches])  # also the warm-up
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        search(batches[calls % len(batches)])
+        calls += 1
+    return calls * len(batches[0]) / (time.perf_counter() - start), found
+
+
+def lookup_latencies(client, seconds, until=None):
+    """Single-token Lookup latencies (ms) for `seconds`, or until `until()` is true."""
+    out, start = [], time.perf_counter()
+    while (until() if until else time.perf_counter() - start >= seconds) is False:
+        t = time.perf_counter()
+        client.lookup(TABLE, [7])
+        out.append(1000 * (time.perf_counter() - t))
+    return np.array(out)
+
+
+def pct(ms):
+    return f"p50 {np.percentile(ms, 50):6.2f} ms  p99 {np.percentile(ms, 99):6.2f} ms  ({len(ms)} calls)"
+
+
+def main(config: BenchConfig):
+    rows, queries = clustered_table(config.rows, config.dim, config.batch * config.batches, seed=config.seed)
+    rows16 = rows.astype(np.float16)
+    rows32 = rows16.astype(np.float32)  # exactly what the service indexes
+    batches = list(queries.reshape(config.batches, config.batch, config.dim))
+    truth = exact_knn(queries, rows32, config.k, "l2")[0]
+    ids = np.arange(config.rows, dtype=np.int64)
+    table, figures = [], {}
+    with tempfile.TemporaryDirectory() as tmp, memsvc_server(rows16[:, None, :], tmp) as address, \
+            MemoryClient(address) as client:
+        search = SearchClient(client)
+        for kind in config.kinds:
+            index = build_index(IndexConfig(kind=kind, progress=False), ids, rows32)
+            search.create(kind, TABLE, 0, {"kind": kind}, wait=True)
+            local, remote = [], []
+            for _ in range(config.rounds):  # alternate, so that load on the machine hits both alike
+                local.append(timed_qps(lambda b: index.search(b, config.k)[0], batches, config.seconds / config.rounds))
+                remote.append(timed_qps(lambda b: search.search(TABLE, 0, queries=b, k=config.k, index=kind).ids,
+                                        batches, config.seconds / config.rounds))
+            (local_qps, local_found), (remote_qps, remote_found) = (
+                (float(np.median([q for q, _ in runs])), runs[0][1]) for runs in (local, remote))
+            row = dict(kind=kind, local_qps=local_qps, service_qps=remote_qps, ratio=remote_qps / local_qps,
+                       local_recall=recall(local_found, truth), service_recall=recall(remote_found, truth))
+            table.append(row)
+            figures[f"{kind}_service_over_inprocess_qps_b{config.batch}"] = round(row["ratio"], 3)
+            figures[f"{kind}_recall_service_minus_inprocess"] = round(row["service_recall"] - row["local_recall"], 4)
+            del index
+
+        alone = lookup_latencies(client, config.seconds)
+        stop = threading.Event()
+        busy_kind = "diskann" if "diskann" in config.kinds else config.kinds[0]
+        busy = threading.Thread(target=lambda: [search.search(TABLE, 0, queries=batches[0], k=config.k, index=busy_kind)
+                                                for _ in iter(stop.is_set, True)], daemon=True)
+        busy.start()
+        searching = lookup_latencies(client, config.seconds)
+        stop.set()
+        busy.join()
+        search.create("building", TABLE, 0, {"kind": "diskann", "complexity": 200})
+        building = lookup_latencies(client, 0, until=lambda: search.describe("building").state != "BUILDING")
+
+    print(f"\nANN search, {config.rows} rows x {config.dim} (float16 bank layer), batch {config.batch}, k {config.k}")
+    print(f"{'kind':<9} {'in-process q/s':>15} {'service q/s':>12} {'ratio':>6} {'recall in-proc':>15} {'recall service':>15}")
+    for r in table:
+        print(f"{r['kind']:<9} {r['local_qps']:>15.0f} {r['service_qps']:>12.0f} {r['ratio']:>6.2f} "
+              f"{r['local_recall']:>15.4f} {r['service_recall']:>15.4f}")
+    print("\nsingle-token Lookup latency through the same server")
+    print(f"  alone                          {pct(alone)}")
+    print(f"  during batch-64 {busy_kind:<7} search {pct(searching)}")
+    print(f"  during a diskann build         {pct(building)}")
+    figures.update(lookup_p99_ms_alone=round(float(np.percentile(alone, 99)), 3),
+                   lookup_p99_ms_during_search=round(float(np.percentile(searching, 99)), 3),
+                   lookup_p99_ms_during_build=round(float(np.percentile(building, 99)), 3))
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=BenchConfig.rows)
+    parser.add_argument("--dim", type=int, default=BenchConfig.dim)
+    parser.add_argument("--seconds", type=float, default=BenchConfig.seconds)
+    parser.add_argument("--kinds", default=",".join(BenchConfig.kinds))
+    args = parser.parse_args()
+    main(BenchConfig(rows=args.rows, dim=args.dim, seconds=args.seconds, kinds=tuple(args.kinds.split(","))))
