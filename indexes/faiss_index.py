@@ -1,0 +1,86 @@
+"""faiss kinds: exact (Flat), hnsw, ivfpq, pq and opq, all from one index_factory string.
+
+Slots are faiss positions: rows are only ever appended, and removals are masked by the base
+class, so position i always holds slot i. Search knobs go through faiss SearchParameters
+objects rather than mutating the index, so concurrent searches with different knobs are safe.
+"""
+
+import math
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from indexes.base import Index, chunks
+from indexes.quiet import quiet
+
+
+def gpu_available(config) -> bool:
+    return config.use_gpu and faiss.get_num_gpus() > 0
+
+
+class FaissIndex(Index):
+    gpu_kinds = ("ivfpq",)  # kinds with a GPU faiss implementation (exact uses torch instead)
+
+    def __init__(self, config, dim):
+        super().__init__(config, dim)
+        self._index = None
+        self._gpu_index = None  # GPU clone for search, rebuilt lazily after adds
+
+    @property
+    def search_params(self):
+        return {"hnsw": ("ef_search",), "ivfpq": ("nprobe",)}.get(self.config.kind, ())
+
+    def factory(self, n: int) -> str:
+        c = self.config
+        pq = f"PQ{c.pq_m}x{c.pq_nbits}"
+        opq = f"OPQ{c.pq_m},{pq}"
+        # 4*sqrt(n) lists, with >= 39 training points per list (faiss's k-means minimum)
+        nlist = c.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        return {"exact": "Flat", "hnsw": f"HNSW{c.hnsw_m}", "ivfpq": f"IVF{nlist},{pq}",
+                "pq": pq, "opq": opq,
+                "learned_pq": opq if c.lpq_init == "opq" else pq}[c.kind]
+
+    def _build(self, vectors, **train):
+        metric = faiss.METRIC_L2 if self.space == "l2" else faiss.METRIC_INNER_PRODUCT
+        faiss.omp_set_num_threads(self.threads)
+        self._index = faiss.index_factory(self.dim, self.factory(len(vectors)), metric)
+        if self.config.kind == "hnsw":
+            self._index.hnsw.efConstruction = self.config.ef_construction
+        with quiet():  # k-means warns on stderr when the sample is small
+            self._index.train(vectors)
+        self._add(np.arange(len(vectors)), vectors)
+
+    def _add(self, slots, vectors):
+        for rows in chunks(len(vectors), 20_000, f"{self.config.kind} add", self.config.progress):
+            self._index.add(vectors[rows])
+        self._gpu_index = None
+
+    def _search(self, queries, k, params):
+        c, kind = self.config, self.config.kind
+        if kind == "hnsw":  # efSearch below k would cut the result list short
+            knobs = faiss.SearchParametersHNSW(efSearch=max(params.get("ef_search", c.ef_search), k))
+        elif kind == "ivfpq":
+            knobs = faiss.SearchParametersIVF(nprobe=params.get("nprobe", c.nprobe))
+        else:
+            knobs = None
+        dist, slots = self._searcher().search(queries, k, params=knobs)
+        return slots, (dist if self.space == "l2" else -dist)
+
+    def _searcher(self):
+        if self.config.kind not in self.gpu_kinds or not gpu_available(self.config):
+            return self._index
+        if self._gpu_index is None:
+            self._gpu_index = faiss.index_cpu_to_all_gpus(self._index)
+        return self._gpu_index
+
+    def _save(self, path: Path):
+        faiss.write_index(self._index, str(path / "faiss.index"))
+
+    def _load(self, path: Path):
+        self._index = faiss.read_index(str(path / "faiss.index"))
+
+    def _stats(self):
+        return {"backend": "faiss", "factory": self.factory(self._n_main),
+                "bytes_per_vector": self._index.sa_code_size() if self.config.kind != "hnsw"
+                else 4 * self.dim, "gpu": gpu_available(self.config)}
