@@ -13,7 +13,6 @@ Prints a table of tokens/s and ratios to (a), the cache hit rate, and a JSON lin
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from clients.backbone.model import InProcessBank, KVCache, ModelConfig, StemTran
 from clients.banks import LocalBank, RemoteBank  # noqa: E402
 from clients.client import MemoryClient  # noqa: E402
 from memsvc.dtypes import to_float32  # noqa: E402
+from memsvc.spawn import spawn_server, stop_server  # noqa: E402
 from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
 
 LOG = logging.getLogger("bench.decode")
@@ -56,15 +56,6 @@ def decode_stream(model, bank, tokens):
     return B * T / (time.perf_counter() - start)
 
 
-def start_server(data):
-    proc = subprocess.Popen([sys.executable, "-m", "memsvc", "serve", "--no-seed", "--data", str(data), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-    for line in proc.stdout:
-        if " on 127.0.0.1:" in line:
-            return proc, "127.0.0.1:" + line.split(" on 127.0.0.1:")[1].split()[0]
-    raise RuntimeError("server did not start")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vocab", type=int, default=32768)
@@ -87,12 +78,11 @@ def main():
         with KnowledgeBase(StoreConfig(data_dir=Path(tmp) / "kb", create=True)) as kb:
             kb.import_table("stem", rows16, [f"t{i}" for i in range(args.vocab)], dtype="float16", progress=True)
         del rows16
-        proc, address = start_server(Path(tmp) / "kb")
+        proc, address = spawn_server(Path(tmp) / "kb")
         try:
             results = run(model, reference, MemoryClient(address), args)
         finally:
-            proc.terminate()
-            proc.wait()
+            stop_server(proc)
     print_table(results, args)
 
 

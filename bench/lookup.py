@@ -20,11 +20,8 @@ Run: .venv/bin/python bench/lookup.py            (32k vocab x 4 layers x 2048 fp
 import argparse
 import json
 import logging
-import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from bench.redis_server import redis_server  # noqa: E402
 from clients.client import MemoryClient  # noqa: E402
+from memsvc.spawn import spawn_server, stop_server  # noqa: E402
 from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
 
 LOG = logging.getLogger("bench.lookup")
@@ -83,17 +81,11 @@ def memsvc_server(rows, workdir):
     data = Path(workdir) / "kb"
     with KnowledgeBase(StoreConfig(data_dir=data, create=True, durable=False)) as kb:
         kb.import_table(TABLE, rows, [f"t{i}" for i in range(len(rows))], dtype="float16", progress=True)
-    cmd = [sys.executable, "-m", "memsvc", "serve", "--no-seed", "--data", str(data), "--port", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    proc, address = spawn_server(data)
     try:
-        address = next((f"{m[1]}:{m[2]}" for line in proc.stdout if (m := re.search(r"on ([\d.]+):(\d+) ", line))), None)
-        if address is None:
-            raise RuntimeError(f"memsvc serve did not start (exit {proc.wait()})")
-        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its log pipe drained
         yield address
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_server(proc)
 
 
 def load_redis(r, rows, chunk=1024):

@@ -1,13 +1,11 @@
 """Shared fixtures: a small real bank, a temp-path knowledge base, a real server process."""
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from memsvc.spawn import spawn_server as start_server  # noqa: F401  (used by tests)
+from memsvc.spawn import stop_server  # noqa: F401
 from memsvc.store import KnowledgeBase, StoreConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,27 +23,6 @@ def kb(tmp_path):
     store.import_table("stem", small_bank(), WORDS, dtype="float32", message="import")
     yield store
     store.close()
-
-
-def start_server(data_dir, *extra_args, env=None):
-    """`memsvc serve` as a real process on a free loopback port; returns (process, address)."""
-    cmd = [sys.executable, "-m", "memsvc", "serve", "--data", str(data_dir), "--port", "0", "--no-seed", *extra_args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env={**os.environ, **(env or {})})
-    for line in proc.stdout:
-        m = re.search(r"on ([\d.]+):(\d+) ", line)
-        if m:
-            return proc, f"{m.group(1)}:{m.group(2)}"
-    raise RuntimeError(f"server did not start (exit {proc.wait()})")
-
-
-def stop_server(proc):
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture

@@ -1,0 +1,44 @@
+"""`memsvc serve` as a child process on a free loopback port, for tests, benchmarks and tools."""
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spawn_server(data_dir, *args, env=None, log=None, preexec_fn=None):
+    """Start `memsvc serve --no-seed` over data_dir on port 0; returns (process, "host:port").
+
+    Its output is drained in a thread (into the file ``log`` if given) so that a chatty server
+    never blocks on a full pipe."""
+    cmd = [sys.executable, "-m", "memsvc", "serve", "--no-seed", "--data", str(data_dir), "--port", "0", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        m = re.search(r"serving .* on ([\d.]+):(\d+) ", line)
+        if m:
+            threading.Thread(target=_drain, args=(proc.stdout, log), daemon=True).start()
+            return proc, f"{m.group(1)}:{m.group(2)}"
+    raise RuntimeError(f"memsvc serve did not start (exit {proc.wait()}):\n{''.join(lines)}")
+
+
+def stop_server(proc, timeout=20):
+    """SIGTERM (graceful shutdown), then SIGKILL if it does not exit in time."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _drain(stream, log):
+    with open(log or os.devnull, "a") as out:
+        for line in stream:
+            out.write(line)
+            out.flush()
