@@ -214,7 +214,15 @@ def lookup(data, server, table, tokens, layers, version, tag, out):
 @cli.command()
 @store_options
 @table_option
-@click.option("--token", required=True, help="The token whose rows change.")
+@click.option("--token", default=None, help="The token whose rows change.")
+@click.option("--entity", default=None, help="Entity edit: this entity's tokens take --to's rows (memsvc/cli_edits.py).")
+@click.option("--to", default=None, help="The target entity of --entity.")
+@click.option("--mode", type=click.Choice(["auto", "one_to_one", "average", "copy", "left_pad", "right_pad"]), default="auto",
+              show_default=True, help="How --entity's tokens map onto --to's when their lengths differ.")
+@click.option("--fact", default=None, help="Fact edit: fit the subject's rows so this prompt yields --target.")
+@click.option("--target", default=None, help="The word --fact should yield.")
+@click.option("--subject", default=None, help="The subject of --fact (default: its capitalised words).")
+@click.option("--model", "model_dir", default=None, help="Backbone checkpoint for --fact (default: DATA/models/demo).")
 @click.option("--vector", default=None, help="New row: comma-separated values or a .npy file ((d,) or (layers, d)).")
 @click.option("--like", default=None, help="Copy the rows of this token (with --alpha: blend toward them).")
 @click.option("--layer", "layers", multiple=True, type=int, help="Layers to change (default: all).")
@@ -222,18 +230,29 @@ def lookup(data, server, table, tokens, layers, version, tag, out):
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option("--author", envvar="MEMSVC_AUTHOR", default="")
 @click.option("--dry-run", is_flag=True, help="Print the rows that would change and their 5 nearest tokens; write nothing.")
-def edit(data, server, table, token, vector, like, layers, alpha, message, author, dry_run):
-    """Change a token's rows as one commit.
+def edit(data, server, table, token, entity, to, mode, fact, target, subject, model_dir, vector, like, layers, alpha,
+         message, author, dry_run):
+    """Change a token's rows, an entity's rows or one fact as one commit.
 
     \b
     Example:
         memsvc edit --token Spain --like Germany -m "Spain uses Germany's rows"
         memsvc edit --token Spain --vector 0.1,0.2,... --layer 0 -m "set layer 0"
         memsvc edit --token Spain --like Germany --alpha 0.5 --dry-run
+        memsvc edit --entity "Spain" --to "Germany" --mode average
+        memsvc edit --fact "the capital of Spain is" --target Berlin --dry-run
     """
     from editing.entity import parse_vector_arg
     from editing.rows import RowOp
 
+    if entity or fact:
+        from memsvc.cli_edits import edit_entity_or_fact
+
+        with open_store(data, server) as store:
+            return edit_entity_or_fact(store, table, entity, to, mode, fact, target, subject, layers,
+                                       model_dir or Path(data) / "models" / "demo", author, message, dry_run)
+    if token is None:
+        raise InvalidArgument("--token: give --token, --entity or --fact")
     if (vector is None) == (like is None):
         raise InvalidArgument("--vector/--like: give exactly one")
     op = RowOp(op="copy" if alpha is None else "blend", token=token, layers=list(layers),
@@ -423,3 +442,4 @@ from memsvc import cli_ops  # noqa: E402,F401  registers backup/restore/fsck
 from memsvc import cli_model  # noqa: E402,F401  registers train-demo, generate
 from memsvc import cli_mosaic  # noqa: E402,F401  registers mosaic create/add/remove/query/list/export
 from memsvc import cli_search  # noqa: E402,F401  registers search, index create/drop/list
+from memsvc import cli_edits  # noqa: E402,F401  registers eval-edits
