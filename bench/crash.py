@@ -8,7 +8,7 @@ instead die inside a commit through MEMSVC_CRASH_AT), runs fsck, restarts, and c
     lost     acknowledged commits missing from the log or not reading their exact rows
     partial  commits (acknowledged or not) whose rows are not all there, or that changed more
 
-There is no speed baseline here: the figures are counts that must be 0. Run: .venv/bin/python bench/crash.py --rounds 20   (~1-2 min on 2 cores)
+There is no speed baseline here: the figures are counts that must be 0. Run: .venv/bin/python bench/crash.py --rounds 20   (~7 min on 2 cores: each restart re-checks every commit)
 Test: tests/test_crash.py runs 3 rounds.
 """
 import argparse
@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -58,20 +59,30 @@ class CrashConfig:
     seed: int = 0
 
 
-def spawn_server(data, *args, env=None):
+def spawn_server(data, *args, env=None, log=None, memory_limit=None):
     """`memsvc serve` in its own process on a free loopback port; returns (process, address).
-    Its log is drained in a thread so that a chatty server never blocks on a full pipe."""
+    Its log is drained in a thread (into the file ``log`` if given) so that a chatty server
+    never blocks on a full pipe. ``memory_limit`` (bytes of address space) turns a runaway
+    allocation into a MemoryError instead of the machine's OOM killer."""
     cmd = [sys.executable, "-m", "memsvc", "serve", "--no-seed", "--data", str(data), "--port", "0", *args]
+    limit = None if memory_limit is None else (lambda: resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit)))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, preexec_fn=limit)
     lines = []
     for line in proc.stdout:
         lines.append(line)
         m = re.search(r"on ([\d.]+):(\d+) ", line)
         if m:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            threading.Thread(target=_drain, args=(proc.stdout, log), daemon=True).start()
             return proc, f"{m.group(1)}:{m.group(2)}"
     raise RuntimeError(f"memsvc serve did not start (exit {proc.wait()}):\n{''.join(lines)}")
+
+
+def _drain(stream, log):
+    with open(log or os.devnull, "a") as out:
+        for line in stream:
+            out.write(line)
+            out.flush()
 
 
 def make_kb(data, vocab=64, layers=3, dim=8, dtype="float16", seed=0):

@@ -45,6 +45,8 @@ RANGE = {F.TYPE_INT32: (-2**31, 2**31 - 1), F.TYPE_SINT32: (-2**31, 2**31 - 1), 
          F.TYPE_SINT64: (-2**63, 2**63 - 1), F.TYPE_SFIXED64: (-2**63, 2**63 - 1), F.TYPE_UINT64: (0, 2**64 - 1),
          F.TYPE_FIXED64: (0, 2**64 - 1)}
 DTYPES = ["float32", "float16", "bfloat16", "float64", "int8", "", "FLOAT32"]
+# A request that makes the server allocate without bound must fail there, not OOM the machine.
+MEMORY_LIMIT = 8 << 30
 OVERSIZE = 70_000  # more tokens than a lookup accepts (ServerConfig.max_lookup_tokens = 65536)
 
 
@@ -193,11 +195,12 @@ def fuzz(target: FuzzTarget, n: int, seed: int = 0):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--server-log", default=None, help="Write the server's log (tracebacks of INTERNAL) here.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         make_kb(Path(tmp) / "kb")
-        proc, address = spawn_server(Path(tmp) / "kb")
+        proc, address = spawn_server(Path(tmp) / "kb", log=args.server_log, memory_limit=MEMORY_LIMIT)
         try:
             target = FuzzTarget(address)
             start = time.perf_counter()

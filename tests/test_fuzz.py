@@ -4,14 +4,14 @@ import grpc
 import pytest
 
 from bench.crash import make_kb, spawn_server
-from bench.fuzz import FuzzTarget, fuzz, rpc_methods
+from bench.fuzz import MEMORY_LIMIT, FuzzTarget, fuzz, rpc_methods
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):
     data = tmp_path_factory.mktemp("fuzz") / "kb"
     make_kb(data)
-    proc, address = spawn_server(data)
+    proc, address = spawn_server(data, memory_limit=MEMORY_LIMIT)
     yield FuzzTarget(address)
     proc.terminate()
     proc.wait(30)
