@@ -24,7 +24,7 @@ from .model import InProcessBank, ModelConfig, StemTransformer
 @dataclass
 class TrainConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    steps: int = 800  # 100% fact accuracy on the demo corpus (measured; 1500 steps: same, held-out 0.86 vs 0.79)
+    steps: int = 800  # 100% of facts learned; 1500 steps lift held-out accuracy 0.79 -> 0.86
     batch_size: int = 128
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decay down to lr * min_lr_ratio
