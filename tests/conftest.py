@@ -3,12 +3,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from memsvc.spawn import spawn_server as start_server  # noqa: F401  (used by tests)
 from memsvc.spawn import stop_server  # noqa: F401
 from memsvc.store import KnowledgeBase, StoreConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+torch.set_num_threads(1)  # test processes share 2 cores with the servers they start
 WORDS = ["Spain", "Germany", "France", "Madrid", "Berlin", "Paris"] + [f"w{i}" for i in range(58)]
 
 
