@@ -1,0 +1,182 @@
+"""Recall@10 against QPS for every index kind, in one process, with exact search measured alongside.
+
+Data: SIFT 5k (real descriptors, shipped ground truth) and a synthetic clustered table
+(default 200k x 128, queries from a shifted distribution; --n shrinks it). Also measures
+learned PQ against OPQ at 64x compression on held-out queries, and a dynamic DiskANN index after
+rounds of 1% row edits against a fresh static build of the edited table.
+Writes bench/out/ann.png and bench/out/ann.md; the last line printed is one JSON object.
+
+    .venv/bin/python bench/ann.py --n 50000
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from indexes.ann import IndexConfig, build_index  # noqa: E402
+from indexes.base import exact_knn  # noqa: E402
+from indexes.synthetic import clustered_table  # noqa: E402
+
+LOG = logging.getLogger("bench.ann")
+OUT = Path(__file__).resolve().parent / "out"
+SIFT = Path("/work/shared/data/sift5k")
+# per-kind search knob and the values swept (one point where the kind has no knob)
+SWEEPS = {"exact": (None, [None]), "diskann": ("complexity", [16, 32, 64, 128, 256]),
+          "diskann_dynamic": ("complexity", [16, 32, 64, 128, 256]),
+          "diskann_disk": ("complexity", [32, 64, 128, 256]),
+          "hnsw": ("ef_search", [16, 32, 64, 128, 256]), "ivfpq": ("nprobe", [4, 16, 64]),
+          "pq": (None, [None]), "opq": (None, [None]), "learned_pq": (None, [None])}
+
+
+def recall_at_10(found, truth):
+    return float(np.mean([len(set(f[:10]) & set(t[:10])) / 10 for f, t in zip(found, truth)]))
+
+
+def measure(index, queries, truth, params):
+    """(recall@10, queries per second): best of two timed batch searches."""
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        found, _ = index.search(queries, 10, params=params)
+        seconds.append(time.perf_counter() - start)
+    return recall_at_10(found, truth), len(queries) / min(seconds)
+
+
+def sweep(dataset, index, queries, truth):
+    """One row per knob value: dataset, kind, knob, recall@10, qps."""
+    knob, values = SWEEPS[index.config.kind]
+    rows = []
+    for value in values:
+        params = {knob: value} if knob else None
+        recall, qps = measure(index, queries, truth, params)
+        rows.append({"dataset": dataset, "kind": index.config.kind,
+                     "knob": f"{knob}={value}" if knob else "", "recall10": recall, "qps": qps})
+        LOG.info("%s %s %s recall@10=%.3f qps=%.0f", *list(rows[-1].values()))
+    return rows
+
+
+def bench_dataset(dataset, rows, queries, truth, train_queries, threads):
+    ids = np.arange(len(rows), dtype=np.int64)
+    results, indexes = [], {}
+    for kind in SWEEPS:
+        config = IndexConfig(kind=kind, num_threads=threads)
+        start = time.perf_counter()
+        train = {"train_queries": train_queries} if kind == "learned_pq" else {}
+        indexes[kind] = build_index(config, ids, rows, **train)
+        LOG.info("%s: built %s in %.1f s", dataset, kind, time.perf_counter() - start)
+        results += [{**r, "build_s": time.perf_counter() - start}
+                    for r in sweep(dataset, indexes[kind], queries, truth)]
+    exact_qps = next(r["qps"] for r in results if r["kind"] == "exact")
+    for r in results:
+        r["qps_over_exact"] = r["qps"] / exact_qps
+    return results, indexes
+
+
+def edit_rounds(rows, queries, threads, rounds=10, fraction=0.01, seed=0):
+    """Dynamic DiskANN after `rounds` of remove + re-add of changed rows vs a fresh static build.
+
+    Returns (dynamic recall@10, static recall@10) at the default search complexity."""
+    rng = np.random.default_rng(seed)
+    rows = rows.copy()
+    ids = np.arange(len(rows), dtype=np.int64)
+    dynamic = build_index(IndexConfig(kind="diskann_dynamic", num_threads=threads), ids, rows)
+    spread = rows.std(0)
+    for _ in range(rounds):
+        changed = rng.choice(len(rows), size=max(1, int(fraction * len(rows))), replace=False)
+        rows[changed] += (rng.normal(size=(len(changed), rows.shape[1])) * spread * 0.5
+                          ).astype(np.float32)
+        dynamic.remove(ids[changed])
+        dynamic.add(ids[changed], rows[changed])
+    truth, _ = exact_knn(queries, rows, 10, "l2")
+    static = build_index(IndexConfig(kind="diskann", num_threads=threads), ids, rows)
+    return (recall_at_10(dynamic.search(queries, 10)[0], truth),
+            recall_at_10(static.search(queries, 10)[0], truth))
+
+
+def best(results, kind, *, min_recall=None, min_ratio=None):
+    """Best recall at >= min_ratio x exact QPS, or best QPS ratio at >= min_recall."""
+    points = [r for r in results if r["kind"] == kind]
+    if min_ratio is not None:
+        return max([r["recall10"] for r in points if r["qps_over_exact"] >= min_ratio],
+                   default=0.0)
+    return max([r["qps_over_exact"] for r in points if r["recall10"] >= min_recall], default=0.0)
+
+
+def plot_and_table(results, path_png, path_md):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5))
+    for ax, dataset in zip(np.atleast_1d(axes), datasets):
+        for kind in SWEEPS:
+            pts = [r for r in results if r["dataset"] == dataset and r["kind"] == kind]
+            ax.plot([p["recall10"] for p in pts], [p["qps"] for p in pts], "o-", label=kind)
+        ax.set(title=dataset, xlabel="recall@10", ylabel="queries / s", yscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path_png, dpi=120)
+    lines = ["| dataset | kind | knob | recall@10 | QPS | QPS / exact | build s |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['dataset']} | {r['kind']} | {r['knob']} | {r['recall10']:.3f} | "
+              f"{r['qps']:.0f} | {r['qps_over_exact']:.2f} | {r['build_s']:.1f} |"
+              for r in results]
+    path_md.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200_000, help="rows in the synthetic table")
+    parser.add_argument("--queries", type=int, default=1000, help="held-out synthetic queries")
+    parser.add_argument("--train-queries", type=int, default=2000, help="for learned PQ")
+    parser.add_argument("--threads", type=int, default=0, help="0 = every core")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    base, sift_queries = np.load(SIFT / "base.npy"), np.load(SIFT / "queries.npy")
+    sift_truth = np.load(SIFT / "groundtruth_top100.npy")[:, :10]
+    # SIFT has only 100 queries: learned PQ trains on base rows (a different sample) instead
+    sift_train = base[np.random.default_rng(0).choice(len(base), 1000, replace=False)]
+    results, _ = bench_dataset("sift5k", base, sift_queries, sift_truth, sift_train, args.threads)
+
+    rows, queries = clustered_table(args.n, 128, args.queries + args.train_queries, seed=0)
+    held_out, train = queries[:args.queries], queries[args.queries:]
+    truth, _ = exact_knn(held_out, rows, 10, "l2")
+    name = f"clustered{args.n // 1000}k"
+    synthetic, _ = bench_dataset(name, rows, held_out, truth, train, args.threads)
+    results += synthetic
+    dynamic_recall, static_recall = edit_rounds(rows, held_out, args.threads)
+
+    print(plot_and_table(results, OUT / "ann.png", OUT / "ann.md"))
+    lpq = next(r["recall10"] for r in synthetic if r["kind"] == "learned_pq")
+    opq = next(r["recall10"] for r in synthetic if r["kind"] == "opq")
+    sift_lpq = next(r["recall10"] for r in results if r["kind"] == "learned_pq")
+    sift_opq = next(r["recall10"] for r in results if r["kind"] == "opq")
+    print(f"dynamic DiskANN after 10 rounds of 1% edits: recall@10 {dynamic_recall:.3f}, "
+          f"fresh static build {static_recall:.3f}")
+    print(json.dumps({
+        "n": args.n,
+        "diskann_recall10_at_3x_exact_qps": best(synthetic, "diskann", min_ratio=3.0),
+        "diskann_qps_over_exact_at_recall95": best(synthetic, "diskann", min_recall=0.95),
+        "hnsw_qps_over_exact_at_recall95": best(synthetic, "hnsw", min_recall=0.95),
+        "learned_pq_recall10": lpq, "opq_recall10": opq,
+        "learned_pq_minus_opq_recall10": lpq - opq,
+        "sift_learned_pq_minus_opq_recall10": sift_lpq - sift_opq,
+        "dynamic_after_edits_minus_static_recall10": dynamic_recall - static_recall,
+    }))
+
+
+if __name__ == "__main__":
+    main()
