@@ -14,9 +14,7 @@ Test: tests/test_crash.py runs 3 rounds.
 import argparse
 import json
 import logging
-import os
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -35,6 +33,7 @@ from editing.rows import RowOp  # noqa: E402
 from memsvc.backup import fsck  # noqa: E402
 from memsvc.dtypes import to_float32, to_storage  # noqa: E402
 from memsvc.errors import MemsvcError  # noqa: E402
+from memsvc.spawn import spawn_server  # noqa: E402
 from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
 
 LOG = logging.getLogger("bench.crash")
@@ -57,32 +56,6 @@ class CrashConfig:
     # commit instead: after its rows are written, and just before SQLite's COMMIT.
     crash_points: tuple = ((5, "commit:after-rows"), (10, "commit:before-commit"))
     seed: int = 0
-
-
-def spawn_server(data, *args, env=None, log=None, memory_limit=None):
-    """`memsvc serve` in its own process on a free loopback port; returns (process, address).
-    Its log is drained in a thread (into the file ``log`` if given) so that a chatty server
-    never blocks on a full pipe. ``memory_limit`` (bytes of address space) turns a runaway
-    allocation into a MemoryError instead of the machine's OOM killer."""
-    cmd = [sys.executable, "-m", "memsvc", "serve", "--no-seed", "--data", str(data), "--port", "0", *args]
-    limit = None if memory_limit is None else (lambda: resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit)))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env={**os.environ, **(env or {})}, preexec_fn=limit)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        m = re.search(r"on ([\d.]+):(\d+) ", line)
-        if m:
-            threading.Thread(target=_drain, args=(proc.stdout, log), daemon=True).start()
-            return proc, f"{m.group(1)}:{m.group(2)}"
-    raise RuntimeError(f"memsvc serve did not start (exit {proc.wait()}):\n{''.join(lines)}")
-
-
-def _drain(stream, log):
-    with open(log or os.devnull, "a") as out:
-        for line in stream:
-            out.write(line)
-            out.flush()
 
 
 def make_kb(data, vocab=64, layers=3, dim=8, dtype="float16", seed=0):

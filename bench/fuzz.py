@@ -18,6 +18,7 @@ import importlib
 import json
 import logging
 import pkgutil
+import resource
 import sys
 import tempfile
 import time
@@ -31,8 +32,9 @@ from google.protobuf.descriptor import FieldDescriptor as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 import memsvc.v1  # noqa: E402
-from bench.crash import TABLE, make_kb, spawn_server  # noqa: E402
+from bench.crash import TABLE, make_kb  # noqa: E402
 from memsvc.auth import WRITE, required_role  # noqa: E402
+from memsvc.spawn import spawn_server  # noqa: E402
 
 LOG = logging.getLogger("bench.fuzz")
 EXPECTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE,
@@ -48,6 +50,11 @@ DTYPES = ["float32", "float16", "bfloat16", "float64", "int8", "", "FLOAT32"]
 # A request that makes the server allocate without bound must fail there, not OOM the machine.
 MEMORY_LIMIT = 8 << 30
 OVERSIZE = 70_000  # more tokens than a lookup accepts (ServerConfig.max_lookup_tokens = 65536)
+
+
+def limit_memory():
+    """In the server's child process: cap its address space at MEMORY_LIMIT."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
 def rpc_methods() -> list:
@@ -200,7 +207,7 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         make_kb(Path(tmp) / "kb")
-        proc, address = spawn_server(Path(tmp) / "kb", log=args.server_log, memory_limit=MEMORY_LIMIT)
+        proc, address = spawn_server(Path(tmp) / "kb", log=args.server_log, preexec_fn=limit_memory)
         try:
             target = FuzzTarget(address)
             start = time.perf_counter()

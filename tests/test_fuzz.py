@@ -3,15 +3,16 @@ or an expected status code, the server stays up, and rejected writes change noth
 import grpc
 import pytest
 
-from bench.crash import make_kb, spawn_server
-from bench.fuzz import MEMORY_LIMIT, FuzzTarget, fuzz, rpc_methods
+from bench.crash import make_kb
+from bench.fuzz import FuzzTarget, fuzz, limit_memory, rpc_methods
+from memsvc.spawn import spawn_server
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):
     data = tmp_path_factory.mktemp("fuzz") / "kb"
     make_kb(data)
-    proc, address = spawn_server(data, memory_limit=MEMORY_LIMIT)
+    proc, address = spawn_server(data, preexec_fn=limit_memory)
     yield FuzzTarget(address)
     proc.terminate()
     proc.wait(30)
