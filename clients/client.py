@@ -192,9 +192,8 @@ class PinnedClient:
         self.client = client
         self.version = version
 
-    def vocabulary(self, table, version=None) -> list:
-        """Words by token id ('' for ids that do not exist at that version)."""
-        return list(self._call("Vocabulary", pb.VocabularyRequest(table=table, at=_ref(version))).words)
+    def vocabulary(self, table) -> list:
+        return self.client.vocabulary(table, self.version)
 
     def lookup(self, table, tokens, layers=None, overrides=None) -> LookupResult:
         return self.client.lookup(table, tokens, layers, version=self.version, overrides=overrides)

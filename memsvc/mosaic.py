@@ -348,6 +348,11 @@ def save_pair_arrays(path, pairs: dict):
 
 # ---------------------------------------------------------------- the store
 
+# Bounds on a store's shape: every (layer, head) group is allocated at create.
+MAX_SHAPE = {"num_layers": 1024, "num_heads": 1024, "key_dim": 65536, "value_dim": 65536}
+MAX_GROUPS = 65536
+
+
 class MosaicStore:
     """Every mosaic store of one knowledge base: persisted in its catalog (tables mosaic_tables,
     mosaic_pairs), mirrored in memory. Created by KnowledgeBase._load."""
@@ -435,8 +440,10 @@ class MosaicStore:
         check_name(name)
         for what, value in (("num_layers", num_layers), ("num_heads", num_heads), ("key_dim", key_dim),
                             ("value_dim", value_dim)):
-            if value < 1:
-                raise InvalidArgument(f"{what}: must be >= 1, got {value}")
+            if not 1 <= value <= MAX_SHAPE[what]:
+                raise InvalidArgument(f"{what}: must be in [1, {MAX_SHAPE[what]}], got {value}")
+        if num_layers * num_heads > MAX_GROUPS:
+            raise InvalidArgument(f"num_heads: num_layers x num_heads must be <= {MAX_GROUPS}, got {num_layers * num_heads}")
         policy = check_policy(policy or BetaPolicy())
         if topk_index not in ("",) + TOPK_INDEX_KINDS:
             raise InvalidArgument(f"topk_index: {topk_index!r} is not one of {', '.join(TOPK_INDEX_KINDS)} (or empty)")

@@ -23,6 +23,7 @@ import bisect
 import fcntl
 import getpass
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -42,6 +43,7 @@ from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, NotFou
 from memsvc.types import (CommitInfo, CommitResult, EditRequest, LookupResult, RowChange,
                           TableInfo, split_tokens)
 
+LOG = logging.getLogger("memsvc.store")
 NEVER = 2**62  # removed_in of a token that was never removed
 FORMAT = "1"
 
@@ -508,8 +510,13 @@ class KnowledgeBase:
                 version = self._insert_commit(conn, kind, tables, author, message, rows_changed, request, metrics)
                 write(conn, version)
                 _crash_point("commit:after-rows")
-            publish(version)
-            self._head = version
+            try:
+                publish(version)
+                self._head = version
+            except Exception:
+                # The commit is durable: rebuild memory from the catalog so that it and the head agree.
+                LOG.exception("publishing commit %d failed; reloading the knowledge base", version)
+                self._load()
             return version
 
     def _commit_rows(self, name, writes, kind, author, message, request=None, metrics=None, new_tokens=(), removed_tokens=()):

@@ -174,7 +174,9 @@ def test_lsh_through_the_service_follows_adds_and_removes_and_reads_old_versions
     (lambda m: m.add("all", 0, 1, K[:2], V[:2], labels=["one"]), InvalidArgument, "labels: 1 labels for 2 pairs"),
     (lambda m: m.remove("all", 0, 1, [99]), NotFound, "ids: pair id 99 does not exist"),
     (lambda m: m.create("all", 1, 1, 8, 4), Conflict, "table: table 'all' already exists"),
-    (lambda m: m.create("z", 1, 1, 0, 4), InvalidArgument, "key_dim: must be >= 1"),
+    (lambda m: m.create("z", 1, 1, 0, 4), InvalidArgument, "key_dim: must be in [1, 65536], got 0"),
+    (lambda m: m.create("z", 2000, 1, 4, 4), InvalidArgument, "num_layers: must be in [1, 1024], got 2000"),
+    (lambda m: m.create("z", 1024, 1024, 4, 4), InvalidArgument, "num_heads: num_layers x num_heads must be <= 65536"),
 ])
 def test_bad_input_names_the_field_and_writes_nothing(remote, call, error, message):
     head = remote.client.version

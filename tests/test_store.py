@@ -232,3 +232,17 @@ def test_a_crash_mid_commit_leaves_the_previous_head_intact(kb, point):
         assert again.version == 2 and [c.message for c in again.log()][0] != "dies"
         np.testing.assert_array_equal(again.lookup("stem", np.arange(64)).in_request_order(), expected)
         assert again.edit("stem", [RowOp("scale", token_id=0, alpha=2.0)]).version == 3
+
+
+def test_a_commit_whose_publish_fails_is_still_read_and_the_next_commit_works(kb):
+    def write(conn, version):
+        conn.execute("insert into deltas values (?,?,?,?,?)", ["stem", 2, 0, version, np.full(8, 4.0, np.float32).tobytes()])
+
+    def publish(version):
+        raise MemoryError("simulated failure while mirroring the commit")
+
+    assert kb.commit("edit", ["stem"], write, publish, message="half-published") == 2
+    assert kb.version == 2 and kb.log()[0].message == "half-published"
+    np.testing.assert_array_equal(kb.read_rows("stem", [2])[0, 0], np.full(8, 4.0))
+    assert kb.edit("stem", [RowOp("scale", token_id=2, alpha=2.0, layers=[0])]).version == 3
+    np.testing.assert_array_equal(kb.read_rows("stem", [2])[0, 0], np.full(8, 8.0))
