@@ -23,7 +23,7 @@ from memsvc.errors import InvalidArgument
 @dataclass
 class FactConfig:
     steps: int = 100  # at most this many Adam steps
-    keep_weight: float = 1.0  # weight of the KL that holds the subject's other facts
+    keep_weight: float = 3.0  # weight of the KL that holds the subject's other facts
     lr: float = 0.1  # rows start near 1 (clients/backbone/model.py InProcessBank)
     target_prob: float = 0.6  # stop once every edit prompt gives the target at least this likely
     #                           and every keep prompt still gives its old top token

@@ -1,0 +1,76 @@
+"""`memsvc edit --entity/--fact`, `generate`, `revert` and `eval-edits` end to end on a freshly
+trained micro demo backbone (the session fixture of tests/test_edit_eval.py)."""
+import json
+
+from click.testing import CliRunner
+
+from clients.backbone.demo import DemoCorpus, write_edit_records
+from memsvc.cli import cli
+from tests.conftest import start_server, stop_server
+from tests.test_edit_eval import MICRO_CORPUS, micro_kb, micro_model  # noqa: F401  fixtures
+
+
+def memsvc(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def answer(data, prompt, *extra):
+    code, out = memsvc("generate", "--data", data, "--prompt", prompt, "-n", 1, *extra)
+    assert code == 0, out
+    return out.split(" -> ")[1].split()[0]
+
+
+def test_entity_edit_generate_revert_and_override(micro_kb):
+    corpus = DemoCorpus(MICRO_CORPUS)
+    source, target = corpus.entities[:2]
+    prompt = f"the capital of {source} is"
+    old, new = corpus.attributes[source]["capital"], corpus.attributes[target]["capital"]
+    assert answer(micro_kb, prompt) == old
+    code, out = memsvc("edit", "--data", micro_kb, "--entity", source, "--to", target, "--dry-run")
+    assert code == 0 and f"nearest: {target} (1.000)" in out and "2 rows would change" in out
+    code, out = memsvc("edit", "--data", micro_kb, "--entity", source, "--to", target, "--mode", "average")
+    assert code == 0 and out.strip() == "committed version 2: 2 rows changed"
+    assert answer(micro_kb, prompt) == new
+    assert f"subject='{source}' target_new='{target}'" in memsvc("show", "--data", micro_kb, 2)[1]
+    assert memsvc("revert", "--data", micro_kb, 2)[0] == 0
+    assert answer(micro_kb, prompt) == old
+    assert answer(micro_kb, prompt, "--override", f"{source}={target}") == new
+    assert len(memsvc("log", "--data", micro_kb)[1].splitlines()) == 3  # the override committed nothing
+
+
+def test_fact_edit_commits_request_and_metrics(micro_kb):
+    corpus = DemoCorpus(MICRO_CORPUS)
+    source, target = corpus.entities[2:4]
+    new = corpus.attributes[target]["leader"]
+    code, out = memsvc("edit", "--data", micro_kb, "--fact", f"the leader of {source} is", "--target", new)
+    assert code == 0 and "committed version 2: 2 rows changed" in out, out
+    assert answer(micro_kb, f"the leader of {source} is") == new
+    code, out = memsvc("show", "--data", micro_kb, 2)
+    assert f"prompt='the leader of {source} is' subject='{source}' target_new='{new}'" in out
+    assert "metric reliability: 1.0" in out and "metric other_facts:" in out and "metric fit_steps:" in out
+
+
+def test_edit_errors_are_one_line(micro_kb):
+    assert memsvc("edit", "--data", micro_kb) == (1, "Error: --token: give --token, --entity or --fact\n")
+    code, out = memsvc("edit", "--data", micro_kb, "--entity", "Nowhere", "--to", DemoCorpus(MICRO_CORPUS).entities[0])
+    assert code == 1 and out == "Error: entity: unknown token 'Nowhere' in table 'stem'\n"
+    code, out = memsvc("edit", "--data", micro_kb, "--fact", "the capital of x is", "--target", "Berlin")
+    assert code == 1 and out.startswith("Error: --subject: cannot tell the subject")
+
+
+def test_eval_edits_through_the_server_commits_with_metrics(micro_kb, tmp_path):
+    write_edit_records(tmp_path / "edits.jsonl", DemoCorpus(MICRO_CORPUS), n_records=4)
+    proc, address = start_server(micro_kb)
+    try:
+        code, out = memsvc("eval-edits", tmp_path / "edits.jsonl", "--server", address, "--model", micro_kb / "models" / "demo",
+                           "--commit", "--plot", tmp_path / "edits.png")
+        assert code == 0, out
+        overall = json.loads(out.strip().splitlines()[-1])
+        assert overall["locality"] == 1.0 and 0 <= overall["reliability"] <= 1
+        assert out.rsplit("relation", 1)[1].split()[:3] == ["reliability", "generalization", "locality"]
+        assert (tmp_path / "edits.png").read_bytes()[:4] == b"\x89PNG"
+        code, out = memsvc("show", "--server", address, 5)
+        assert code == 0 and "metric locality: 1.0" in out and "request: prompt=" in out
+    finally:
+        stop_server(proc)
