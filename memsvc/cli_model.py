@@ -103,4 +103,4 @@ def generate(data, server, table, prompts, version, bank, overrides, max_new_tok
             out = decode(model, source, torch.tensor([ids]), max_new_tokens)[0, len(ids):].tolist()
             out = out[:out.index(tokenizer.eos_id)] if tokenizer.eos_id in out else out
             click.echo(f"{prompt} -> {tokenizer.decode(out)}")
-    click.echo(f"(version {source.version}, bank {type(source).__name__})", err=True)
+    click.echo(f"(read version {source.version} through {type(source).__name__})")
