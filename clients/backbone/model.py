@@ -22,6 +22,10 @@ depends on the bank, so any bank that returns the same rows gives bit-identical 
 
 `InProcessBank` holds U as one trainable nn.Parameter [V, n_stem, d_ff] (training, reference).
 Parameter names of `StemTransformer` and `InProcessBank` are a stable checkpoint format.
+
+Optional persistent memory (memory.py): blocks in config.memory_layers add a read of (key, value)
+pairs from a *memory source* passed to forward like the bank (`memory=`), e.g. a Memory Mosaic
+store through the service. With no memory_layers (the default) the model is unchanged.
 """
 
 import math
@@ -30,6 +34,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .memory import PersistentMemory
 
 
 @dataclass
@@ -44,15 +50,21 @@ class ModelConfig:
     rope_theta: float = 10000.0
     tie_embeddings: bool = False  # share tok_emb with lm_head (the demo keeps them separate)
     norm_eps: float = 1e-5
+    memory_layers: list[int] = field(default_factory=list)  # layers with a persistent-memory read (memory.py)
+    memory_heads: int = 1
+    memory_key_dim: int = 32
+    memory_value_dim: int = 32
+    memory_beta: float = 16.0  # kernel sharpness β; queries and keys are unit vectors
 
     def __post_init__(self):
         if self.stem_layers is None:
             self.stem_layers = list(range(self.n_layer))
         self.stem_layers = sorted(int(i) for i in self.stem_layers)
-        if any(not 0 <= i < self.n_layer for i in self.stem_layers) or len(
-            set(self.stem_layers)
-        ) != len(self.stem_layers):
-            raise ValueError(f"stem_layers must be distinct indices in [0, {self.n_layer})")
+        self.memory_layers = sorted(int(i) for i in self.memory_layers)
+        for name in ("stem_layers", "memory_layers"):
+            layers = getattr(self, name)
+            if any(not 0 <= i < self.n_layer for i in layers) or len(set(layers)) != len(layers):
+                raise ValueError(f"{name} must be distinct indices in [0, {self.n_layer})")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError("d_model / n_head must be an even integer (rotary pairs)")
 
@@ -179,13 +191,17 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer)
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config) if self.stem_slot is None else StemMLP(config)
+        if layer in config.memory_layers:  # created only here, so models without memory init as before
+            self.memory_norm = RMSNorm(config.d_model, config.norm_eps)
+            self.memory = PersistentMemory(config, slot=config.memory_layers.index(layer))
 
-    def forward(self, x, cos, sin, rows: BankRows, cache: KVCache | None = None):
+    def forward(self, x, cos, sin, rows: BankRows, cache: KVCache | None = None, memory=None):
         x = x + self.attn(self.attn_norm(x), cos, sin, cache)
         h = self.mlp_norm(x)
-        if self.stem_slot is None:
-            return x + self.mlp(h)
-        return x + self.mlp(h, rows.slot(self.stem_slot))
+        x = x + (self.mlp(h) if self.stem_slot is None else self.mlp(h, rows.slot(self.stem_slot)))
+        if hasattr(self, "memory"):
+            x = x + self.memory(self.memory_norm(x), memory)
+        return x
 
 
 class StemTransformer(nn.Module):
@@ -208,10 +224,11 @@ class StemTransformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, bank, cache: KVCache | None = None, input_embeds=None):
+    def forward(self, idx, bank, cache: KVCache | None = None, input_embeds=None, memory=None):
         """Logits (B, T, V) for tokens idx (B, T) that sit at positions cache.pos.. (or 0..).
 
-        input_embeds (B, T, C) replaces tok_emb(idx) (the trainer uses it to hide entities)."""
+        input_embeds (B, T, C) replaces tok_emb(idx) (the trainer uses it to hide entities);
+        memory: the memory source of the memory layers (unused without config.memory_layers)."""
         B, T = idx.shape
         handle = bank.request(idx.flatten())  # first thing: a remote fetch overlaps what follows
         start = 0 if cache is None else cache.pos
@@ -221,7 +238,7 @@ class StemTransformer(nn.Module):
         x = self.tok_emb(idx) if input_embeds is None else input_embeds  # (B, T, C)
         rows = BankRows(handle, (B, T, self.config.n_stem, self.config.d_ff), like=x)
         for block in self.blocks:
-            x = block(x, cos, sin, rows, cache)
+            x = block(x, cos, sin, rows, cache, memory)
         if cache is not None:
             cache.pos += T
         return self.lm_head(self.norm_f(x))
@@ -257,13 +274,14 @@ class InProcessBank(nn.Module):
 
 
 @torch.no_grad()
-def generate(model: StemTransformer, bank, prompt_ids, max_new_tokens: int, on_token=None, prefill_chunk: int | None = None):
+def generate(model: StemTransformer, bank, prompt_ids, max_new_tokens: int, on_token=None, prefill_chunk: int | None = None,
+             memory=None):
     """Greedy decoding with a KV cache. prompt_ids (B, T) -> (B, T + max_new_tokens).
 
     One bank request per forward: the prompt in chunks of prefill_chunk tokens (default: all at
     once), then one request per step for that step's B tokens. After each step the sampled tokens
     go to bank.prefetch (if the bank has it and another step follows) and then to
-    on_token(step, next_ids (B,))."""
+    on_token(step, next_ids (B,)). memory: the memory source, read once per memory layer per forward."""
     B, T = prompt_ids.shape
     if T + max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"{T} + {max_new_tokens} tokens exceed max_seq_len {model.config.max_seq_len}")
@@ -272,7 +290,7 @@ def generate(model: StemTransformer, bank, prompt_ids, max_new_tokens: int, on_t
     cache = KVCache(model.config, B, model.tok_emb.weight.dtype, prompt_ids.device)
     chunk = prefill_chunk or T
     for s in range(0, T, chunk):
-        logits = model(prompt_ids[:, s : s + chunk], bank, cache)  # (B, chunk, V)
+        logits = model(prompt_ids[:, s : s + chunk], bank, cache, memory=memory)  # (B, chunk, V)
     out = [prompt_ids]
     for step in range(max_new_tokens):
         next_ids = logits[:, -1].argmax(-1)  # (B,)
@@ -283,6 +301,6 @@ def generate(model: StemTransformer, bank, prompt_ids, max_new_tokens: int, on_t
         if on_token is not None:
             on_token(step, next_ids)
         if not last:
-            logits = model(next_ids[:, None], bank, cache)  # (B, 1, V)
+            logits = model(next_ids[:, None], bank, cache, memory=memory)  # (B, 1, V)
     model.train(was_training)
     return torch.cat(out, dim=1)

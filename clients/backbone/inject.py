@@ -1,0 +1,123 @@
+"""Knowledge injection through Memory Mosaic pairs: new facts as commits in the memory store.
+
+For each request (EasyEdit fields: subject, relation, target_new) the new pair is
+
+    k_h = normalize(mean_p q_h(p))     the unit queries of memory head h at the last token of the
+                                       relation's training prompts p about the subject
+    v_h = argmin_v Σ_p CE(model(p | store + (k, v)), target_new)
+
+fitted with the model and the store's pairs frozen (a few Adam steps on v through the merge by
+lse of the store's read and the new pairs', `WithPairs`). The pairs of a memory slot are added as
+one commit per head; reverting those commits gives back exactly the old reads.
+
+    python -m clients.backbone.train --preset tiny-memory --out runs/mem
+    python -m clients.backbone.inject --ckpt runs/mem --data runs/mem-kb --facts 32
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .demo import TEMPLATES, WordTokenizer
+from .memory import RecordQueries, WithPairs
+from .train import predict_next
+
+
+@dataclass
+class InjectConfig:
+    slot: int = -1  # the memory slot (index into config.memory_layers) that gets the pairs
+    steps: int = 60  # Adam steps on the new values
+    lr: float = 0.1
+    locality: float = 1.0  # weight of the KL that keeps the `keep` prompts' answers
+
+
+def request_prompts(request: dict, split: int = 0) -> list[str]:
+    """The relation's training (split 0) or held-out (1) templates about the request's subject."""
+    return [t.format(request["subject"]) for t in TEMPLATES[request["relation"]][split]]
+
+
+def by_length(tokenizer: WordTokenizer, prompts: list[str]) -> dict[int, tuple[list[int], torch.Tensor]]:
+    """length -> (indices into prompts, their token ids (n, length)): prompts that batch together."""
+    encoded = [tokenizer.encode(p) for p in prompts]
+    return {
+        length: ([i for i, e in enumerate(encoded) if len(e) == length], torch.tensor([e for e in encoded if len(e) == length]))
+        for length in sorted(set(map(len, encoded)))
+    }
+
+
+@torch.no_grad()
+def last_queries(model, bank, tokenizer, prompts, memory, slot: int) -> torch.Tensor:
+    """Unit queries (len(prompts), H, dk) that memory slot `slot` reads at each prompt's last token."""
+    out = [None] * len(prompts)
+    for which, idx in by_length(tokenizer, prompts).values():
+        recorder = RecordQueries(memory)
+        model(idx, bank, memory=recorder)
+        q = recorder.seen[slot][-1].view(*idx.shape, *recorder.seen[slot][-1].shape[1:])  # (n, T, H, dk)
+        for i, row in zip(which, q[:, -1]):
+            out[i] = row
+    return torch.stack(out)
+
+
+def next_log_probs(model, bank, groups, memory) -> dict[int, torch.Tensor]:
+    """length -> log p(next token) (n, V) at the last token of each group of `by_length`."""
+    return {length: model(idx, bank, memory=memory)[:, -1].log_softmax(-1) for length, (_, idx) in groups.items()}
+
+
+def fit_pairs(model, bank, tokenizer: WordTokenizer, memory, requests: list[dict], keep: list[str] = (),
+              config: InjectConfig = InjectConfig()) -> WithPairs:
+    """New pairs (one per request, at config.slot) fitted over `memory`; returns `memory` plus them.
+
+    keep: prompts whose next-token distributions must not move (their KL to before, weighted by
+    config.locality, joins the loss)."""
+    slot = config.slot % len(model.config.memory_layers)
+    prompts = [(r, p) for r in requests for p in request_prompts(r)]
+    queries = last_queries(model, bank, tokenizer, [p for _, p in prompts], memory, slot)  # (P, H, dk)
+    owner = torch.tensor([requests.index(r) for r, _ in prompts])  # which request each prompt is about
+    keys = torch.zeros(len(requests), *queries.shape[1:]).index_add_(0, owner, queries)  # (m, H, dk)
+    H, dv = model.config.memory_heads, model.config.memory_value_dim
+    injected = WithPairs(memory, slot, F.normalize(keys, dim=-1).transpose(0, 1), torch.zeros(H, len(requests), dv))
+    targets = torch.tensor([tokenizer.index[r["target_new"]] for r, _ in prompts])
+    groups, kept = by_length(tokenizer, [p for _, p in prompts]), by_length(tokenizer, list(keep))
+    model.eval()
+    with torch.no_grad():
+        reference = next_log_probs(model, bank, kept, memory)
+    optimizer = torch.optim.Adam(injected.parameters(), lr=config.lr)
+    for _ in range(config.steps):
+        loss = sum(F.cross_entropy(model(idx, bank, memory=injected)[:, -1], targets[which], reduction="sum")
+                   for which, idx in groups.values()) / len(prompts)
+        if keep:
+            now = next_log_probs(model, bank, kept, injected)
+            loss = loss + config.locality * sum(F.kl_div(now[n], reference[n], log_target=True, reduction="sum")
+                                                for n in kept) / len(keep)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return injected
+
+
+def commit_pairs(mosaic, name: str, pairs: WithPairs, labels: list[str], author: str = "", message: str = "") -> list[int]:
+    """Add `pairs` to store `name` through any mosaic API: one commit per head; returns the versions."""
+    return [mosaic.add(name, pairs.slot, head, pairs.keys[head].detach().numpy(), pairs.values[head].detach().numpy(),
+                       labels=labels, author=author, message=message).version
+            for head in range(pairs.keys.shape[0])]
+
+
+def answer_rate(model, bank, tokenizer, requests: list[dict], memory, split: int = 0, key: str = "target_new") -> float:
+    """Fraction of the requests' prompts (training templates, or held-out with split=1) answering r[key]."""
+    prompts = [(r, p) for r in requests for p in request_prompts(r, split)]
+    predicted = predict_next(model, bank, tokenizer, [p for _, p in prompts], memory)
+    return sum(a == r[key] for a, (r, _) in zip(predicted, prompts)) / len(prompts)
+
+
+def load_requests(path, n: int) -> list[dict]:
+    """The first n EasyEdit records of a JSONL file with distinct (subject, relation)."""
+    seen, out = set(), []
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line)
+        if (r["subject"], r["relation"]) not in seen and len(out) < n:
+            seen.add((r["subject"], r["relation"]))
+            out.append(r)
+    return out
