@@ -15,14 +15,15 @@ one commit per head; reverting those commits gives back exactly the old reads.
 """
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .demo import TEMPLATES, WordTokenizer
-from .memory import RecordQueries, WithPairs
+from .demo import TEMPLATES, DemoCorpus, WordTokenizer, write_edit_records
+from .memory import RecordQueries, StoreMemory, WithPairs
 from .train import predict_next
 
 
@@ -112,12 +113,86 @@ def answer_rate(model, bank, tokenizer, requests: list[dict], memory, split: int
     return sum(a == r[key] for a, (r, _) in zip(predicted, prompts)) / len(prompts)
 
 
-def load_requests(path, n: int) -> list[dict]:
-    """The first n EasyEdit records of a JSONL file with distinct (subject, relation)."""
-    seen, out = set(), []
-    for line in Path(path).read_text().splitlines():
-        r = json.loads(line)
-        if (r["subject"], r["relation"]) not in seen and len(out) < n:
-            seen.add((r["subject"], r["relation"]))
-            out.append(r)
-    return out
+def make_requests(corpus: DemoCorpus, n: int, seed: int = 0) -> list[dict]:
+    """n EasyEdit records (demo.write_edit_records) with distinct (subject, relation)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_edit_records(Path(tmp) / "requests.jsonl", corpus, n_records=4 * n, seed=seed)
+        records = [json.loads(line) for line in (Path(tmp) / "requests.jsonl").read_text().splitlines()]
+    unique = {}
+    for r in records:
+        unique.setdefault((r["subject"], r["relation"]), r)
+    return list(unique.values())[:n]
+
+
+def injection_report(model, bank, tokenizer, corpus: DemoCorpus, mosaic, name: str, n_facts: int,
+                     config: InjectConfig = InjectConfig()) -> dict:
+    """Inject n_facts new facts as pairs into store `name` through `mosaic`, then revert them;
+    answers are read through the store at each step (EasyEdit vocabulary)."""
+    requests = make_requests(corpus, n_facts)
+    touched = {(r["subject"], r["relation"]) for r in requests}
+    others = [f.prompt for f in corpus.facts() if (f.entity, f.relation) not in touched]
+    memory = StoreMemory(mosaic, name)
+
+    def measure(stage):
+        return {f"{stage}_reliability": answer_rate(model, bank, tokenizer, requests, memory),
+                f"{stage}_generalization": answer_rate(model, bank, tokenizer, requests, memory, split=1),
+                f"{stage}_old_answer": answer_rate(model, bank, tokenizer, requests, memory, key="ground_truth")}
+
+    report, before = measure("before"), predict_next(model, bank, tokenizer, others, memory)
+    pairs = fit_pairs(model, bank, tokenizer, memory, requests, others, config)
+    labels = [f"{r['subject']} {r['relation']} {r['target_new']}" for r in requests]
+    versions = commit_pairs(mosaic, name, pairs, labels, message=f"inject {len(requests)} facts")
+    memory.move_to()
+    after = predict_next(model, bank, tokenizer, others, memory)
+    report |= measure("after") | {"after_locality": sum(a == b for a, b in zip(after, before)) / len(others)}
+    for version in reversed(versions):
+        mosaic.revert(version)
+    memory.move_to()
+    report |= measure("reverted") | {"reverted_unchanged": predict_next(model, bank, tokenizer, others, memory) == before}
+    return {"facts": len(requests), "injected_versions": versions, **report}
+
+
+def main():
+    import argparse
+
+    from memsvc.spawn import spawn_server, stop_server
+    from memsvc.store import KnowledgeBase, StoreConfig
+
+    from clients.client import MemoryClient
+    from clients.mosaic import MosaicClient
+
+    from .checkpoint import load_checkpoint
+    from .memory import MEMORY_FILE, InProcessMemory
+    from .train import fact_accuracy, fact_pairs, presets
+
+    parser = argparse.ArgumentParser(description="Serve a memory model's pairs from memsvc, inject facts as pairs, revert.")
+    parser.add_argument("--ckpt", required=True, help="checkpoint directory of `train --preset tiny-memory`")
+    parser.add_argument("--preset", default="tiny-memory", help="the preset it was trained with (for its corpus)")
+    parser.add_argument("--data", required=True, help="a new knowledge base directory for the store")
+    parser.add_argument("--facts", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model, bank, tokenizer = load_checkpoint(args.ckpt)
+    trained = InProcessMemory.load(Path(args.ckpt) / MEMORY_FILE, model.config)
+    corpus = DemoCorpus(presets()[args.preset][1].corpus)
+    with KnowledgeBase(StoreConfig(data_dir=args.data, create=True)) as kb:
+        trained.export(kb.mosaic, "memory", labels=fact_pairs(corpus), message="trained pairs")
+    proc, address = spawn_server(args.data)
+    try:
+        with MemoryClient(address) as client:
+            mosaic = MosaicClient(client)
+            served = StoreMemory(mosaic, "memory")
+            report = {
+                "accuracy_in_process": fact_accuracy(model, bank, tokenizer, corpus.facts(), trained),
+                "accuracy_served": fact_accuracy(model, bank, tokenizer, corpus.facts(), served),
+                "heldout_accuracy_served": fact_accuracy(model, bank, tokenizer, corpus.facts("heldout"), served),
+                "accuracy_empty_memory": fact_accuracy(model, bank, tokenizer, corpus.facts(), InProcessMemory(model.config, 0)),
+                **injection_report(model, bank, tokenizer, corpus, mosaic, "memory", args.facts),
+            }
+    finally:
+        stop_server(proc)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
