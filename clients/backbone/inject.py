@@ -1,14 +1,17 @@
 """Knowledge injection through Memory Mosaic pairs: new facts as commits in the memory store.
 
-For each request (EasyEdit fields: subject, relation, target_new) the new pair is
+For each request (EasyEdit fields: subject, relation, target_new) one pair per memory head:
 
-    k_h = normalize(mean_p q_h(p))     the unit queries of memory head h at the last token of the
+    k_h ← normalize(mean_p q_h(p))     start: the unit queries of head h at the last token of the
                                        relation's training prompts p about the subject
-    v_h = argmin_v Σ_p CE(model(p | store + (k, v)), target_new)
+    k, v = argmin Σ_p CE(model(p | store + (k, v)), target_new) + λ Σ_o KL(before(o) || now(o))
 
-fitted with the model and the store's pairs frozen (a few Adam steps on v through the merge by
-lse of the store's read and the new pairs', `WithPairs`). The pairs of a memory slot are added as
-one commit per head; reverting those commits gives back exactly the old reads.
+fitted with the model and the store's pairs frozen: a few Adam steps through the merge by lse of
+the store's read and the new pairs' (`WithPairs`). The KL over other facts' prompts o keeps their
+answers: fitting the value alone at the mean-query key gave locality 0.91 at 32 facts
+(tiny-memory), keys and values with the KL 1.0.
+The pairs of a memory slot are added as one commit per head; reverting those commits gives back
+exactly the old reads.
 
     python -m clients.backbone.train --preset tiny-memory --out runs/mem
     python -m clients.backbone.inject --ckpt runs/mem --data runs/mem-kb --facts 32
@@ -30,7 +33,7 @@ from .train import predict_next
 @dataclass
 class InjectConfig:
     slot: int = -1  # the memory slot (index into config.memory_layers) that gets the pairs
-    steps: int = 60  # Adam steps on the new values
+    steps: int = 60  # Adam steps on the new keys and values
     lr: float = 0.1
     locality: float = 1.0  # weight of the KL that keeps the `keep` prompts' answers
 

@@ -40,7 +40,9 @@ def kernel_read(queries, keys, values, beta: float):
 
 
 def merge_reads(reads):
-    """Exact merge of (o_s, lse_s) read from disjoint pairs: o = Σ_s exp(lse_s − L) o_s, L = logsumexp_s."""
+    """Exact merge of (o_s, lse_s) read from disjoint pairs: o = Σ_s exp(lse_s − L) o_s, L = logsumexp_s.
+
+    The torch twin of indexes.mosaic.merge_results: gradients flow to the parts (fitting new pairs)."""
     lse = torch.stack([r[1] for r in reads])  # (S, N, H)
     top = lse.amax(0)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
