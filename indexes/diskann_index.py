@@ -6,6 +6,7 @@ Facts about diskannpy that shape this module (measured; tests/test_indexes.py gu
   static kinds are built without tags and return positions, which are our slots;
 - the dynamic index takes uint32 tags and reserves 0, so tag = slot + 1; its save() writes
   all-zero tags, so we keep the rows ourselves and rebuild the graph on load;
+- StaticDiskIndex hangs when opened with num_threads=1, so it always gets at least 2;
 - cosine is done as l2 on unit vectors (the disk index has no cosine, and the memory index
   returns unscaled negative scores); "mips" returns +q.x, which we negate.
 """
@@ -109,12 +110,13 @@ class DiskannDisk(DiskannMemory):
 
     def _open(self):
         with quiet():
-            self._index = diskannpy.StaticDiskIndex(str(self._dir), self.threads,
+            # with num_threads=1 diskannpy 0.7 spins forever in the constructor (measured)
+            self._index = diskannpy.StaticDiskIndex(str(self._dir), max(2, self.threads),
                                                     self.config.num_nodes_to_cache)
 
     def _query(self, queries, k, complexity, params):
         beam = params.get("beam_width", self.config.beam_width)
-        return self._index.batch_search(queries, k, complexity, self.threads, beam)
+        return self._index.batch_search(queries, k, complexity, max(2, self.threads), beam)
 
 
 class DiskannDynamic(DiskannMemory):
