@@ -27,18 +27,20 @@ LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5
 
 
 class StoreCollector:
-    """Gauges read from the store at scrape time: head version and index lag (versions behind)."""
+    """Gauges read from the store at scrape time: the head version and each index's lag."""
 
-    def __init__(self, head, index_versions):
-        self.head, self.index_versions = head, index_versions
+    def __init__(self, head, indexes):
+        self.head, self.indexes = head, indexes
 
     def collect(self):
-        head = self.head()
-        yield GaugeMetricFamily("memsvc_head_version", "The newest commit id.", value=head)
-        lag = GaugeMetricFamily("memsvc_index_lag_versions", "Commits an index has not seen yet.", labels=["index"])
-        for name, built_at in sorted(self.index_versions().items()):
-            lag.add_metric([name], head - built_at)
-        yield lag
+        yield GaugeMetricFamily("memsvc_head_version", "The newest commit id.", value=self.head())
+        commits = GaugeMetricFamily("memsvc_index_lag_commits", "Commits to an index's table it has not absorbed.", labels=["index"])
+        rows = GaugeMetricFamily("memsvc_index_lag_rows", "Rows changed since an index's version (searched exactly).", labels=["index"])
+        for info in self.indexes():
+            commits.add_metric([info.name], info.lag_commits)
+            rows.add_metric([info.name], info.lag_rows)
+        yield commits
+        yield rows
 
 
 class Metrics:
@@ -54,9 +56,9 @@ class Metrics:
         self.bytes = Counter("memsvc_bytes_served", "Serialized reply bytes.", ["method"], registry=r)
         self.commits = Counter("memsvc_commits", "Commits made through the server.", ["method"], registry=r)
 
-    def track_store(self, head, index_versions=dict):
-        """Export the head version and index lag; ``index_versions() -> {index: version built at}``."""
-        self.registry.register(StoreCollector(head, index_versions))
+    def track_store(self, head, indexes=list):
+        """Export the head version and index lag; ``indexes() -> [IndexInfo]`` (memsvc.search)."""
+        self.registry.register(StoreCollector(head, indexes))
 
     def observe(self, method, code: grpc.StatusCode, seconds, response=None):
         name = method.rsplit("/", 1)[-1]

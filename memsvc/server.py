@@ -58,7 +58,9 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
                          interceptors=interceptors + [UnparsableRequestInterceptor(), ErrorInterceptor()], options=options)
     pb_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(kb, config), server)
     mosaic_servicer.add_to_server(kb, server)
-    search_servicer.add_to_server(kb, server)
+    indexes = search_servicer.add_to_server(kb, server)
+    if metrics is not None:
+        metrics.track_store(lambda: kb.version, indexes.list)
     state = state or ServingState(health.HealthServicer(), ("", SERVICE))
     health_pb2_grpc.add_HealthServicer_to_server(state.health, server)
     reflection.enable_server_reflection([SERVICE, mosaic_servicer.SERVICE, search_servicer.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -120,7 +122,6 @@ def serve(config: ServerConfig, ready=None):
         _, http_port = start_http(config.host, config.metrics_port, metrics, state)
         print(f"memsvc: metrics and probes on http://{config.host}:{http_port}/metrics", flush=True)
     kb = open_kb(config)
-    metrics.track_store(lambda: kb.version)
     server, port, _ = create_server(kb, config, metrics, state)
     LOG.info("memsvc serving %s on %s:%d (head version %d)", config.data_dir, config.host, port, kb.version)
     print(f"memsvc: serving {config.data_dir} on {config.host}:{port} (version {kb.version})", flush=True)

@@ -141,3 +141,21 @@ def test_sigterm_drains_finishes_calls_and_closes_the_store(data):
         assert kb.version >= acked[-1]
         assert set(acked) <= set(kb.list_versions())
     stop_server(proc)
+
+
+def test_metrics_report_index_lag_in_commits_and_rows(data):
+    from clients.search import SearchClient
+
+    port = free_port()
+    proc, address = start_server(data, "--metrics-port", str(port))
+    try:
+        with MemoryClient(address) as c:
+            SearchClient(c).create("near", "stem", layer=1, config={"kind": "exact"}, wait=True)
+            assert samples(port)[("memsvc_index_lag_commits", frozenset({("index", "near")}))] == 0
+            c.edit("stem", [RowOp("scale", token="Spain", alpha=2.0, layers=[1])])
+            c.edit("stem", [RowOp("scale", token="Paris", alpha=2.0, layers=[0])])  # another layer: no row lag
+        m = samples(port)
+        assert m[("memsvc_index_lag_commits", frozenset({("index", "near")}))] == 2
+        assert m[("memsvc_index_lag_rows", frozenset({("index", "near")}))] == 1
+    finally:
+        stop_server(proc)
