@@ -26,7 +26,7 @@ from indexes.synthetic import clustered_table  # noqa: E402
 
 LOG = logging.getLogger("bench.ann")
 OUT = Path(__file__).resolve().parent / "out"
-SIFT = Path("/work/shared/data/sift5k")
+SIFT = Path(__file__).resolve().parents[2] / "shared" / "data" / "sift5k"  # ../shared beside the checkout
 # per-kind search knob and the values swept (one point where the kind has no knob)
 SWEEPS = {"exact": (None, [None]), "diskann": ("complexity", [16, 32, 64, 128, 256]),
           "diskann_dynamic": ("complexity", [16, 32, 64, 128, 256]),

@@ -47,6 +47,11 @@ class FaissIndex(Index):
         self._index = faiss.index_factory(self.dim, self.factory(len(vectors)), metric)
         if self.config.kind == "hnsw":
             self._index.hnsw.efConstruction = self.config.ef_construction
+        inner = faiss.downcast_index(self._index.index if hasattr(self._index, "chain") else self._index)
+        if hasattr(inner, "do_polysemous_training"):
+            # faiss trains PQ codes for polysemous (Hamming) filtering by default: ~25x the training
+            # time for a search mode we never use.
+            inner.do_polysemous_training = False
         with quiet():  # k-means warns on stderr when the sample is small
             self._index.train(vectors)
         self._add(np.arange(len(vectors)), vectors)

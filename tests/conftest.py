@@ -1,5 +1,10 @@
 """Shared fixtures: a small real bank, a temp-path knowledge base, a real server process."""
+import os
 from pathlib import Path
+
+# Before torch/faiss start OpenMP: idle OpenMP threads sleep instead of spinning, which on 2 shared
+# cores (tests, the servers they start, index builds) otherwise costs several times the work.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest

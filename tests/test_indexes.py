@@ -13,8 +13,8 @@ from indexes.base import exact_knn
 from indexes.synthetic import clustered_table
 from memsvc.errors import InvalidArgument, NotFound
 
-SIFT = Path("/work/shared/data/sift5k")
 REPO = Path(__file__).resolve().parents[1]
+SIFT = REPO.parent / "shared" / "data" / "sift5k"  # ../shared beside the checkout
 APPROX_KINDS = ["diskann", "diskann_dynamic", "diskann_disk", "hnsw", "ivfpq", "pq", "opq"]
 # recall@10 on SIFT 5k at each kind's defaults (measured: see the report in bench/ann.py)
 MIN_RECALL = {"exact": 1.0, "diskann": 0.9, "diskann_dynamic": 0.9, "diskann_disk": 0.9,
