@@ -51,7 +51,9 @@ class TrainConfig:
 def presets() -> dict[str, tuple[ModelConfig, TrainConfig]]:
     """'demo': the default backbone; 'tiny': a small world that trains in seconds (for tests)."""
     return {
-        "demo": (ModelConfig(d_model=128, d_ff=512, n_layer=4, n_head=4, max_seq_len=16), TrainConfig()),
+        # 1500 steps (~5.5 CPU minutes): 800 already learn every training fact, the rest lifts
+        # held-out paraphrases from 0.79 to 0.86 (what edit generalization is measured on)
+        "demo": (ModelConfig(d_model=128, d_ff=512, n_layer=4, n_head=4, max_seq_len=16), TrainConfig(steps=1500)),
         "tiny": (
             ModelConfig(d_model=64, d_ff=128, n_layer=2, n_head=4, max_seq_len=16),
             TrainConfig(corpus=CorpusConfig(n_entities=24, n_languages=6, n_currencies=6, n_continents=3), steps=300, batch_size=64),
