@@ -170,7 +170,7 @@ def report(results, config, mb):
         ratios = " | ".join(f"{res['grpc'][0] / res[b][0]:6.2f}x {res['grpc'][1] / res[b][1]:6.2f}x" for b in ("redis", "redis_dedup"))
         print(f"{size:6d} {res['unique']:5.0%}|{cells}| {ratios}")
     big = config.batches[-1]
-    print(f"\nthr = throughput ratio (higher is better for gRPC), lat = p50 latency ratio (lower is better).")
+    print("\nthr = throughput ratio (higher is better for gRPC), lat = p50 latency ratio (lower is better).")
     print(f"At {big} tokens, MB/s of request-order rows: " +
           ", ".join(f"{n} {results[big][n][0] * mb:,.0f}" for n in names))
     headline = {}

@@ -13,7 +13,7 @@ import json
 import grpc
 import numpy as np
 
-from editing.rows import RowOp, RowWrites
+from editing.rows import RowWrites
 from memsvc import convert
 from memsvc.auth import bearer_metadata
 from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError,

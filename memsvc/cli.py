@@ -435,7 +435,6 @@ def gc(data, retention):
     with open_store(data, None) as kb:
         stats = kb.gc(retention_seconds=retention)
     click.echo(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in stats.items()))
-from memsvc import cli_model  # noqa: E402,F401  registers train-demo, generate
 
 
 from memsvc import cli_ops  # noqa: E402,F401  registers backup/restore/fsck

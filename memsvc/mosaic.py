@@ -539,7 +539,7 @@ class MosaicStore:
             if info.kind == "mosaic-create":
                 raise FailedPrecondition(f"version: commit {version} creates a mosaic store; only pair commits can be reverted")
             t = self.table(info.tables[0], self.kb.version)
-            head, changes, ids = self.kb.version, [], []
+            changes, ids = [], []
             for (layer, h), pairs in t.groups.items():
                 added, removed = np.flatnonzero(pairs.added_in == version), np.flatnonzero(pairs.removed_in == version)
                 if (pairs.removed_in[added] < NEVER).any() or np.isin(pairs.ids[removed], pairs.ids[pairs.added_in > version]).any():

@@ -36,7 +36,7 @@ import numpy as np
 import sqlite_utils
 from tqdm import tqdm
 
-from editing.rows import RowOp, RowWrites, plan_row_ops
+from editing.rows import RowWrites, plan_row_ops
 from memsvc.dtypes import storage_dtype, to_float32, to_storage
 from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, NotFound,
                            OutOfRange)

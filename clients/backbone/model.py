@@ -28,7 +28,6 @@ pairs from a *memory source* passed to forward like the bank (`memory=`), e.g. a
 store through the service. With no memory_layers (the default) the model is unchanged.
 """
 
-import math
 from dataclasses import dataclass, field
 
 import torch
