@@ -153,14 +153,18 @@ def lsh_regression(queries, keys, values, beta, index: SimHashIndex):
     `index` holds the rows of keys/values by id: a SimHashIndex, or any object with its
     retrieve(q), inclusion_probability(q, q_dot_keys, centred_norms) and len() (e.g. a view that
     hides rows dead at some version). Returns (o, lse_est, n, fraction_touched (m,)).
+
+    A query costs mostly the random reads of its ~budget·n retrieved rows of keys and values.
+    Its single-vector products use einsum, not BLAS: BLAS would wake its threads for ~0.3 ms
+    of work and leave them spinning on cores that other readers need.
     """
     queries, keys, values = _check(queries, keys, values)
     outs, lses, touched = [], [], []
     for q in queries:
         ids, centred_norms = index.retrieve(q)
-        q_dot_keys = np.take(keys, ids, axis=0) @ q  # (c,)
+        q_dot_keys = np.einsum("cd,d->c", np.take(keys, ids, axis=0), q)  # (c,)
         logits = beta * q_dot_keys - np.log(index.inclusion_probability(q, q_dot_keys, centred_norms))
-        o, lse = _softmax_average(logits[None].astype(values.dtype), np.take(values, ids, axis=0))
+        o, lse = _softmax_average(logits[None].astype(values.dtype), np.take(values, ids, axis=0)[None])
         outs.append(o[0])
         lses.append(lse[0])
         touched.append(len(ids) / max(len(index), 1))
