@@ -1,4 +1,4 @@
-"""Load: 32 concurrent clients against one `memsvc serve` mixing lookups (90%), mosaic searches
+"""Load: 32 concurrent clients against one `memsvc serve` mixing lookups (90%), ANN searches and mosaic queries
 and edits; throughput, p50/p99 latency per RPC, errors, and torn reads.
 
 Every edit sets all rows of one group of 8 tokens to one unique stamp in a single commit, so a
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from bench.crash import TABLE, spawn_server  # noqa: E402
 from clients.client import MemoryClient  # noqa: E402
 from clients.mosaic import MosaicClient  # noqa: E402
+from clients.search import SearchClient  # noqa: E402
 from editing.rows import RowOp  # noqa: E402
 from memsvc.errors import MemsvcError  # noqa: E402
 from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
@@ -44,7 +45,7 @@ class LoadConfig:
     seconds: float = 60.0
     baseline_seconds: float = 15.0
     lookup_share: float = 0.90
-    search_share: float = 0.05  # the rest are edits
+    search_share: float = 0.05  # half ANN searches of the bank, half mosaic queries; the rest are edits
     vocab: int = 4096
     layers: int = 4
     dim: int = 256
@@ -78,7 +79,7 @@ def client_thread(address, config, mixed, stop, client_id, out):
     """One client: calls until ``stop``; appends (rpc, seconds, ok) and lookup/edit observations."""
     rng = np.random.default_rng((config.seed, client_id))
     with MemoryClient(address, timeout=60) as c:
-        mosaic, seq = MosaicClient(c), 0
+        mosaic, search, seq = MosaicClient(c), SearchClient(c), 0
         while not stop.is_set():
             r, g = rng.random(), int(rng.integers(config.groups))
             group = np.arange(g * config.group_size, (g + 1) * config.group_size)
@@ -90,6 +91,9 @@ def client_thread(address, config, mixed, stop, client_id, out):
                     result = c.lookup(TABLE, np.concatenate([group, others]).tolist())
                     seen = result.in_request_order()[:config.group_size]
                     out["reads"].append((result.version, g, len(np.unique(seen)), float(seen.flat[0])))
+                elif r < config.lookup_share + config.search_share / 2:
+                    rpc = "Search"  # nearest tokens of an edited group's token: never stale while edits land
+                    search.search(TABLE, 0, tokens=[f"t{int(group[0])}"], k=10)
                 elif r < config.lookup_share + config.search_share:
                     rpc = "QueryMosaic"
                     mosaic.query(MOSAIC, 0, 0, rng.standard_normal((1, config.key_dim)).astype(np.float32), beta=8.0)
@@ -176,7 +180,7 @@ def main():
     errors = sum(s["errors"] for s in mixed.values())
     clients = config.processes * config.threads
     print(f"{clients} clients, {config.seconds:.0f} s mixed ({config.lookup_share:.0%} lookups of {config.batch} tokens x "
-          f"{config.layers} x {config.dim} fp32, {config.search_share:.0%} mosaic searches over {config.pairs} pairs, rest edits)")
+          f"{config.layers} x {config.dim} fp32, {config.search_share:.0%} searches (half ANN over the bank, half mosaic queries over {config.pairs} pairs), rest edits)")
     print(f"{'rpc':<14} {'calls':>8} {'per s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for rpc, s in mixed.items():
         print(f"{rpc:<14} {s['calls']:>8} {s['per_s']:>8.0f} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['errors']:>7}")
