@@ -129,15 +129,15 @@ class TableState:
         j = bisect.bisect_right(commits, version) - 1
         return rows[j] if j >= 0 and commits[j] > base_version else None
 
-    def gather(self, ids, version, layers=None):
-        """Rows (n, L or len(layers), d) of token ids at a version, storage dtype (a copy)."""
+    def gather(self, ids, version):
+        """Rows (n, L, d) of token ids at a version, storage dtype (a copy)."""
         base_version, base = self.base_at(version)
         rows = np.take(base, np.minimum(ids, base.shape[0] - 1), axis=0)
         for i in np.flatnonzero(self.edited[ids]):
             row = self.edited_row(ids[i], version, base_version)
             if row is not None:
                 rows[i] = row
-        return rows if layers is None else rows[:, layers]
+        return rows
 
     def record(self, commit, token_ids, layers, stored_vectors):
         """Mirror a commit's row writes as full rows in the history (commit > every earlier one)."""
@@ -594,12 +594,6 @@ class KnowledgeBase:
                                vectors=np.array([old[tok][layer] for tok, layer in restore], dtype=np.float32).reshape(-1, t.dim))
             return self._commit_rows(name, writes, "revert", author, message or f"revert {v}: {info.message}",
                                      removed_tokens=injected)
-
-    def set_metrics(self, version, metrics: dict):
-        """Attach evaluation metrics to a commit (they do not change what it reads)."""
-        v = self.resolve_version(version)
-        with self._write_lock, self._transaction() as conn:
-            conn.execute("update commits set metrics=? where id=?", [json.dumps(metrics), v])
 
     # ---------------------------------------------------------------- history
 
