@@ -169,32 +169,6 @@ def layer_rows(t, ids, version, layer, chunk=4096):
     return out
 
 
-def _rows_differ(t, ids, a, b, layer, chunk=4096):
-    """Of token ids alive at a and b, those whose row in `layer` differs."""
-    keep = [ids[s:s + chunk][np.any(t.gather(ids[s:s + chunk], a)[:, layer] != t.gather(ids[s:s + chunk], b)[:, layer], axis=1)]
-            for s in range(0, len(ids), chunk)]
-    return np.concatenate(keep) if keep else np.empty(0, np.int64)
-
-
-def changed_between(t, layer, a, b) -> np.ndarray:
-    """D(a, b): sorted token ids whose row in `layer` reads differently at versions a and b.
-
-    Within one base the in-memory history names the candidates; across a compaction the deltas
-    folded into the new base may be gone (gc), so that segment compares the whole layer."""
-    lo, hi = min(a, b), max(a, b)
-    n = min(len(t.added_in), len(t.removed_in))  # a concurrent inject may have grown one already
-    added, removed = t.added_in[:n], t.removed_in[:n]
-    moved = np.flatnonzero(((added > lo) & (added <= hi)) | ((removed > lo) & (removed <= hi)))
-    if t.base_at(lo)[0] != t.base_at(hi)[0]:
-        candidates = np.arange(n, dtype=np.int64)
-    else:
-        candidates = np.array([tok for tok, (commits, _) in list(t.history.items())
-                               if tok < n and bisect.bisect_right(commits, hi) > bisect.bisect_right(commits, lo)],
-                              dtype=np.int64)
-    both = candidates[(added[candidates] <= lo) & (removed[candidates] > hi)]
-    return np.union1d(moved, _rows_differ(t, both, lo, hi, layer)).astype(np.int64)
-
-
 def commits_since(t, version) -> int:
     """How many commits after `version` changed the table's rows or vocabulary."""
     commits = {c for cs, _ in list(t.history.values()) for c in cs[bisect.bisect_right(cs, version):]}
@@ -499,7 +473,7 @@ class IndexManager:
             with self._lock:
                 hit = self._changed.get(key)
             if hit is None:
-                hit = changed_between(t, layer, x, y)
+                hit = t.changed_tokens(x, y, layer)
                 with self._lock:
                     self._changed[key] = hit
                     while len(self._changed) > 256:

@@ -139,6 +139,27 @@ class TableState:
                 rows[i] = row
         return rows
 
+    def changed_tokens(self, a, b, layer=None) -> np.ndarray:
+        """Sorted token ids whose rows (in ``layer``, or any layer) read differently at a and b,
+        tokens injected or removed in between included. Within one base the in-memory history
+        names the candidates; across a compaction the folded deltas may be gone (gc), so the
+        whole table is compared."""
+        lo, hi = min(a, b), max(a, b)
+        n = min(len(self.added_in), len(self.removed_in))  # a concurrent inject may have grown one already
+        added, removed = self.added_in[:n], self.removed_in[:n]
+        moved = np.flatnonzero(((added > lo) & (added <= hi)) | ((removed > lo) & (removed <= hi)))
+        if self.base_at(lo)[0] != self.base_at(hi)[0]:
+            candidates = np.arange(n, dtype=np.int64)
+        else:
+            candidates = np.array([tok for tok, (commits, _) in list(self.history.items())
+                                   if tok < n and bisect.bisect_right(commits, hi) > bisect.bisect_right(commits, lo)],
+                                  dtype=np.int64)
+        both = candidates[(added[candidates] <= lo) & (removed[candidates] > hi)]
+        cols = slice(None) if layer is None else [layer]
+        differ = [part[np.any(self.gather(part, lo)[:, cols] != self.gather(part, hi)[:, cols], axis=(1, 2))]
+                  for part in np.array_split(both, max(1, len(both) // 4096))]
+        return np.union1d(moved, np.concatenate(differ)).astype(np.int64)
+
     def record(self, commit, token_ids, layers, stored_vectors):
         """Mirror a commit's row writes as full rows in the history (commit > every earlier one)."""
         full = {}
@@ -373,7 +394,8 @@ class KnowledgeBase:
 
     def changed_tokens(self, name, from_version, to_version) -> np.ndarray:
         """Token ids whose rows read differently at two versions (what a cache must drop)."""
-        return np.unique(np.array([c.token_id for c in self.diff(from_version, to_version, name)], dtype=np.int64))
+        a, b = self.resolve_version(from_version), self.resolve_version(to_version)
+        return self.table(name, max(a, b)).changed_tokens(a, b)
 
     def read_rows(self, name, token_ids, version=None) -> np.ndarray:
         """float32 rows (n, L, d) of token ids at a version (all layers)."""

@@ -246,3 +246,16 @@ def test_a_commit_whose_publish_fails_is_still_read_and_the_next_commit_works(kb
     np.testing.assert_array_equal(kb.read_rows("stem", [2])[0, 0], np.full(8, 4.0))
     assert kb.edit("stem", [RowOp("scale", token_id=2, alpha=2.0, layers=[0])]).version == 3
     np.testing.assert_array_equal(kb.read_rows("stem", [2])[0, 0], np.full(8, 8.0))
+
+
+def test_changed_tokens_names_exactly_the_rows_that_read_differently(kb):
+    kb.edit("stem", [RowOp("set", token="Spain", vector=np.ones(8), layers=[2])])  # 2
+    kb.edit("stem", [RowOp("scale", token="Paris", alpha=1.0)])  # 3: writes rows but changes nothing
+    kb.inject_token("stem", "Atlantis", like=["France"])  # 4
+    kb.compact()  # 5
+    kb.edit("stem", [RowOp("copy", token="Berlin", source_token="Madrid", layers=[0])])  # 6
+    assert kb.changed_tokens("stem", 1, 3).tolist() == [0]
+    assert kb.changed_tokens("stem", 3, 1).tolist() == [0]
+    assert kb.changed_tokens("stem", 1, 6).tolist() == [0, 4, 64]  # across the compaction too
+    assert kb.changed_tokens("stem", 5, 6).tolist() == [4]
+    assert kb.table("stem").changed_tokens(1, 6, layer=2).tolist() == [0, 64]
