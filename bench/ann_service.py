@@ -11,6 +11,10 @@ lookups alone, while another thread keeps the service busy with searches, and wh
 builds a DiskANN index (builds run in a worker process, so the GIL of the server stays free).
 Run: .venv/bin/python bench/ann_service.py              (20k rows x 128; ~2 min on 2 cores)
      .venv/bin/python bench/ann_service.py --rows 5000 --seconds 0.5   (a quick look)
+     .venv/bin/python bench/ann_service.py --stall          (only the Lookup stall, ~30 s)
+
+--stall measures issue 5's "a slow diskannpy call must not stall lookups": Lookup latency from
+one client, alone and while a second client (its own channel) runs batch-64 diskann searches.
 """
 import argparse
 import json
@@ -78,6 +82,52 @@ def pct(ms):
     return f"p50 {np.percentile(ms, 50):6.2f} ms  p99 {np.percentile(ms, 99):6.2f} ms  ({len(ms)} calls)"
 
 
+def busy_searching(address, kind, batch, k):
+    """A second client searching `batch` in a loop until the returned event is set."""
+    stop, client = threading.Event(), MemoryClient(address)
+    search = SearchClient(client)
+
+    def loop():
+        while not stop.is_set():
+            search.search(TABLE, 0, queries=batch, k=k, index=kind)
+        client.close()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def stall(config: BenchConfig):
+    """Lookup latency alone and during another client's batch-64 diskann searches (in rounds)."""
+    rows, queries = clustered_table(config.rows, config.dim, config.batch * config.batches, seed=config.seed)
+    with tempfile.TemporaryDirectory() as tmp, memsvc_server(rows.astype(np.float16)[:, None, :], tmp) as address, \
+            MemoryClient(address) as client:
+        search = SearchClient(client)
+        search.create("diskann", TABLE, 0, {"kind": "diskann"}, wait=True)
+        batch = queries[:config.batch]
+        search.search(TABLE, 0, queries=batch, k=config.k, index="diskann")  # warm: the first search loads the index
+        start = time.perf_counter()
+        for _ in range(20):
+            search.search(TABLE, 0, queries=batch, k=config.k, index="diskann")
+        search_ms = 1000 * (time.perf_counter() - start) / 20
+        alone, during = [], []
+        for _ in range(config.rounds):
+            alone.append(lookup_latencies(client, config.seconds / config.rounds))
+            stop, thread = busy_searching(address, "diskann", batch, config.k)
+            during.append(lookup_latencies(client, config.seconds / config.rounds))
+            stop.set()
+            thread.join()
+    alone, during = np.concatenate(alone), np.concatenate(during)
+    print(f"\nLookup stall, {config.rows} rows x {config.dim}; a batch-{config.batch} diskann search takes {search_ms:.1f} ms")
+    print(f"  Lookup alone                          {pct(alone)}")
+    print(f"  Lookup during batch-{config.batch} diskann searches {pct(during)}")
+    print(json.dumps({"lookup_p50_ms_alone": round(float(np.percentile(alone, 50)), 3),
+                      "lookup_p99_ms_alone": round(float(np.percentile(alone, 99)), 3),
+                      "lookup_p50_ms_during_search": round(float(np.percentile(during, 50)), 3),
+                      "lookup_p99_ms_during_search": round(float(np.percentile(during, 99)), 3),
+                      f"diskann_search_ms_b{config.batch}": round(search_ms, 3)}))
+
+
 def main(config: BenchConfig):
     rows, queries = clustered_table(config.rows, config.dim, config.batch * config.batches, seed=config.seed)
     rows16 = rows.astype(np.float16)
@@ -107,11 +157,8 @@ def main(config: BenchConfig):
             del index
 
         alone = lookup_latencies(client, config.seconds)
-        stop = threading.Event()
         busy_kind = "diskann" if "diskann" in config.kinds else config.kinds[0]
-        busy = threading.Thread(target=lambda: [search.search(TABLE, 0, queries=batches[0], k=config.k, index=busy_kind)
-                                                for _ in iter(stop.is_set, True)], daemon=True)
-        busy.start()
+        stop, busy = busy_searching(address, busy_kind, batches[0], config.k)
         searching = lookup_latencies(client, config.seconds)
         stop.set()
         busy.join()
@@ -139,5 +186,7 @@ if __name__ == "__main__":
     parser.add_argument("--dim", type=int, default=BenchConfig.dim)
     parser.add_argument("--seconds", type=float, default=BenchConfig.seconds)
     parser.add_argument("--kinds", default=",".join(BenchConfig.kinds))
+    parser.add_argument("--stall", action="store_true", help="only Lookup latency alone and during diskann searches")
     args = parser.parse_args()
-    main(BenchConfig(rows=args.rows, dim=args.dim, seconds=args.seconds, kinds=tuple(args.kinds.split(","))))
+    config = BenchConfig(rows=args.rows, dim=args.dim, seconds=args.seconds, kinds=tuple(args.kinds.split(",")))
+    (stall if args.stall else main)(config)

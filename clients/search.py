@@ -5,6 +5,8 @@ results) of memsvc.search.IndexManager, so code and the CLI can hold either one.
     >>> search.create("tokens", "stem", layer=0, config={"kind": "hnsw", "metric": "cosine"})
     >>> search.wait("tokens")                       # READY (or raises on FAILED)
     >>> search.search("stem", 0, tokens=["France"], k=10).tokens[0]
+    >>> search.create("keys", "facts", layer=1, head=2, config={"kind": "hnsw", "metric": "ip"})
+    >>> search.search("facts", 1, head=2, queries=q, k=10).labels[0]   # pair labels (ids in .ids)
 """
 import json
 
@@ -19,6 +21,12 @@ from memsvc.v1 import search_pb2 as spb
 from memsvc.v1 import search_pb2_grpc as spb_grpc
 
 
+def _rows(flat, shape) -> list:
+    """A flat (n * k) repeated string field as n lists of k; [] when the field is empty."""
+    n, k = shape
+    return [list(flat[i * k:(i + 1) * k]) for i in range(n)] if len(flat) else []
+
+
 class SearchClient:
     def __init__(self, client: MemoryClient):
         self.client = client
@@ -28,27 +36,29 @@ class SearchClient:
         return self.client._call(method, request, stub=self.stub)
 
     def search(self, table, layer=0, queries=None, tokens=(), k=10, index=None, params=None,
-               version=None, tag=None, metric=None) -> SearchResult:
-        """The k nearest tokens of each query vector (n, d) or token (its row in `layer`)."""
+               version=None, tag=None, metric=None, head=None) -> SearchResult:
+        """The k nearest tokens of each query vector (n, d) or token (its row in `layer`); of a
+        mosaic store, the k nearest pairs of (layer, `head`) (ids and labels)."""
         ids, words = split_tokens(tokens)
         request = spb.SearchRequest(table=table, layer=int(layer), token_ids=ids, tokens=words, k=int(k),
-                                    index=index or "", params=params or {}, at=_ref(version, tag), metric=metric or "")
+                                    index=index or "", params=params or {}, at=_ref(version, tag), metric=metric or "",
+                                    head=None if head is None else int(head))
         if queries is not None:
             request.queries.CopyFrom(tensor_to_pb(np.ascontiguousarray(queries, dtype=np.float32)))
         reply = self._call("Search", request)
         distances = stored_tensor(reply.distances)
         ids = np.array(reply.ids, dtype=np.int64).reshape(distances.shape)
-        k = distances.shape[1]
-        tokens = [list(reply.tokens[i * k:(i + 1) * k]) for i in range(distances.shape[0])]
-        return SearchResult(ids=ids, distances=distances, tokens=tokens, version=reply.version, index=reply.index,
-                            index_version=reply.index_version, lag_rows=reply.lag_rows, metric=reply.metric)
+        return SearchResult(ids=ids, distances=distances, tokens=_rows(reply.tokens, distances.shape), version=reply.version,
+                            index=reply.index, index_version=reply.index_version, lag_rows=reply.lag_rows,
+                            metric=reply.metric, labels=_rows(reply.labels, distances.shape))
 
-    def create(self, name, table, layer=0, config=None, version=None, tag=None, wait=False):
-        """Start a build (``config``: IndexConfig fields as a dict); ``wait`` blocks until it ends."""
+    def create(self, name, table, layer=0, config=None, version=None, tag=None, wait=False, head=None):
+        """Start a build (``config``: IndexConfig fields as a dict) over a bank layer or a mosaic
+        store's (layer, `head`) keys; ``wait`` blocks until it ends."""
         config = dict(config or {})
         request = spb.CreateIndexRequest(name=name, table=table, layer=int(layer), kind=config.pop("kind", ""),
                                          metric=config.pop("metric", ""), config_json=json.dumps(config),
-                                         at=_ref(version, tag))
+                                         at=_ref(version, tag), head=None if head is None else int(head))
         info = info_from_pb(self._call("CreateIndex", request))
         return self.wait(name) if wait else info
 

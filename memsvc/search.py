@@ -1,8 +1,13 @@
 """ANN search over knowledge tables that is never stale after edits.
 
-An index covers one (table, layer) as it read at one version iv (rows are tokens, ids are token
-ids). Let D(a, b) be the tokens whose row in that layer reads differently at versions a and b
-(edited, injected or removed in between, in either direction). A search at version v returns the
+An index covers one *source* as it read at one version iv:
+
+    a bank layer (table, layer)               ids are token ids, results name tokens (BankLayer)
+    a mosaic group (store, layer, head)       ids are pair ids, rows are their unit keys, results
+                                              name the pairs' labels (MosaicGroup)
+
+Let D(a, b) be the ids whose row reads differently at versions a and b (edited, injected,
+added, replaced or removed in between, in either direction). A search at version v returns the
 k best of
 
     index hits whose id is not in D(iv, v)        approximate, from the index
@@ -21,10 +26,12 @@ Layout in the data directory::
     indexes/<name>/meta.json       the catalog entry (written atomically)
     indexes/<name>/v<iv>/          the saved index (Index.save)
     indexes/querylog/<table>@<layer>.npz   the query sample learned PQ trains on
+    indexes/querylog/<store>@<layer>.<head>.npz   (a mosaic group's)
 
 The KB tag ``index:<name>`` pins iv so gc keeps it readable (D(iv, v) needs rows at iv).
 Builds run in a spawned worker process: diskannpy holds the GIL for a whole call, which would
-stall every other RPC of the server for the length of a build.
+stall every other RPC of the server for the length of a build. For the same reason searches of
+diskann kinds run in a second worker process (SearchWorker).
 
     >>> manager = IndexManager(kb)
     >>> manager.create("tokens", "stem", layer=0, config={"kind": "hnsw", "metric": "cosine"}, wait=True)
@@ -36,6 +43,7 @@ import bisect
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -66,6 +74,7 @@ class SearchConfig:
     refresh_rows: int = 2048  # fold the delta into the index in the background past this many rows
     build_in_worker: bool = True  # build in a spawned process (diskannpy holds the GIL)
     read_chunk: int = 4096  # tokens per chunk when reading a layer
+    search_in_worker: bool = True  # search diskann kinds in a child process (diskannpy holds the GIL)
 
 
 @dataclass
@@ -86,18 +95,32 @@ class IndexInfo:
     created: float = 0.0
     train_queries_from: str = ""  # learned_pq: "query log (n)" or "rows (n)"
     config: dict = field(default_factory=dict)  # the IndexConfig
+    head: int | None = None  # set for a mosaic store's (layer, head) keys; None for a bank layer
+
+    def where(self) -> tuple:
+        return where_of(self.table, self.layer, self.head)
 
 
 @dataclass
 class SearchResult:
-    ids: np.ndarray  # (n, k) int64 token ids, -1 padding
+    ids: np.ndarray  # (n, k) int64 token ids (mosaic: pair ids), -1 padding
     distances: np.ndarray  # (n, k) float32, +inf padding; smaller is closer
-    tokens: list  # n lists of k words ('' for padding)
+    tokens: list  # banks: n lists of k words ('' for padding); [] for mosaic stores
     version: int  # the version read
     index: str  # the index used; '' = exact search over the whole layer
     index_version: int  # iv of that index
     lag_rows: int  # rows searched exactly because they changed since iv
     metric: str
+    labels: list = field(default_factory=list)  # mosaic stores: n lists of k pair labels; [] for banks
+
+
+def where_of(table, layer, head=None) -> tuple:
+    """What an index or a query log covers: (table, layer) of a bank, (store, layer, head) of a mosaic store."""
+    return (table, int(layer)) if head is None else (table, int(layer), int(head))
+
+
+def place(where) -> str:
+    return f"table {where[0]!r} layer {where[1]}" + (f" head {where[2]}" if len(where) > 2 else "")
 
 
 def wait_for_build(describe, name, poll_seconds=0.2, on_progress=None) -> IndexInfo:
@@ -174,6 +197,105 @@ def commits_since(t, version) -> int:
     commits = {c for cs, _ in list(t.history.values()) for c in cs[bisect.bisect_right(cs, version):]}
     commits |= set(t.added_in[t.added_in > version].tolist()) | set(t.removed_in[(t.removed_in > version) & (t.removed_in < 2**62)].tolist())
     return len(commits)
+
+
+# ---------------------------------------------------------------- what an index covers
+
+class BankLayer:
+    """One layer of a bank as the manager reads it: ids are token ids, names are words."""
+
+    kind = "bank"
+
+    def __init__(self, t, layer, chunk=4096):
+        self.t, self.layer, self.chunk = t, int(t.check_layers([layer], "layer")[0]), chunk
+        self.dim, self.where = t.dim, where_of(t.name, self.layer)
+        self.cache_key = (t.name, t.created_in, self.layer)  # D(a, b) of one table's lifetime
+
+    def alive_ids(self, version) -> np.ndarray:
+        return alive_ids(self.t, version)
+
+    def alive(self, ids, version) -> np.ndarray:
+        return alive(self.t, ids, version)
+
+    def rows(self, ids, version) -> np.ndarray:
+        return layer_rows(self.t, ids, version, self.layer, self.chunk)
+
+    def cuts(self, lo, hi) -> list:
+        """Compactions in (lo, hi]: D is computed between them, so each full-layer compare runs once."""
+        return [bv for bv, _ in self.t.bases if lo < bv <= hi]
+
+    def changed(self, a, b) -> np.ndarray:
+        return self.t.changed_tokens(a, b, self.layer)
+
+    def commits_since(self, version) -> int:
+        return commits_since(self.t, version)
+
+    def names(self, ids, version) -> list:
+        return [[self.t.words[i] if i >= 0 else "" for i in row] for row in ids.tolist()]
+
+    def query_rows(self, tokens, version) -> np.ndarray:
+        ids, words = split_tokens(tokens)
+        ids = self.t.check_ids(ids + [self.t.id_of(w, version, "tokens") for w in words], version, "token_ids")
+        return self.rows(ids, version)
+
+
+class MosaicGroup:
+    """One (layer, head) group of a mosaic store as the manager reads it: ids are pair ids (a
+    replace keeps the id and changes the key), rows are unit keys, names are labels. Reads one
+    immutable Pairs snapshot, so a commit landing meanwhile changes nothing here."""
+
+    kind = "mosaic"
+
+    def __init__(self, t, layer, head):
+        self.pairs = t.group(layer, head)  # OutOfRange names `layer` or `head`
+        self.dim, self.where = t.key_dim, where_of(t.name, layer, head)
+        self.cache_key = (t.name, t.created_in, int(layer), int(head))
+        self._by_id = {}  # version -> (sorted pair ids alive there, their slots)
+
+    def _alive_at(self, version):
+        if version not in self._by_id:
+            slots = np.flatnonzero(self.pairs.alive(version))
+            order = np.argsort(self.pairs.ids[slots], kind="stable")
+            self._by_id[version] = self.pairs.ids[slots][order], slots[order]
+        return self._by_id[version]
+
+    def slots(self, ids, version) -> np.ndarray:
+        """The slot of each pair id alive at a version, -1 for the others."""
+        sorted_ids, slots = self._alive_at(version)
+        if not len(sorted_ids):
+            return np.full(np.shape(ids), -1, np.int64)
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        return np.where(sorted_ids[pos] == ids, slots[pos], -1)
+
+    def alive_ids(self, version) -> np.ndarray:
+        return self._alive_at(version)[0]
+
+    def alive(self, ids, version) -> np.ndarray:
+        return self.slots(ids, version) >= 0
+
+    def rows(self, ids, version) -> np.ndarray:
+        return self.pairs.keys[self.slots(ids, version)]  # ids alive at the version
+
+    def cuts(self, lo, hi) -> list:
+        return []
+
+    def changed(self, a, b) -> np.ndarray:
+        """Pair ids alive through a different slot (or at one version only): D(a, b)."""
+        return np.unique(self.pairs.ids[self.pairs.alive(a) != self.pairs.alive(b)])
+
+    def commits_since(self, version) -> int:
+        from memsvc.mosaic import NEVER  # removed_in of a live pair
+
+        p = self.pairs
+        return len(np.union1d(p.added_in[p.added_in > version], p.removed_in[(p.removed_in > version) & (p.removed_in < NEVER)]))
+
+    def names(self, ids, version) -> list:
+        slots = self.slots(ids, version)
+        return [[self.pairs.labels[s] if s >= 0 else "" for s in row] for row in slots.tolist()]
+
+    def query_rows(self, tokens, version):
+        raise InvalidArgument(f"tokens: {place(self.where)} is a mosaic store, searched by query vectors; "
+                              "tokens and token_ids name rows of a bank")
 
 
 # ---------------------------------------------------------------- query log
@@ -260,6 +382,101 @@ def build_in_worker(folder, entry) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+# ---------------------------------------------------------------- searches in a worker process
+
+GIL_HOLDING_KINDS = ("diskann", "diskann_dynamic", "diskann_disk")  # diskannpy: one call holds the GIL
+# The worker's search threads yield the CPU to the server's threads: on 2 cores a batch search
+# otherwise takes both cores from Lookups (the hot path, DESIGN.md) while it runs.
+WORKER_NICENESS = 5
+
+
+def serve_searches(cache_size=4):
+    """The search worker's loop: pickled (key, path, queries, k, params) on stdin, pickled
+    ("ok", (ids, dist)) or ("error", (class name, message)) on the fd that was stdout. Indexes
+    are loaded from `path` on first use and kept (LRU) under `key`."""
+    from indexes.ann import load_index
+
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # C++ prints (diskannpy) go to stderr, never into the replies
+    os.nice(WORKER_NICENESS)
+    cache = OrderedDict()
+    while True:
+        try:
+            key, path, queries, k, params = pickle.load(sys.stdin.buffer)
+        except EOFError:  # the server closed the pipe: exit
+            return
+        try:
+            if key not in cache:
+                cache[key] = load_index(path)
+                while len(cache) > cache_size:
+                    cache.popitem(last=False)
+            cache.move_to_end(key)
+            reply = ("ok", cache[key].search(queries, k, params=params))
+        except Exception as e:  # noqa: BLE001 - reported to the caller, which raises it
+            reply = ("error", (type(e).__name__, str(e)))
+        pickle.dump(reply, replies)
+        replies.flush()
+
+
+class SearchWorker:
+    """Runs index searches in a child process. diskannpy holds the GIL for a whole call (issue 5:
+    a batch-64 search stalled every Lookup and health check of the server for its length); in
+    the worker it holds the worker's GIL, and the server's threads only wait on a pipe, which
+    releases theirs. Started on first use (or `start()`), restarted if it dies."""
+
+    def __init__(self):
+        self._proc = None
+        self._lock = threading.Lock()  # one request in flight: replies come back in order
+
+    def start(self):
+        with self._lock:
+            self._ensure()
+
+    def _ensure(self):
+        if self._proc is None or self._proc.poll() is not None:
+            code = "from memsvc.search import serve_searches; serve_searches()"
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+            self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+            _WORKERS.add(self._proc)
+        return self._proc
+
+    def search(self, key, path, queries, k, params):
+        """index.search(queries, k, params=params) of the index saved at `path`, in the worker."""
+        from memsvc import errors
+
+        with self._lock:
+            proc = self._ensure()
+            try:
+                pickle.dump((key, str(path), queries, k, params), proc.stdin)
+                proc.stdin.flush()
+                status, value = pickle.load(proc.stdout)
+            except (EOFError, OSError, pickle.UnpicklingError):
+                self._stop()
+                raise FailedPrecondition("index: the search worker exited during the search; it restarts on the next one") from None
+        if status == "error":
+            name, message = value
+            error = getattr(errors, name, None)
+            raise (error if isinstance(error, type) and issubclass(error, errors.MemsvcError) else FailedPrecondition)(message)
+        return value
+
+    def _stop(self):
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            _WORKERS.discard(self._proc)
+            self._proc = None
+
+    def close(self):
+        with self._lock:
+            if self._proc is not None:
+                self._proc.stdin.close()  # the worker exits at EOF
+                try:
+                    self._proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._stop()
+
+
 # ---------------------------------------------------------------- the manager
 
 class _Entry:
@@ -283,7 +500,8 @@ class IndexManager:
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
         self._logs: dict[tuple, QueryLog] = {}
-        self._changed = OrderedDict()  # (table, created_in, layer, a, b) -> D(a, b); versions never change
+        self._changed = OrderedDict()  # (source cache_key, a, b) -> D(a, b); versions never change
+        self._worker = SearchWorker()  # searches of GIL_HOLDING_KINDS
         self._load()
 
     # ------------------------------------------------ catalog
@@ -291,8 +509,8 @@ class IndexManager:
     def _load(self):
         logs = self.root / "querylog"
         for path in sorted(logs.glob("*.npz")) if logs.is_dir() else []:
-            table, layer = path.stem.rsplit("@", 1)
-            self._logs[(table, int(layer))] = QueryLog.load(path, self.config.query_log_size)
+            table, layer = path.stem.rsplit("@", 1)  # layer or layer.head
+            self._logs[(table, *map(int, layer.split(".")))] = QueryLog.load(path, self.config.query_log_size)
         for meta in sorted(self.root.glob("*/meta.json")):
             saved = json.loads(meta.read_text())
             entry = _Entry(IndexInfo(**saved["info"]), saved.get("unindexed", []))
@@ -307,6 +525,13 @@ class IndexManager:
                     LOG.exception("cannot load index %s", entry.info.name)
                     entry.info = replace(entry.info, state=FAILED, error=f"cannot load: {e}")
             self._entries[entry.info.name] = entry
+        self._warm_worker()
+
+    def _warm_worker(self):
+        """Start the search worker (imports, not indexes) before the first search needs it."""
+        if self.config.search_in_worker and any(e.info.state == READY and e.info.kind in GIL_HOLDING_KINDS
+                                                for e in list(self._entries.values())):
+            self._worker.start()
 
     def _index_dir(self, info: IndexInfo) -> Path:
         return self.root / info.name / f"v{info.version}"
@@ -333,34 +558,47 @@ class IndexManager:
             self.kb.tag(tag, version)
 
     def close(self):
-        """Save the query logs (indexes are saved as they change)."""
-        for (table, layer), log in list(self._logs.items()):
-            self._save_log(table, layer, log)
+        """Save the query logs (indexes are saved as they change) and stop the search worker."""
+        self._worker.close()
+        for where, log in list(self._logs.items()):
+            self._save_log(where, log)
 
-    def _save_log(self, table, layer, log):
+    def _save_log(self, where, log):
         folder = self.root / "querylog"
         folder.mkdir(parents=True, exist_ok=True)
-        log.save(folder / f"{table}@{layer}.npz")
+        log.save(folder / f"{where[0]}@{'.'.join(map(str, where[1:]))}.npz")
+
+    def _source(self, table, layer, head, version):
+        """What (table, layer[, head]) names at a version: a BankLayer or a MosaicGroup."""
+        if table in self.kb.mosaic.tables:
+            return MosaicGroup(self.kb.mosaic.table(table, version), layer, 0 if head is None else head)
+        t = self.kb.table(table, version)
+        if head is not None:
+            raise InvalidArgument(f"head: {table!r} is a bank; only mosaic stores have heads")
+        return BankLayer(t, layer, self.config.read_chunk)
 
     # ------------------------------------------------ create and drop
 
-    def create(self, name, table, layer=0, config=None, version=None, tag=None, wait=False) -> IndexInfo:
-        """Start building an index of `table`'s `layer` as it reads at a version (default head);
-        ``config``: an IndexConfig or a dict of its fields. Returns at once unless ``wait``."""
+    def create(self, name, table, layer=0, config=None, version=None, tag=None, wait=False, head=None) -> IndexInfo:
+        """Start building an index of `table`'s `layer` (a mosaic store: the keys of (layer,
+        `head`)) as it reads at a version (default head); ``config``: an IndexConfig or a dict of
+        its fields. Returns at once unless ``wait``."""
         from indexes.base import IndexConfig
 
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name or "") or name == "querylog":
             raise InvalidArgument(f"name: invalid index name {name!r} (letters, digits, _ . -)")
         v = self.kb.resolve_version(version, tag)
-        t = self.kb.table(table, v)
-        t.check_layers([layer], "layer")
+        src = self._source(table, layer, head, v)
+        if not len(src.alive_ids(v)):
+            raise FailedPrecondition(f"table: {place(src.where)} holds no rows at version {v}; add pairs first")
         config = config if isinstance(config, IndexConfig) else IndexConfig.from_dict(dict(config or {}))
         config = replace(config, progress=False).validate()  # the service reports progress itself
         with self._lock:
             if name in self._entries:
                 raise Conflict(f"name: index {name!r} already exists")
-            info = IndexInfo(name=name, table=table, layer=int(layer), kind=config.kind, metric=config.metric,
-                             version=v, created=time.time(), config=asdict(config))
+            info = IndexInfo(name=name, table=table, layer=src.where[1], kind=config.kind, metric=config.metric,
+                             version=v, created=time.time(), config=asdict(config),
+                             head=src.where[2] if src.kind == "mosaic" else None)
             entry = self._entries[name] = _Entry(info)
             self._save_meta(entry)
         thread = threading.Thread(target=self._build, args=(entry,), name=f"build-{name}", daemon=True)
@@ -373,15 +611,15 @@ class IndexManager:
         info = entry.info
         folder = self.root / info.name / "build.tmp"
         try:
-            t = self.kb.table(info.table, info.version)
-            ids = alive_ids(t, info.version)
+            src = self._source(info.table, info.layer, info.head, info.version)
+            ids = src.alive_ids(info.version)
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-            rows = np.lib.format.open_memmap(folder / "rows.npy", mode="w+", dtype=np.float32, shape=(len(ids), t.dim))
+            rows = np.lib.format.open_memmap(folder / "rows.npy", mode="w+", dtype=np.float32, shape=(len(ids), src.dim))
             step = self.config.read_chunk
             for start in range(0, len(ids), step):
                 self._progress(entry, "reading rows", 0.3 * start / max(1, len(ids)))
-                rows[start:start + step] = layer_rows(t, ids[start:start + step], info.version, info.layer)
+                rows[start:start + step] = src.rows(ids[start:start + step], info.version)
             zero = np.linalg.norm(rows, axis=1) == 0 if info.metric == "cosine" else np.zeros(len(ids), bool)
             np.save(folder / "rows.npy", np.asarray(rows[~zero]))
             np.save(folder / "ids.npy", ids[~zero])
@@ -405,6 +643,7 @@ class IndexManager:
                 entry.info = replace(entry.info, state=READY, stage="ready", progress=1.0, count=stats["count"])
                 self._pin(info.name, info.version)
                 self._save_meta(entry)
+            self._warm_worker()
         except Exception as e:  # noqa: BLE001 - a failed build is reported by DescribeIndex
             LOG.exception("index build %s failed", info.name)
             with self._lock:
@@ -418,12 +657,12 @@ class IndexManager:
         entry.info = replace(entry.info, stage=stage, progress=round(fraction, 4))
 
     def _write_train_queries(self, entry, folder):
-        """learned_pq trains on the query log of its (table, layer) once that holds enough
-        queries, else on a sample of the rows (for "nearest tokens" the queries are rows)."""
+        """learned_pq trains on the query log of its (table, layer[, head]) once that holds
+        enough queries, else on a sample of the rows (for "nearest tokens" the queries are rows)."""
         info = entry.info
         if info.kind != "learned_pq":
             return
-        log = self._logs.get((info.table, info.layer))
+        log = self._logs.get(info.where())
         if log is not None and len(log.queries) >= self.config.min_log_queries:
             queries, source = log.queries.copy(), "query log"
         else:
@@ -459,21 +698,23 @@ class IndexManager:
         info = entry.info
         if info.state != READY:
             return info
-        t = self.kb.table(info.table)
-        return replace(info, count=len(entry.index), lag_commits=commits_since(t, info.version),
-                       lag_rows=len(self.changed(t, info.layer, info.version, self.kb.version)))
+        head = self.kb.version
+        src = self._source(info.table, info.layer, info.head, head)
+        return replace(info, count=len(entry.index), lag_commits=src.commits_since(info.version),
+                       lag_rows=len(self.changed(src, info.version, head)))
 
-    def changed(self, t, layer, a, b) -> np.ndarray:
-        """D(a, b) for a table, cached; split at compactions so each full-layer compare runs once."""
+    def changed(self, src, a, b) -> np.ndarray:
+        """D(a, b) of a source (BankLayer or MosaicGroup), cached (versions never change); split
+        at a bank's compactions so each full-layer compare runs once."""
         lo, hi = min(a, b), max(a, b)
-        cuts = [lo] + [bv for bv, _ in t.bases if lo < bv <= hi] + [hi]
+        cuts = [lo] + src.cuts(lo, hi) + [hi]
         parts = []
         for x, y in zip(cuts, cuts[1:]):
-            key = (t.name, t.created_in, layer, x, y)
+            key = (*src.cache_key, x, y)
             with self._lock:
                 hit = self._changed.get(key)
             if hit is None:
-                hit = t.changed_tokens(x, y, layer)
+                hit = src.changed(x, y)
                 with self._lock:
                     self._changed[key] = hit
                     while len(self._changed) > 256:
@@ -481,37 +722,38 @@ class IndexManager:
             parts.append(hit)
         return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
 
-    def query_log(self, table, layer) -> QueryLog | None:
-        return self._logs.get((table, int(layer)))
+    def query_log(self, table, layer, head=None) -> QueryLog | None:
+        return self._logs.get(where_of(table, layer, head))
 
     # ------------------------------------------------ search
 
     def search(self, table, layer=0, queries=None, tokens=(), k=10, index=None, params=None,
-               version=None, tag=None, metric=None) -> SearchResult:
-        """The k nearest tokens of each query in `table`'s `layer` at a version (default head).
+               version=None, tag=None, metric=None, head=None) -> SearchResult:
+        """The k nearest rows of each query in `table`'s `layer` at a version (default head): a
+        bank's tokens, or (with `head`, default 0) the pairs of a mosaic store's (layer, head).
 
-        Queries are vectors (n, d) or tokens (words or ids: their rows in that layer at that
-        version). ``index``: a READY index by name; None picks a READY index of (table, layer)
-        with ``metric`` (if given), else searches exactly."""
+        Queries are vectors (n, d) or, for a bank, tokens (words or ids: their rows in that layer
+        at that version). ``index``: a READY index by name; None picks a READY index of the same
+        rows with ``metric`` (if given), else searches exactly."""
         v = self.kb.resolve_version(version, tag)
-        t = self.kb.table(table, v)
-        layer = int(t.check_layers([layer], "layer")[0])
+        src = self._source(table, layer, head, v)
         k = self._check_k(k)
-        entry = self._pick(table, layer, index, metric)
+        entry = self._pick(src.where, index, metric)
         metric = entry.info.metric if entry else (metric or "l2")
         if metric not in ("l2", "ip", "cosine"):
             raise InvalidArgument(f"metric: {metric!r} is not one of l2, ip, cosine")
-        q = self._queries(t, layer, v, queries, tokens)
-        self._log_queries(table, layer, q, v)
+        q = self._queries(src, v, queries, tokens)
+        self._log_queries(src.where, q, v)
         if entry is None:
             if params:
-                raise InvalidArgument(f"params: exact search (no index on {table!r} layer {layer}) takes no params")
-            ids, dist, iv, lag = *self._exact_layer(t, layer, v, q, k, metric), 0, 0
+                raise InvalidArgument(f"params: exact search (no index on {place(src.where)}) takes no params")
+            ids, dist, iv, lag = *self._exact_all(src, v, q, k, metric), 0, 0
         else:
-            ids, dist, iv, lag = self._search_index(entry, t, v, q, k, params)
-        words = [[t.words[i] if i >= 0 else "" for i in row] for row in ids.tolist()]
-        return SearchResult(ids=ids, distances=dist, tokens=words, version=v,
-                            index=entry.info.name if entry else "", index_version=iv, lag_rows=lag, metric=metric)
+            ids, dist, iv, lag = self._search_index(entry, src, v, q, k, params)
+        names = src.names(ids, v)
+        return SearchResult(ids=ids, distances=dist, tokens=names if src.kind == "bank" else [], version=v,
+                            index=entry.info.name if entry else "", index_version=iv, lag_rows=lag, metric=metric,
+                            labels=names if src.kind == "mosaic" else [])
 
     def _check_k(self, k):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -520,12 +762,12 @@ class IndexManager:
             raise ResourceExhausted(f"k: {k} exceeds the limit of {self.config.max_k} results per query")
         return int(k)
 
-    def _pick(self, table, layer, name, metric) -> _Entry | None:
+    def _pick(self, where, name, metric) -> _Entry | None:
         if name:
             entry = self._entry(name)
             info = entry.info
-            if (info.table, info.layer) != (table, layer):
-                raise InvalidArgument(f"index: {name!r} indexes table {info.table!r} layer {info.layer}, not {table!r} layer {layer}")
+            if info.where() != where:
+                raise InvalidArgument(f"index: {name!r} indexes {place(info.where())}, not {place(where)}")
             if metric and metric != info.metric:
                 raise InvalidArgument(f"metric: index {name!r} uses {info.metric}, not {metric}")
             if info.state != READY:
@@ -533,10 +775,10 @@ class IndexManager:
                                          (f" ({info.progress:.0%})" if info.state == BUILDING else f": {info.error}"))
             return entry
         ready = [e for e in list(self._entries.values()) if e.info.state == READY and
-                 (e.info.table, e.info.layer) == (table, layer) and (not metric or e.info.metric == metric)]
+                 e.info.where() == where and (not metric or e.info.metric == metric)]
         return max(ready, key=lambda e: e.info.version, default=None)
 
-    def _queries(self, t, layer, v, queries, tokens):
+    def _queries(self, src, v, queries, tokens):
         if (queries is None) == (not len(tokens)):
             raise InvalidArgument("queries: give query vectors or tokens (exactly one of them)")
         n = len(tokens) if queries is None else len(queries)
@@ -545,42 +787,45 @@ class IndexManager:
         if queries is not None:
             from indexes.base import check_vectors
 
-            return check_vectors("queries", queries, t.dim)
-        ids, words = split_tokens(tokens)
-        ids = t.check_ids(ids + [t.id_of(w, v, "tokens") for w in words], v, "token_ids")
-        return layer_rows(t, ids, v, layer)
+            return check_vectors("queries", queries, src.dim)
+        return src.query_rows(tokens, v)
 
-    def _log_queries(self, table, layer, q, v):
+    def _log_queries(self, where, q, v):
         with self._lock:
-            log = self._logs.setdefault((table, layer), QueryLog(self.config.query_log_size, q.shape[1]))
+            log = self._logs.setdefault(where, QueryLog(self.config.query_log_size, q.shape[1]))
         before = log.seen
         log.add(q, v)
         if before // 1024 != log.seen // 1024:  # persist now and then: a server has no clean close
-            self._save_log(table, layer, log)
+            self._save_log(where, log)
 
-    def _exact_layer(self, t, layer, v, q, k, metric):
-        """Exact top-k over every token of the layer at v, a chunk of rows at a time."""
-        ids = alive_ids(t, v)
+    def _exact_all(self, src, v, q, k, metric):
+        """Exact top-k over every row of the source at v, a chunk of rows at a time."""
+        ids = src.alive_ids(v)
         best = empty_hits(len(q))
         for start in range(0, len(ids), self.config.read_chunk):
             part = ids[start:start + self.config.read_chunk]
-            best = merge_topk(*best, *exact_search(q, part, layer_rows(t, part, v, layer), k, metric), k)
-        return best
+            best = merge_topk(*best, *exact_search(q, part, src.rows(part, v), k, metric), k)
+        return best if best[0].shape[1] == k else merge_topk(*best, *empty_hits(len(q)), k)  # padded
 
-    def _search_index(self, entry, t, v, q, k, params):
+    def _search_index(self, entry, src, v, q, k, params):
         """Index hits not in D(iv, v), merged with an exact search over D(iv, v) at v."""
         with entry.lock:  # a refresh swaps the index and iv together
             info, index = entry.info, entry.index
             try:
                 self.kb.resolve_version(info.version)
             except NotFound:  # iv was garbage-collected (its tag deleted): answer exactly, still correct
-                return *self._exact_layer(t, info.layer, v, q, k, info.metric), info.version, -1
-            stale = np.union1d(self.changed(t, info.layer, info.version, v), entry.unindexed)
+                return *self._exact_all(src, v, q, k, info.metric), info.version, -1
+            stale = np.union1d(self.changed(src, info.version, v), entry.unindexed)
             fetch = min(k + len(stale), len(index))
-            ids, dist = index.search(q, fetch, params=params) if fetch else empty_hits(len(q))
+            if not fetch:
+                ids, dist = empty_hits(len(q))
+            elif self.config.search_in_worker and info.kind in GIL_HOLDING_KINDS:
+                ids, dist = self._worker.search((info.name, info.created, info.version), self._index_dir(info), q, fetch, params)
+            else:
+                ids, dist = index.search(q, fetch, params=params)
         keep = ~np.isin(ids, stale)
-        fresh = stale[alive(t, stale, v)]
-        exact = exact_search(q, fresh, layer_rows(t, fresh, v, info.layer), k, info.metric) if len(fresh) else empty_hits(len(q))
+        fresh = stale[src.alive(stale, v)]
+        exact = exact_search(q, fresh, src.rows(fresh, v), k, info.metric) if len(fresh) else empty_hits(len(q))
         ids, dist = merge_topk(np.where(keep, ids, -1), dist, *exact, k)
         if len(stale) - len(entry.unindexed) > self.config.refresh_rows and not entry.refreshing:
             entry.refreshing = True
@@ -607,15 +852,15 @@ class IndexManager:
                 head = self.kb.version
                 if head == info.version:
                     return self.describe(name)
-                t = self.kb.table(info.table, head)
-                stale = self.changed(t, info.layer, info.version, head)
-                new = stale[alive(t, stale, head)]
-                rows = layer_rows(t, new, head, info.layer)
+                src = self._source(info.table, info.layer, info.head, head)
+                stale = self.changed(src, info.version, head)
+                new = stale[src.alive(stale, head)]
+                rows = src.rows(new, head)
                 zero = np.linalg.norm(rows, axis=1) == 0 if info.metric == "cosine" else np.zeros(len(new), bool)
                 from indexes.ann import load_index
 
                 try:
-                    self._apply(entry, stale[alive(t, stale, info.version) & ~np.isin(stale, entry.unindexed)],
+                    self._apply(entry, stale[src.alive(stale, info.version) & ~np.isin(stale, entry.unindexed)],
                                 new[~zero], rows[~zero])
                 except Exception:
                     entry.index = load_index(self._index_dir(info))  # back to exactly iv's rows

@@ -17,8 +17,13 @@ def info_to_pb(info: IndexInfo) -> spb.IndexInfo:
 
 
 def info_from_pb(msg: spb.IndexInfo) -> IndexInfo:
-    fields = {f: getattr(msg, f) for f in IndexInfo.__dataclass_fields__ if f != "config"}
-    return IndexInfo(**fields, config=json.loads(msg.config_json or "{}"))
+    fields = {f: getattr(msg, f) for f in IndexInfo.__dataclass_fields__ if f not in ("config", "head")}
+    return IndexInfo(**fields, config=json.loads(msg.config_json or "{}"), head=head_of(msg))
+
+
+def head_of(msg):
+    """The optional `head` field: None when unset (a bank), else the mosaic head."""
+    return msg.head if msg.HasField("head") else None
 
 
 def _json_object(text, field) -> dict:
@@ -44,16 +49,17 @@ class SearchServicer(spb_grpc.SearchServiceServicer):
         result = self.manager.search(request.table, request.layer, queries=queries,
                                      tokens=list(request.token_ids) or list(request.tokens), k=request.k,
                                      index=request.index or None, params=dict(request.params),
-                                     metric=request.metric or None, **_version(request.at))
+                                     metric=request.metric or None, head=head_of(request), **_version(request.at))
         return spb.SearchResponse(ids=result.ids.ravel().tolist(), distances=convert.tensor_to_pb(result.distances),
                                   tokens=[w for row in result.tokens for w in row], version=result.version,
                                   index=result.index, index_version=result.index_version, lag_rows=result.lag_rows,
-                                  metric=result.metric)
+                                  metric=result.metric, labels=[x for row in result.labels for x in row])
 
     def CreateIndex(self, request, context):
         config = {**_json_object(request.config_json, "config_json"),
                   **{k: v for k, v in (("kind", request.kind), ("metric", request.metric)) if v}}
-        return info_to_pb(self.manager.create(request.name, request.table, request.layer, config, **_version(request.at)))
+        return info_to_pb(self.manager.create(request.name, request.table, request.layer, config, head=head_of(request),
+                                              **_version(request.at)))
 
     def DropIndex(self, request, context):
         return info_to_pb(self.manager.drop(request.name))

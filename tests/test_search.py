@@ -203,3 +203,194 @@ def test_grpc_and_cli_end_to_end(server):
     assert "tok" in run("index", "list")
     assert "dropped index tok" in run("index", "drop", "tok")
     assert "Error: index:" in run("index", "drop", "tok", ok=False)
+
+
+# ---------------------------------------------------------------- mosaic stores: search a (layer, head)'s keys
+
+KEY_DIM = 8
+
+
+def pairs(seed, n):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, KEY_DIM)).astype(np.float32), rng.standard_normal((n, 4)).astype(np.float32)
+
+
+def brute_force_pairs(store, queries, k, version=None, metric="cosine"):
+    """Exact top-k pair ids and labels of (layer 1, head 2) of store 'facts' at a version, by numpy."""
+    p = store.read_pairs("facts", 1, 2, version=version)
+    keys = p["keys"]
+    d = {"ip": -queries @ keys.T, "l2": ((queries[:, None] - keys[None]) ** 2).sum(-1),
+         "cosine": 1 - (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ keys.T}[metric]
+    order = np.argsort(d, axis=1, kind="stable")[:, :k].tolist()
+    pad = k - len(order[0])  # -1 and "" past the pairs that exist
+    return ([[int(p["ids"][j]) for j in row] + [-1] * pad for row in order],
+            [[p["labels"][j] for j in row] + [""] * pad for row in order])
+
+
+QUERIES = np.random.default_rng(7).standard_normal((6, KEY_DIM)).astype(np.float32)
+
+
+@pytest.fixture
+def facts(kb):
+    """`kb` plus mosaic store 'facts' (2 layers x 3 heads, keys of dim 8): 40 labelled pairs in (1, 2) at version 3."""
+    kb.mosaic.create("facts", num_layers=2, num_heads=3, key_dim=KEY_DIM, value_dim=4)
+    kb.mosaic.add("facts", 1, 2, *pairs(1, 40), labels=[f"fact {i}" for i in range(40)])
+    return kb
+
+
+def test_mosaic_search_follows_add_replace_remove_and_old_versions(facts):
+    kb, m = facts, IndexManager(facts, QUICK)
+    info = m.create("keys", "facts", 1, {"kind": "exact", "metric": "ip"}, head=2, wait=True)
+    assert (info.head, info.count, info.version, info.where()) == (2, 40, 3, ("facts", 1, 2))
+    assert m.create("bank", "stem", 0, {"kind": "exact"}, wait=True).head is None
+
+    def check(version=None, k=5):
+        r = m.search("facts", 1, queries=QUERIES, k=k, head=2, version=version)
+        ids, labels = brute_force_pairs(kb.mosaic, QUERIES, k, version, "ip")
+        assert (r.ids.tolist(), r.labels, r.tokens, r.index) == (ids, labels, [], "keys")
+        return r
+
+    first = check()
+    assert first.version == 3 and first.lag_rows == 0
+    top = int(first.ids[0, 0])
+    kb.mosaic.add("facts", 1, 2, QUERIES[:1] * 10, np.zeros((1, 4)), labels=["new"])  # v4: the best match of query 0
+    assert check().ids[0, 0] == 40 and check().labels[0][0] == "new"
+    kb.mosaic.replace("facts", 1, 2, [top], -QUERIES[:1], np.zeros((1, 4)))  # v5: the old best moves far away
+    assert top not in check(k=40).ids[0]
+    kb.mosaic.remove("facts", 1, 2, [40])  # v6: removed pairs never come back
+    r = check(k=40)
+    assert 40 not in r.ids and r.lag_rows == 1  # D(3, 6) = {top}: pair 40 exists at neither version
+    assert check(version=3).ids.tolist() == first.ids.tolist()  # old versions keep their answer
+    assert check(version=4).ids[0, 0] == 40
+    kb.mosaic.add("facts", 0, 1, *pairs(2, 3))  # another group: no lag for this index
+    info = m.describe("keys")
+    assert (info.lag_commits, info.lag_rows) == (3, 1)
+    assert m.refresh("keys").version == 7 and m.describe("keys").lag_rows == 0
+    for v in (3, 4, 5, 6, 7):
+        check(version=v, k=41)
+    assert len(m.query_log("facts", 1, 2).queries) > 0 and m.query_log("facts", 1) is None
+
+
+def test_mosaic_exact_search_without_an_index_and_an_empty_group(facts):
+    m = IndexManager(facts, QUICK)
+    r = m.search("facts", 1, queries=QUERIES, k=3, head=2, metric="cosine")
+    assert r.index == "" and (r.ids.tolist(), r.labels) == brute_force_pairs(facts.mosaic, QUERIES, 3)
+    empty = m.search("facts", 0, queries=QUERIES[:1], k=2)  # head 0 by default; no pairs there
+    assert empty.ids.tolist() == [[-1, -1]] and empty.labels == [["", ""]] and np.isinf(empty.distances).all()
+
+
+def test_mosaic_bad_input_names_the_field(facts):
+    m = IndexManager(facts, QUICK)
+    m.create("keys", "facts", 1, {"kind": "exact"}, head=2, wait=True)
+    q = QUERIES[:1]
+
+    def fails(error, message, fn):
+        with pytest.raises(error, match=message):
+            fn()
+
+    fails(OutOfRange, "head: 3 out of range", lambda: m.search("facts", 1, queries=q, head=3))
+    fails(OutOfRange, "layer: 2 out of range", lambda: m.search("facts", 2, queries=q, head=0))
+    fails(InvalidArgument, "queries: expected dimension 8, got 5", lambda: m.search("facts", 1, queries=np.ones((1, 5), np.float32), head=2))
+    fails(InvalidArgument, "tokens: .* is a mosaic store", lambda: m.search("facts", 1, tokens=["France"], head=2))
+    fails(InvalidArgument, "head: 'stem' is a bank", lambda: m.search("stem", 0, queries=np.ones((1, 8), np.float32), head=0))
+    fails(InvalidArgument, "head: 'stem' is a bank", lambda: m.create("x", "stem", 0, head=1))
+    fails(InvalidArgument, "index: 'keys' indexes table 'facts' layer 1 head 2, not table 'facts' layer 1 head 0",
+          lambda: m.search("facts", 1, queries=q, head=0, index="keys"))
+    fails(FailedPrecondition, "table: table 'facts' layer 0 head 0 holds no rows", lambda: m.create("x", "facts", 0))
+    fails(NotFound, "table: unknown mosaic store 'facts' at version 1", lambda: m.search("facts", 1, queries=q, head=2, version=1))
+    assert [i.name for i in m.list()] == ["keys"]
+
+
+def test_mosaic_search_through_grpc_cli_and_a_restart(tmp_path):
+    from clients.mosaic import MosaicClient
+    from tests.conftest import start_server, stop_server
+
+    data = tmp_path / "served"
+    with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as store:
+        store.import_table("stem", small_bank(), WORDS, dtype="float16")
+    proc, address = start_server(data)
+    try:
+        with MemoryClient(address) as client:
+            search, mosaic = SearchClient(client), MosaicClient(client)
+            mosaic.create("facts", num_layers=2, num_heads=3, key_dim=KEY_DIM, value_dim=4)
+            mosaic.add("facts", 1, 2, *pairs(1, 40), labels=[f"fact {i}" for i in range(40)])  # v3
+            info = search.create("keys", "facts", 1, {"kind": "diskann", "metric": "cosine"}, head=2, wait=True)
+            assert (info.head, info.count, info.version) == (2, 40, 3)
+
+            def check(version=None, k=5):
+                r = search.search("facts", 1, queries=QUERIES, k=k, head=2, version=version, params={"complexity": 64})
+                assert (r.ids.tolist(), r.labels) == brute_force_pairs(mosaic, QUERIES, k, version)
+                assert r.index == "keys" and r.tokens == [] and r.version == (version or r.version)
+                return r
+
+            first = check()
+            mosaic.add("facts", 1, 2, QUERIES[:1], np.zeros((1, 4)), labels=["new"])  # v4
+            assert check().labels[0][0] == "new"
+            top = int(first.ids[1, 0])
+            mosaic.replace("facts", 1, 2, [top], -QUERIES[1:2], np.zeros((1, 4)), labels=["moved"])  # v5
+            assert top not in check().ids[1] and check(k=41).labels[1][-1] == "moved"
+            mosaic.remove("facts", 1, 2, [40])  # v6
+            assert 40 not in check(k=41).ids
+            assert check(version=3).ids.tolist() == first.ids.tolist()
+            assert [(i.name, i.head, i.lag_rows, i.lag_commits) for i in search.list()] == [("keys", 2, 1, 3)]
+            for bad, error in [(dict(head=5), OutOfRange), (dict(queries=np.ones((1, 3), np.float32)), InvalidArgument),
+                               (dict(tokens=["France"], queries=None), InvalidArgument)]:
+                with pytest.raises(error, match=next(iter(bad))):
+                    search.search("facts", 1, **{"queries": QUERIES, "head": 2, **bad})
+            with pytest.raises(InvalidArgument, match="head"):
+                search.search("stem", 0, tokens=["France"], head=0)
+            before = check(k=10)
+            np.save(tmp_path / "q.npy", QUERIES[0])
+
+        def run(*args, ok=True):
+            result = CliRunner().invoke(cli, [*args, "--server", address], catch_exceptions=False)
+            assert (result.exit_code == 0) == ok, result.output
+            return result.output
+
+        out = run("search", "--table", "facts", "--layer", "1", "--head", "2", "--vector", str(tmp_path / "q.npy"), "-k", "3")
+        assert "index keys" in out and f"{before.labels[0][0]!r} (pair {before.ids[0, 0]})" in out
+        assert "Error: head: 9 out of range" in run("search", "--table", "facts", "--layer", "1", "--head", "9",
+                                                    "--vector", str(tmp_path / "q.npy"), ok=False)
+        assert "Error: table: table 'facts' layer 1 head 0 holds no rows at version 6" in run(
+            "index", "create", "h0", "--table", "facts", "--layer", "1", "--head", "0", "--kind", "exact", ok=False)
+        assert "ready: 40 rows of table 'facts' layer 1 head 2" in run(
+            "index", "create", "hn", "--table", "facts", "--layer", "1", "--head", "2", "--kind", "hnsw")
+        assert "facts/1/2" in run("index", "list")
+    finally:
+        stop_server(proc)
+
+    proc, address = start_server(data)  # indexes reload at start and answer as before
+    try:
+        with MemoryClient(address) as client:
+            search = SearchClient(client)
+            assert [(i.name, i.state, i.head, i.version) for i in search.list()] == [("hn", "READY", 2, 6), ("keys", "READY", 2, 3)]
+            again = search.search("facts", 1, queries=QUERIES, k=10, head=2, index="keys")
+            assert again.ids.tolist() == before.ids.tolist() and again.labels == before.labels and again.lag_rows == 1
+    finally:
+        stop_server(proc)
+
+
+def test_search_worker_answers_like_the_index_in_process_and_restarts(tmp_path):
+    """diskann searches run in a child process (SearchWorker): the same answers, errors mapped
+    to memsvc's, and a killed worker is replaced on the next search."""
+    from indexes.ann import IndexConfig, build_index
+    from memsvc.search import SearchWorker
+
+    rows = small_bank(layers=1, dim=16)[:, 0]
+    index = build_index(IndexConfig(kind="diskann", progress=False, graph_degree=16), np.arange(len(rows)) + 100, rows)
+    index.save(tmp_path / "ix")
+    worker = SearchWorker()
+    try:
+        q = rows[:5] + 0.01
+        ids, dist = worker.search("ix", tmp_path / "ix", q, 4, {"complexity": 32})
+        want = index.search(q, 4, params={"complexity": 32})
+        assert ids.tolist() == want[0].tolist() and np.allclose(dist, want[1])
+        with pytest.raises(InvalidArgument, match="params"):
+            worker.search("ix", tmp_path / "ix", q, 4, {"nprobe": 3})
+        with pytest.raises(NotFound, match="path"):
+            worker.search("other", tmp_path / "nothing", q, 4, None)
+        worker._proc.kill()
+        worker._proc.wait()
+        assert worker.search("ix", tmp_path / "ix", q, 4, {"complexity": 32})[0].tolist() == want[0].tolist()
+    finally:
+        worker.close()

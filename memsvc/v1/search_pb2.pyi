@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchRequest(_message.Message):
-    __slots__ = ("table", "layer", "queries", "tokens", "token_ids", "k", "index", "params", "at", "metric")
+    __slots__ = ("table", "layer", "queries", "tokens", "token_ids", "k", "index", "params", "at", "metric", "head")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class SearchRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     table: str
     layer: int
     queries: _knowledge_pb2.Tensor
@@ -36,10 +37,11 @@ class SearchRequest(_message.Message):
     params: _containers.ScalarMap[str, int]
     at: _knowledge_pb2.VersionRef
     metric: str
-    def __init__(self, table: _Optional[str] = ..., layer: _Optional[int] = ..., queries: _Optional[_Union[_knowledge_pb2.Tensor, _Mapping]] = ..., tokens: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., index: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ..., metric: _Optional[str] = ...) -> None: ...
+    head: int
+    def __init__(self, table: _Optional[str] = ..., layer: _Optional[int] = ..., queries: _Optional[_Union[_knowledge_pb2.Tensor, _Mapping]] = ..., tokens: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., index: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ..., metric: _Optional[str] = ..., head: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("ids", "distances", "tokens", "version", "index", "index_version", "lag_rows", "metric")
+    __slots__ = ("ids", "distances", "tokens", "version", "index", "index_version", "lag_rows", "metric", "labels")
     IDS_FIELD_NUMBER: _ClassVar[int]
     DISTANCES_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +50,7 @@ class SearchResponse(_message.Message):
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     LAG_ROWS_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[int]
     distances: _knowledge_pb2.Tensor
     tokens: _containers.RepeatedScalarFieldContainer[str]
@@ -56,10 +59,11 @@ class SearchResponse(_message.Message):
     index_version: int
     lag_rows: int
     metric: str
-    def __init__(self, ids: _Optional[_Iterable[int]] = ..., distances: _Optional[_Union[_knowledge_pb2.Tensor, _Mapping]] = ..., tokens: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ..., index: _Optional[str] = ..., index_version: _Optional[int] = ..., lag_rows: _Optional[int] = ..., metric: _Optional[str] = ...) -> None: ...
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., distances: _Optional[_Union[_knowledge_pb2.Tensor, _Mapping]] = ..., tokens: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ..., index: _Optional[str] = ..., index_version: _Optional[int] = ..., lag_rows: _Optional[int] = ..., metric: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class IndexInfo(_message.Message):
-    __slots__ = ("name", "table", "layer", "kind", "metric", "state", "stage", "progress", "version", "error", "count", "lag_commits", "lag_rows", "created", "train_queries_from", "config_json")
+    __slots__ = ("name", "table", "layer", "kind", "metric", "state", "stage", "progress", "version", "error", "count", "lag_commits", "lag_rows", "created", "train_queries_from", "config_json", "head")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +80,7 @@ class IndexInfo(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     TRAIN_QUERIES_FROM_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     name: str
     table: str
     layer: int
@@ -92,10 +97,11 @@ class IndexInfo(_message.Message):
     created: float
     train_queries_from: str
     config_json: str
-    def __init__(self, name: _Optional[str] = ..., table: _Optional[str] = ..., layer: _Optional[int] = ..., kind: _Optional[str] = ..., metric: _Optional[str] = ..., state: _Optional[str] = ..., stage: _Optional[str] = ..., progress: _Optional[float] = ..., version: _Optional[int] = ..., error: _Optional[str] = ..., count: _Optional[int] = ..., lag_commits: _Optional[int] = ..., lag_rows: _Optional[int] = ..., created: _Optional[float] = ..., train_queries_from: _Optional[str] = ..., config_json: _Optional[str] = ...) -> None: ...
+    head: int
+    def __init__(self, name: _Optional[str] = ..., table: _Optional[str] = ..., layer: _Optional[int] = ..., kind: _Optional[str] = ..., metric: _Optional[str] = ..., state: _Optional[str] = ..., stage: _Optional[str] = ..., progress: _Optional[float] = ..., version: _Optional[int] = ..., error: _Optional[str] = ..., count: _Optional[int] = ..., lag_commits: _Optional[int] = ..., lag_rows: _Optional[int] = ..., created: _Optional[float] = ..., train_queries_from: _Optional[str] = ..., config_json: _Optional[str] = ..., head: _Optional[int] = ...) -> None: ...
 
 class CreateIndexRequest(_message.Message):
-    __slots__ = ("name", "table", "layer", "kind", "metric", "config_json", "at")
+    __slots__ = ("name", "table", "layer", "kind", "metric", "config_json", "at", "head")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +109,7 @@ class CreateIndexRequest(_message.Message):
     METRIC_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     name: str
     table: str
     layer: int
@@ -110,7 +117,8 @@ class CreateIndexRequest(_message.Message):
     metric: str
     config_json: str
     at: _knowledge_pb2.VersionRef
-    def __init__(self, name: _Optional[str] = ..., table: _Optional[str] = ..., layer: _Optional[int] = ..., kind: _Optional[str] = ..., metric: _Optional[str] = ..., config_json: _Optional[str] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ...) -> None: ...
+    head: int
+    def __init__(self, name: _Optional[str] = ..., table: _Optional[str] = ..., layer: _Optional[int] = ..., kind: _Optional[str] = ..., metric: _Optional[str] = ..., config_json: _Optional[str] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ..., head: _Optional[int] = ...) -> None: ...
 
 class DropIndexRequest(_message.Message):
     __slots__ = ("name",)
