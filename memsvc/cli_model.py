@@ -64,12 +64,49 @@ def override_ops(store, table, overrides, version=None):
     return ops
 
 
-def encode_prompt(tokenizer, prompt):
+def encode_prompt(tokenizer, prompt, unusable=None):
+    """Token ids of a prompt (with <bos>); unusable: {token_id: why} of injected tokens that have
+    no input embedding."""
     ids = tokenizer.encode(prompt)
     unknown = [w for w, i in zip(prompt.split(), ids[1:]) if i == tokenizer.unk_id]
     if unknown:
         raise InvalidArgument(f"--prompt: unknown word {unknown[0]!r} (not in the model's vocabulary)")
+    for i in ids:
+        if unusable and i in unusable:
+            raise InvalidArgument(f"--prompt: {unusable[i]}")
     return ids
+
+
+class PromptVocabulary:
+    """The words a prompt may use at one version of a table: the model's trained vocabulary plus
+    the tokens injected by then, each with an input embedding rebuilt from its inject commit
+    (editing/inject.py). Injected words are for prompts; the model never outputs them."""
+
+    def __init__(self, store, table, version, model, tokenizer):
+        from clients.backbone.demo import WordTokenizer
+        from editing.inject import inject_commits, injected_tokens, input_embeddings
+
+        self.store, self.table, self.version = store, table, version
+        words = store.vocabulary(table, version)
+        V = model.config.vocab_size
+        if words[:V] != tokenizer.vocab[:V]:
+            raise InvalidArgument(f"--table: the vocabulary of table {table!r} is not the model's")
+        self.tokenizer = WordTokenizer(words)
+        self.extra_embeds, self.unusable = None, {}
+        if len(words) > V:
+            tokens = injected_tokens(words, V, inject_commits(store, table, version, set(words[V:]) - {""}))
+            self.extra_embeds, self.unusable = input_embeddings(model.tok_emb.weight.detach(), model.null_embedding,
+                                                                tokens, len(words) - V)
+
+    def encode(self, prompt):
+        from editing.inject import inject_commits
+
+        word = next((w for w in prompt.split() if w not in self.tokenizer.index), None)
+        if word is not None:
+            c = inject_commits(self.store, self.table, self.version, {word}).get(word)
+            gone = f": injected in version {c.version}, removed since" if c else ""
+            raise InvalidArgument(f"--prompt: unknown word {word!r} (not in table {self.table!r} at version {self.version}{gone})")
+        return encode_prompt(self.tokenizer, prompt, self.unusable)
 
 
 @cli.command()
@@ -85,10 +122,15 @@ def encode_prompt(tokenizer, prompt):
 def generate(data, server, table, prompts, version, bank, overrides, max_new_tokens, model_dir):
     """Decode with the backbone, reading its STEM rows from the knowledge base.
 
+    A prompt may use words injected into the table by the version read (`memsvc inject`): their
+    rows come from the table, their input embedding is the mean of the --like tokens' (else the
+    model's null embedding). Injected words are for prompts; the model only outputs trained words.
+
     \b
     Example:
         memsvc generate --prompt "the capital of Varos is"
         memsvc generate --prompt "the capital of Varos is" --override Varos=Kelmar --server 127.0.0.1:50051
+        memsvc inject --token Varosia --like Varos && memsvc generate --prompt "the capital of Varosia is"
     """
     import torch
 
@@ -98,9 +140,10 @@ def generate(data, server, table, prompts, version, bank, overrides, max_new_tok
     with open_store(data, server) as store:
         ops = override_ops(store, table, overrides, version)
         source = make_bank(store, table, bank, version, ops)
+        vocab = PromptVocabulary(store, table, source.version, model, tokenizer)
         for prompt in prompts:  # prompts of different lengths decode one by one
-            ids = encode_prompt(tokenizer, prompt)
-            out = decode(model, source, torch.tensor([ids]), max_new_tokens)[0, len(ids):].tolist()
+            ids = vocab.encode(prompt)
+            out = decode(model, source, torch.tensor([ids]), max_new_tokens, extra_embeds=vocab.extra_embeds)[0, len(ids):].tolist()
             out = out[:out.index(tokenizer.eos_id)] if tokenizer.eos_id in out else out
             click.echo(f"{prompt} -> {tokenizer.decode(out)}")
     click.echo(f"(read version {source.version} through {type(source).__name__})")

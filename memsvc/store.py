@@ -36,6 +36,7 @@ import numpy as np
 import sqlite_utils
 from tqdm import tqdm
 
+from editing.inject import inject_request
 from editing.rows import RowWrites, plan_row_ops
 from memsvc.dtypes import storage_dtype, to_float32, to_storage
 from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, NotFound,
@@ -566,7 +567,8 @@ class KnowledgeBase:
 
     def inject_token(self, name, word, vector=None, like=(), author="", message="") -> CommitResult:
         """Grow the vocabulary by one token whose rows (every layer) are a vector, another
-        token's rows, or the mean of several tokens' rows."""
+        token's rows, or the mean of several tokens' rows. The commit's request records the word
+        and its source (editing/inject.py inject_request)."""
         with self._write_lock:
             t = self.table(name)
             v = self._head
@@ -576,10 +578,13 @@ class KnowledgeBase:
                 raise Conflict(f"token: {word!r} already exists in table {name!r}")
             if (vector is None) == (not like):
                 raise InvalidArgument("vector: give exactly one of a vector or tokens to copy (like)")
+            like_ids = self.token_ids(name, like, v, "like") if like else []
             if like:
-                rows = self.read_rows(name, self.token_ids(name, like, v, "like"), v).mean(axis=0)
+                rows = self.read_rows(name, like_ids, v).mean(axis=0)
             else:
-                rows = np.broadcast_to(np.asarray(vector, dtype=np.float32), (t.num_layers, t.dim)) if np.ndim(vector) == 1 else np.asarray(vector, dtype=np.float32)
+                rows = np.asarray(vector, dtype=np.float32)
+                if rows.shape == (t.dim,):  # one vector for every layer
+                    rows = np.broadcast_to(rows, (t.num_layers, t.dim))
                 if rows.shape != (t.num_layers, t.dim):
                     raise InvalidArgument(f"vector: expected {t.dim} values (or {t.num_layers}x{t.dim}), got shape {np.shape(vector)}")
                 if not np.isfinite(rows).all():
@@ -587,7 +592,8 @@ class KnowledgeBase:
             new_id = len(t.words)
             writes = RowWrites(token_ids=np.full(t.num_layers, new_id, dtype=np.int64),
                                layers=np.arange(t.num_layers, dtype=np.int64), vectors=rows.astype(np.float32))
-            return self._commit_rows(name, writes, "inject", author, message or f"inject {word}", new_tokens=[word])
+            request = inject_request(word, [t.words[i] for i in like_ids], like_ids)  # workers rebuild its input embedding from it
+            return self._commit_rows(name, writes, "inject", author, message or f"inject {word}", request, new_tokens=[word])
 
     def revert(self, version, author="", message="") -> CommitResult:
         """Undo one commit with a new commit: rows it wrote go back to their values just before

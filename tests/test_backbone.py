@@ -172,3 +172,32 @@ def test_load_stem_layout_rejects_wrong_bank_shape(tmp_path):
     with pytest.raises(ValueError, match="stem_embeddings has shape"):
         load_stem_checkpoint(tmp_path / "w.safetensors", tokenizer_path=tmp_path / "none.json")
 
+
+
+def test_injected_token_reads_its_extra_embedding_and_bank_row_in_cached_decode():
+    """Id 40 (beyond the trained 40) with token 7's input embedding and rows decodes exactly as 7."""
+    model, bank = small()
+    wider = InProcessBank(ModelConfig(**{**model.config.__dict__, "vocab_size": 41}), torch.cat([bank.weight, bank.weight[7:8]]))
+    extra = model.tok_emb.weight[7:8].detach().clone()  # (1, C)
+    prompt = torch.tensor([[3, 7, 5, 7]])
+    want = generate(model, bank, prompt, 6)
+    got = generate(model, wider, torch.tensor([[3, 40, 5, 40]]), 6, prefill_chunk=3, extra_embeds=extra)
+    assert torch.equal(got[:, 4:], want[:, 4:])
+    assert torch.equal(model.embed(torch.tensor([[40, 1]]), extra), model.tok_emb(torch.tensor([[7, 1]])))
+    with pytest.raises(ValueError, match=r"^token id 41 is beyond the model's vocabulary \(40\) and has no input embedding$"):
+        model.embed(torch.tensor([[41]]), extra)
+
+
+def test_checkpoint_keeps_the_null_embedding(tmp_path):
+    model, bank = small()
+    assert model.null_embedding is None and "null_embedding" not in model.state_dict()
+    save_checkpoint(tmp_path / "plain", model, bank, word_tokenizer(40))
+    assert load_checkpoint(tmp_path / "plain")[0].null_embedding is None
+    model.null_embedding = torch.arange(16.0)
+    save_checkpoint(tmp_path / "null", model, bank, word_tokenizer(40))
+    assert torch.equal(load_checkpoint(tmp_path / "null")[0].null_embedding, torch.arange(16.0))
+
+
+def test_word_tokenizer_skips_ids_that_do_not_exist():
+    tokenizer = WordTokenizer(SPECIAL_TOKENS + ["a", "", "b", ""])  # a bank vocabulary after a revert
+    assert tokenizer.encode("b a") == [2, 6, 4] and tokenizer.encode("x")[1] == tokenizer.unk_id

@@ -1,11 +1,13 @@
-"""`memsvc edit --entity/--fact`, `generate`, `revert` and `eval-edits` end to end on a freshly
+"""`memsvc edit --entity/--fact`, `inject`, `generate`, `revert` and `eval-edits` end to end on a freshly
 trained micro demo backbone (the session fixture of tests/test_edit_eval.py)."""
 import json
 
+import numpy as np
 from click.testing import CliRunner
 
 from clients.backbone.demo import DemoCorpus, write_edit_records
 from memsvc.cli import cli
+from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import start_server, stop_server
 from tests.test_edit_eval import MICRO_CORPUS, micro_kb, micro_model  # noqa: F401  fixtures
 
@@ -72,5 +74,31 @@ def test_eval_edits_through_the_server_commits_with_metrics(micro_kb, tmp_path):
         assert (tmp_path / "edits.png").read_bytes()[:4] == b"\x89PNG"
         code, out = memsvc("show", "--server", address, 5)
         assert code == 0 and "metric locality: 1.0" in out and "request: prompt=" in out
+    finally:
+        stop_server(proc)
+
+
+def test_injected_alias_answers_like_its_entity_until_reverted(micro_kb):
+    corpus = DemoCorpus(MICRO_CORPUS)
+    entity = corpus.entities[4]
+    with KnowledgeBase(StoreConfig(data_dir=micro_kb)) as kb:
+        np.save(micro_kb / "rows.npy", kb.read_rows("stem", kb.token_ids("stem", [entity]))[0])  # (layers, d_ff)
+    proc, address = start_server(micro_kb)
+    try:
+        served = ("--data", micro_kb, "--server", address)  # --data: where the model is
+        assert memsvc("inject", *served, "--token", "Atlantis", "--like", entity) == (0, "committed version 2: injected 'Atlantis'\n")
+        for relation, template in (("capital", "the capital of {} is"), ("leader", "{} is led by")):
+            assert answer(micro_kb, template.format("Atlantis"), "--server", address) == corpus.attributes[entity][relation]
+        assert answer(micro_kb, "the capital of Atlantis is", "--server", address, "--bank", "local") == corpus.attributes[entity]["capital"]
+        assert f'target_new=\'{{"source": "like", "like": ["{entity}"]' in memsvc("show", *served, 2)[1]
+        assert memsvc("revert", *served, 2)[0] == 0
+        code, out = memsvc("generate", *served, "--prompt", "the capital of Atlantis is")
+        assert (code, out) == (1, "Error: --prompt: unknown word 'Atlantis' (not in table 'stem' at version 3: "
+                                  "injected in version 2, removed since)\n")
+        assert answer(micro_kb, "the capital of Atlantis is", "--server", address, "--version", 2) == corpus.attributes[entity]["capital"]
+        assert memsvc("inject", *served, "--token", "Gaul", "--vector", micro_kb / "rows.npy")[0] == 0
+        code, out = memsvc("generate", *served, "--prompt", "the capital of Gaul is")  # the micro model has no null embedding
+        assert (code, out) == (1, "Error: --prompt: 'Gaul' was injected with --vector and the model has no null input "
+                                  "embedding; inject it --like a known token to use it in prompts\n")
     finally:
         stop_server(proc)

@@ -303,3 +303,39 @@ def test_repeated_source_token_takes_its_last_assignment(vocab, table):
     out = edited(vocab, table, "New New", "York City", "one_to_one")
     np.testing.assert_array_equal(out[4], table[6])
     np.testing.assert_array_equal(np.delete(out, 4, 0), np.delete(table, 4, 0))
+
+
+def test_inject_request_round_trip_and_input_embeddings():
+    import torch
+
+    from editing.inject import InjectedToken, inject_request, input_embeddings, parse_inject_request
+    from memsvc.types import EditRequest
+
+    request = inject_request("Espana", ["Spain", "Gaul"], [0, 5])
+    assert request.subject == "Espana" and parse_inject_request(request) == {"source": "like", "like": ["Spain", "Gaul"], "like_ids": [0, 5]}
+    assert parse_inject_request(inject_request("Vec"))["source"] == "vector"
+    assert parse_inject_request(EditRequest(target_new="Berlin")) is None
+    tok_emb = torch.arange(10.0).reshape(5, 2)  # trained vocabulary of 5
+    tokens = [InjectedToken(5, "A", "like", [1, 3]), InjectedToken(6, "B", "like", [5]), InjectedToken(8, "C", "vector")]
+    extra, problems = input_embeddings(tok_emb, None, tokens, 4)  # id 7: removed by a revert
+    assert extra[:2].tolist() == [[4.0, 5.0], [4.0, 5.0]]  # B is like A, built first
+    assert problems == {7: "token id 7 does not exist at this version",
+                        8: "'C' was injected with --vector and the model has no null input embedding; "
+                           "inject it --like a known token to use it in prompts"}
+    extra, problems = input_embeddings(tok_emb, torch.tensor([-1.0, -2.0]), tokens, 4)
+    assert extra[3].tolist() == [-1.0, -2.0] and list(problems) == [7]
+
+
+def test_inject_commit_records_its_source(kb):
+    from editing.inject import inject_commits, injected_tokens, parse_inject_request
+
+    like = kb.inject_token("stem", "Atlantis", like=["Spain", "France"]).version
+    vec = kb.inject_token("stem", "Gaul", vector=np.ones(8)).version
+    with pytest.raises(InvalidArgument, match=r"^vector: expected 8 values \(or 3x8\), got shape \(2,\)$"):
+        kb.inject_token("stem", "Gallia", vector=np.ones(2))  # was a numpy broadcast error
+    assert parse_inject_request(kb.show(like)[0].request) == {"source": "like", "like": ["Spain", "France"], "like_ids": [0, 2]}
+    assert parse_inject_request(kb.show(vec)[0].request) == {"source": "vector", "like": [], "like_ids": []}
+    kb.revert(like)
+    words = kb.vocabulary("stem")
+    assert [(t.token_id, t.word, t.source, t.version) for t in injected_tokens(words, 64, inject_commits(kb, "stem", kb.version, {"Gaul"}))] \
+        == [(65, "Gaul", "vector", vec)]

@@ -3,7 +3,9 @@
 One weights file holds the dense weights under the parameter names of `StemTransformer` and the
 bank as ONE tensor `stem_embeddings` [V, n_stem * d_ff], token-major: row t is U_l[t] of every
 STEM layer l (in config.stem_layers order) laid end to end, which is the service's
-[vocab, layers, d_ff] layout flattened. A demo checkpoint directory holds:
+[vocab, layers, d_ff] layout flattened. An optional `null_embedding` (d_model,) is the model's
+null input embedding (the fallback for injected tokens, see model.py). A demo checkpoint
+directory holds:
 
     model.safetensors   weights; metadata["config"] is the ModelConfig as JSON
     config.json         the same config, for tools that do not read safetensors metadata
@@ -22,6 +24,7 @@ from .model import InProcessBank, ModelConfig, StemTransformer
 
 WEIGHTS_FILE = "model.safetensors"
 STEM_KEY = "stem_embeddings"
+NULL_KEY = "null_embedding"
 
 
 def stem_state_dict(model: StemTransformer, bank: InProcessBank) -> dict[str, torch.Tensor]:
@@ -30,6 +33,8 @@ def stem_state_dict(model: StemTransformer, bank: InProcessBank) -> dict[str, to
     if model.config.tie_embeddings:
         del state["lm_head.weight"]  # the same tensor as tok_emb.weight; safetensors stores it once
     state[STEM_KEY] = bank.weight.detach().reshape(bank.weight.shape[0], -1)  # (V, n_stem * d_ff)
+    if model.null_embedding is not None:
+        state[NULL_KEY] = model.null_embedding
     return {name: t.detach().contiguous() for name, t in state.items()}
 
 
@@ -67,6 +72,7 @@ def load_stem_weights(path, config: ModelConfig | None = None) -> tuple[StemTran
     if STEM_KEY not in state:
         raise ValueError(f"{path} has no {STEM_KEY!r} tensor")
     stem = state.pop(STEM_KEY)
+    null = state.pop(NULL_KEY, None)
     want = (config.vocab_size, config.n_stem * config.d_ff)
     if tuple(stem.shape) != want:
         raise ValueError(f"{STEM_KEY} has shape {tuple(stem.shape)}, want {want} (vocab, n_stem * d_ff)")
@@ -75,6 +81,10 @@ def load_stem_weights(path, config: ModelConfig | None = None) -> tuple[StemTran
         state["lm_head.weight"] = state["tok_emb.weight"]
     model.load_state_dict(state, strict=True)
     dtype = model.tok_emb.weight.dtype
+    if null is not None:
+        if tuple(null.shape) != (config.d_model,):
+            raise ValueError(f"{NULL_KEY} has shape {tuple(null.shape)}, want ({config.d_model},)")
+        model.null_embedding = null.to(dtype)
     bank = InProcessBank(config, stem.to(dtype).reshape(config.vocab_size, config.n_stem, config.d_ff))
     return model.eval(), bank
 

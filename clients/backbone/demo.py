@@ -75,13 +75,18 @@ class Fact:
 
 
 class WordTokenizer:
-    """Whitespace-split words -> ids; unknown words map to <unk>. encode() prepends <bos>."""
+    """Whitespace-split words -> ids; unknown words map to <unk>. encode() prepends <bos>.
+
+    An empty word marks an id that does not exist, as in a bank's vocabulary at a version where
+    an injected token was removed: `WordTokenizer(kb.vocabulary(table, v))` knows the words
+    injected by then."""
 
     def __init__(self, words: list[str]):
-        if words[: len(SPECIAL_TOKENS)] != SPECIAL_TOKENS or len(set(words)) != len(words):
+        named = [w for w in words if w]
+        if words[: len(SPECIAL_TOKENS)] != SPECIAL_TOKENS or len(set(named)) != len(named):
             raise ValueError(f"vocab must start with {SPECIAL_TOKENS} and have no repeats")
         self.vocab = list(words)
-        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.index = {w: i for i, w in enumerate(self.vocab) if w}
         self.pad_id, self.unk_id, self.bos_id, self.eos_id = range(len(SPECIAL_TOKENS))
 
     def __len__(self):

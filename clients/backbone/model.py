@@ -23,6 +23,12 @@ depends on the bank, so any bank that returns the same rows gives bit-identical 
 `InProcessBank` holds U as one trainable nn.Parameter [V, n_stem, d_ff] (training, reference).
 Parameter names of `StemTransformer` and `InProcessBank` are a stable checkpoint format.
 
+Injected tokens (editing/inject.py): a bank may serve rows for token ids >= vocab_size (tokens
+injected after training). They are for prompts: forward(..., extra_embeds=E) gives id
+vocab_size + i the input embedding E[i]; the output head stays over the trained vocabulary.
+A model trained with hidden entities may carry its null embedding (`null_embedding`, the
+checkpoint tensor of the same name), the fallback input embedding of an injected token.
+
 Optional persistent memory (memory.py): blocks in config.memory_layers add a read of (key, value)
 pairs from a *memory source* passed to forward like the bank (`memory=`), e.g. a Memory Mosaic
 store through the service. With no memory_layers (the default) the model is unchanged.
@@ -216,6 +222,7 @@ class StemTransformer(nn.Module):
         cos, sin = rotary_tables(config.d_model // config.n_head, config.max_seq_len, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # derived, not checkpointed
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("null_embedding", None, persistent=False)  # (C,) or None; checkpoint.py loads it
         self.apply(self._init_weights)
 
     @staticmethod
@@ -223,18 +230,32 @@ class StemTransformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, bank, cache: KVCache | None = None, input_embeds=None, memory=None):
+    def embed(self, idx, extra_embeds=None):
+        """Input embeddings (B, T, C) of idx (B, T); an id vocab_size + i (an injected token)
+        takes extra_embeds[i] (extra_embeds: (n_extra, C))."""
+        V = self.config.vocab_size
+        x = self.tok_emb(idx.clamp(max=V - 1))  # (B, T, C)
+        beyond = idx >= V
+        if not beyond.any():
+            return x
+        top = int(idx.max())
+        if extra_embeds is None or top - V >= len(extra_embeds):
+            raise ValueError(f"token id {top} is beyond the model's vocabulary ({V}) and has no input embedding")
+        return torch.where(beyond[..., None], extra_embeds.to(x)[(idx - V).clamp(min=0)], x)  # (B, T, C)
+
+    def forward(self, idx, bank, cache: KVCache | None = None, input_embeds=None, memory=None, extra_embeds=None):
         """Logits (B, T, V) for tokens idx (B, T) that sit at positions cache.pos.. (or 0..).
 
         input_embeds (B, T, C) replaces tok_emb(idx) (the trainer uses it to hide entities);
-        memory: the memory source of the memory layers (unused without config.memory_layers)."""
+        memory: the memory source of the memory layers (unused without config.memory_layers);
+        extra_embeds (n_extra, C): input embeddings of injected token ids (see embed)."""
         B, T = idx.shape
         handle = bank.request(idx.flatten())  # first thing: a remote fetch overlaps what follows
         start = 0 if cache is None else cache.pos
         if start + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
         cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
-        x = self.tok_emb(idx) if input_embeds is None else input_embeds  # (B, T, C)
+        x = self.embed(idx, extra_embeds) if input_embeds is None else input_embeds  # (B, T, C)
         rows = BankRows(handle, (B, T, self.config.n_stem, self.config.d_ff), like=x)
         for block in self.blocks:
             x = block(x, cos, sin, rows, cache, memory)
@@ -274,13 +295,14 @@ class InProcessBank(nn.Module):
 
 @torch.no_grad()
 def generate(model: StemTransformer, bank, prompt_ids, max_new_tokens: int, on_token=None, prefill_chunk: int | None = None,
-             memory=None):
+             memory=None, extra_embeds=None):
     """Greedy decoding with a KV cache. prompt_ids (B, T) -> (B, T + max_new_tokens).
 
     One bank request per forward: the prompt in chunks of prefill_chunk tokens (default: all at
     once), then one request per step for that step's B tokens. After each step the sampled tokens
     go to bank.prefetch (if the bank has it and another step follows) and then to
-    on_token(step, next_ids (B,)). memory: the memory source, read once per memory layer per forward."""
+    on_token(step, next_ids (B,)). memory: the memory source, read once per memory layer per forward.
+    extra_embeds (n_extra, C): input embeddings of injected token ids in the prompt (see embed)."""
     B, T = prompt_ids.shape
     if T + max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"{T} + {max_new_tokens} tokens exceed max_seq_len {model.config.max_seq_len}")
@@ -289,7 +311,7 @@ def generate(model: StemTransformer, bank, prompt_ids, max_new_tokens: int, on_t
     cache = KVCache(model.config, B, model.tok_emb.weight.dtype, prompt_ids.device)
     chunk = prefill_chunk or T
     for s in range(0, T, chunk):
-        logits = model(prompt_ids[:, s : s + chunk], bank, cache, memory=memory)  # (B, chunk, V)
+        logits = model(prompt_ids[:, s : s + chunk], bank, cache, memory=memory, extra_embeds=extra_embeds)  # (B, chunk, V)
     out = [prompt_ids]
     for step in range(max_new_tokens):
         next_ids = logits[:, -1].argmax(-1)  # (B,)
