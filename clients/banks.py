@@ -13,9 +13,7 @@ import numpy as np
 import torch
 
 from clients.backbone.model import ReadyRows
-from memsvc import convert
 from memsvc.dtypes import to_float32
-from memsvc.v1 import knowledge_pb2 as pb
 
 
 class LFUCache:
@@ -91,7 +89,7 @@ class RemoteRows:
     def result(self):
         fetched = {}
         for future in {id(f): f for f in self.futures.values()}.values():
-            reply = future.result()  # a LookupResult (the client reads Lookup replies from the wire)
+            reply = future.result()  # a LookupResult
             fetched.update(zip(reply.unique_ids.tolist(), to_float32(reply.rows, reply.dtype)))  # rows (L, d)
         cache = self.bank.cache
         out = np.empty((len(self.uniq), *cache.rows.shape[1:]), dtype=np.float32)
@@ -118,15 +116,13 @@ class RemoteBank:
         self.version = client.resolve_version(version)
         info = client.describe(table, self.version)
         self.cache = LFUCache(cache_tokens, (info.num_layers, info.dim))
-        self.overrides = [convert.row_op_to_pb(op) for op in overrides]
+        self.overrides = list(overrides)
         self.pending = {}  # token -> Lookup future already in flight (prefetched)
         self.lookups = 0
 
     def _fetch(self, tokens):
         self.lookups += 1
-        request = pb.LookupRequest(table=self.table, token_ids=tokens, at=pb.VersionRef(version=self.version),
-                                   overrides=self.overrides)
-        return self.client.stub.Lookup.future(request, timeout=self.client.timeout)
+        return self.client.lookup_future(self.table, tokens, version=self.version, overrides=self.overrides)
 
     def request(self, token_ids):
         uniq, inverse = np.unique(token_ids.numpy(), return_inverse=True)

@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 
 from editing.rows import RowWrites
-from memsvc import convert
-from memsvc.auth import bearer_metadata
+from memsvc import convert, shared_buffers
+from memsvc.auth import bearer_metadata, is_loopback
 from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError,
                            NotFound, OutOfRange, ResourceExhausted)
 from memsvc.types import CommitResult, EditRequest, LookupResult, split_tokens
@@ -51,28 +51,39 @@ def _ref(version=None, tag=None) -> pb.VersionRef:
 
 class MemoryClient:
     def __init__(self, address: str, timeout: float | None = 60.0, channel: grpc.Channel | None = None,
-                 api_key: str | None = None, tls_ca: str | None = None):
-        """``api_key`` is sent as ``authorization: Bearer <key>``; ``tls_ca`` (a PEM file) turns on TLS."""
+                 api_key: str | None = None, tls_ca: str | None = None, shared_memory: bool | None = None):
+        """``api_key`` is sent as ``authorization: Bearer <key>``; ``tls_ca`` (a PEM file) turns on TLS.
+        ``shared_memory``: Lookup rows come back through shared memory (memsvc/shared_buffers.py);
+        default on when the server's address is loopback. It turns itself off when the server
+        cannot write into this host's buffers."""
         self.address = address
         self.timeout = timeout
         self.metadata = bearer_metadata(api_key)
         self.channel = channel or open_channel(address, tls_ca)
         self.stub = pb_grpc.KnowledgeServiceStub(self.channel)
-        # Lookup replies are read straight from the wire bytes: the rows stay a zero-copy view.
+        # Lookup replies are read straight from the wire bytes (convert.lookup_from_wire): the rows
+        # stay a zero-copy view of the reply or of the shared buffer.
         self.stub.Lookup = self.channel.unary_unary("/memsvc.v1.KnowledgeService/Lookup",
-                                                    request_serializer=pb.LookupRequest.SerializeToString,
-                                                    response_deserializer=convert.lookup_from_wire)
+                                                    request_serializer=pb.LookupRequest.SerializeToString)
+        if shared_memory is None:
+            shared_memory = is_loopback(address.rsplit(":", 1)[0].strip("[]")) and shared_buffers.available()
+        self.reply_buffers = shared_buffers.ReplyBuffers() if shared_memory else None
 
     def _call(self, method, request, stub=None):
         """One RPC (on ``stub``, default the KnowledgeService one) with errors as memsvc exceptions."""
+        return self._translated(getattr(stub or self.stub, method), request, timeout=self.timeout, metadata=self.metadata)
+
+    def _translated(self, call, *args, **kwargs):
         try:
-            return getattr(stub or self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
+            return call(*args, **kwargs)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
                 raise FailedPrecondition(f"server: cannot reach memsvc at {self.address} ({e.details()})") from None
             raise ERROR_OF.get(e.code(), MemsvcError)(e.details()) from None
 
     def close(self):
+        if self.reply_buffers is not None:
+            self.reply_buffers.close()
         self.channel.close()
 
     def __enter__(self):
@@ -104,10 +115,40 @@ class MemoryClient:
 
     def lookup(self, table, tokens, layers=None, version=None, tag=None, overrides=None) -> LookupResult:
         """Rows of tokens (ids or words); ``.in_request_order()`` gives float32 (n, L, d)."""
+        request, buffers, buffer = self._lookup_request(table, tokens, layers, version, tag, overrides)
+        return self._lookup_reply(lambda: self._call("Lookup", request), buffers, buffer)
+
+    def lookup_future(self, table, tokens, layers=None, version=None, tag=None, overrides=None) -> "LookupFuture":
+        """The same Lookup sent now; ``.result()`` waits for its LookupResult (overlap it with compute)."""
+        request, buffers, buffer = self._lookup_request(table, tokens, layers, version, tag, overrides)
+        future = self.stub.Lookup.future(request, timeout=self.timeout, metadata=self.metadata)
+        return LookupFuture(lambda: self._lookup_reply(lambda: self._translated(future.result), buffers, buffer))
+
+    def _lookup_request(self, table, tokens, layers, version, tag, overrides):
+        """(LookupRequest, the reply buffer pool, the buffer it names or None)."""
         ids, words = split_tokens(tokens)
         request = pb.LookupRequest(table=table, layers=[int(l) for l in layers or []], token_ids=ids, tokens=words,
                                    at=_ref(version, tag), overrides=[convert.row_op_to_pb(op) for op in overrides or []])
-        return self._call("Lookup", request)
+        buffers = self.reply_buffers
+        if buffers is None:
+            return request, None, None
+        buffer = buffers.take()
+        request.reply_buffer.name, request.reply_buffer.size, request.reply_buffer.key = buffer.name, buffer.size, buffer.key
+        return request, buffers, buffer
+
+    def _lookup_reply(self, wait, buffers, buffer) -> LookupResult:
+        if buffer is None:
+            return convert.lookup_from_wire(wait())
+        try:
+            wire = wait()
+        except BaseException:
+            buffer.close()  # the server may still write into it: never reuse it
+            raise
+        result, in_buffer = buffers.receive(wire, buffer)
+        if not in_buffer and result.rows.nbytes <= buffer.size:  # it fitted, yet the server did not write: not its host
+            self.reply_buffers = None
+            buffers.close()
+        return result
 
     def read_rows(self, table, token_ids, version=None) -> np.ndarray:
         return self.lookup(table, token_ids, version=version).in_request_order()
@@ -183,6 +224,18 @@ class MemoryClient:
     def diff(self, from_version, to_version, table=None):
         reply = self._call("Diff", pb.DiffRequest(**{"from": _ref(from_version), "to": _ref(to_version)}, table=table or ""))
         return [convert.row_change_from_pb(c) for c in reply.changes]
+
+
+class LookupFuture:
+    """A Lookup in flight (MemoryClient.lookup_future); ``result()`` waits once and remembers."""
+
+    def __init__(self, finish):
+        self._finish, self._result = finish, None
+
+    def result(self) -> LookupResult:
+        if self._result is None:
+            self._result = self._finish()
+        return self._result
 
 
 class PinnedClient:

@@ -76,13 +76,6 @@ def row_op_from_pb(msg: pb.RowOp, field: str) -> RowOp:
 
 # ---------------------------------------------------------------- results
 
-def lookup_from_pb(msg: pb.LookupResponse, rows: np.ndarray | None = None) -> LookupResult:
-    """``rows``: the rows when they did not travel inside ``msg`` (see lookup_from_wire)."""
-    return LookupResult(rows=stored_tensor(msg.rows) if rows is None else rows,
-                        unique_ids=np.array(msg.unique_token_ids, dtype=np.int64),
-                        inverse=np.array(msg.inverse, dtype=np.int64), version=msg.version, dtype=msg.rows.dtype)
-
-
 # A lookup reply carries megabytes of rows. upb's SerializeToString, FromString and `.data` each
 # copy them (6x the time of writing the wire bytes by hand, 50x the time of reading them so, at
 # 4096 tokens), so the hot path writes and reads LookupResponse wire bytes itself. They stay an
@@ -139,26 +132,55 @@ class LookupWire:
     rows_served: int
 
 
-def lookup_to_wire(result: LookupResult) -> LookupWire:
+def lookup_to_wire(result: LookupResult, rows_in_buffer: bool = False) -> LookupWire:
     """LookupResponse wire bytes, rows copied once: the small fields through protobuf, then the
-    rows as a second `rows` field holding only `data` (a parser merges the two `rows`)."""
+    rows as a second `rows` field holding only `data` (a parser merges the two `rows`). With
+    ``rows_in_buffer`` the rows went to the request's shared buffer and only their shape travels."""
     head = pb.LookupResponse(unique_token_ids=result.unique_ids.tolist(), inverse=result.inverse.tolist(),
-                             version=result.version)
+                             version=result.version, rows_in_buffer=rows_in_buffer)
     head.rows.dtype = result.dtype
     head.rows.shape[:] = result.rows.shape
+    rows_served = int(np.prod(result.rows.shape[:-1]))
+    if rows_in_buffer:
+        return LookupWire(head.SerializeToString(), rows_served)
     data = memoryview(np.ascontiguousarray(result.rows)).cast("B")
     data_key = _varint(3 << 3 | LEN) + _varint(data.nbytes)  # Tensor.data = 3
     return LookupWire(b"".join([head.SerializeToString(), _varint(1 << 3 | LEN), _varint(len(data_key) + data.nbytes),
                                 data_key, data]),  # LookupResponse.rows = 1
-                      rows_served=int(np.prod(result.rows.shape[:-1])))
+                      rows_served=rows_served)
 
 
-def lookup_from_wire(wire: bytes) -> LookupResult:
-    """LookupResponse wire bytes -> LookupResult; its rows are a read-only view of ``wire``."""
+def lookup_from_wire(wire: bytes, buffer=None) -> LookupResult:
+    """LookupResponse wire bytes -> LookupResult; its rows are a read-only view of ``wire``, or of
+    ``buffer`` (the request's reply buffer) when the reply says rows_in_buffer.
+    Protobuf parses every field but rows.data, which is sliced out of the wire: in one cut when
+    it comes alone in the last `rows` field (as lookup_to_wire writes it), else field by field."""
     view = memoryview(wire)
+    fields = list(_wire_fields(view, 0, len(view)))
+    last = [(inner, span) for inner, _, _, span in _wire_fields(view, *fields[-1][3])] \
+        if fields and fields[-1][0] == 1 else []
+    if len(last) == 1 and last[0][0] == 3:
+        rest, data = view[:fields[-1][1]], view[slice(*last[0][1])]
+    else:
+        rest, data = _without_rows_data(view, fields)
+    msg = pb.LookupResponse.FromString(rest)
+    shape, count = tuple(msg.rows.shape), -1
+    if msg.rows_in_buffer:
+        if buffer is None:
+            raise InvalidArgument("reply: the rows are in a shared buffer this call did not give")
+        data, count = buffer, int(np.prod(shape))
+    rows = np.frombuffer(data, dtype=storage_dtype(msg.rows.dtype), count=count).reshape(shape)
+    rows.flags.writeable = False
+    return LookupResult(rows=rows, unique_ids=np.fromiter(msg.unique_token_ids, np.int64, len(msg.unique_token_ids)),
+                        inverse=np.fromiter(msg.inverse, np.int64, len(msg.inverse)),
+                        version=msg.version, dtype=msg.rows.dtype)
+
+
+def _without_rows_data(view, fields) -> tuple:
+    """(the message's bytes without rows.data, the last rows.data) for any field order."""
     rest, data = [], b""
-    for field, start, end, span in _wire_fields(view, 0, len(view)):
-        if field != 1:  # not rows: parsed by protobuf below
+    for field, start, end, span in fields:
+        if field != 1:  # not rows
             rest.append(view[start:end])
             continue
         for inner, s, e, inner_span in _wire_fields(view, *span):
@@ -166,8 +188,7 @@ def lookup_from_wire(wire: bytes) -> LookupResult:
                 data = view[inner_span[0]:inner_span[1]]  # bytes: the last occurrence wins
             else:
                 rest += [_varint(1 << 3 | LEN) + _varint(e - s), view[s:e]]
-    msg = pb.LookupResponse.FromString(b"".join(rest))
-    return lookup_from_pb(msg, np.frombuffer(data, dtype=storage_dtype(msg.rows.dtype)).reshape(tuple(msg.rows.shape)))
+    return b"".join(rest), data
 
 
 def table_to_pb(t: TableInfo) -> pb.TableInfo:

@@ -1,4 +1,5 @@
 """Serving a knowledge base over gRPC: health checking, reflection, message-size limits."""
+import ctypes
 import logging
 import signal
 import threading
@@ -114,8 +115,27 @@ def open_kb(config: ServerConfig) -> KnowledgeBase:
     return KnowledgeBase(StoreConfig(data_dir=data))
 
 
+# glibc mallopt parameters
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def reuse_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Let replies reuse heap memory instead of fresh pages. glibc gives every allocation above
+    128 KiB (a Lookup reply of 8 rows or more, its gather and gRPC's copy) its own mmap and unmaps
+    it at free, so each reply page-faults its way in: measured ~550 faults and over half the
+    server CPU of a 48-row Lookup. Raise the mmap threshold to 32 MiB (glibc's maximum) and keep
+    freed memory for the next reply. False where there is no glibc."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold) and mallopt(M_TRIM_THRESHOLD, trim_threshold))
+
+
 def serve(config: ServerConfig, ready=None):
     """Serve until SIGTERM/SIGINT: then NOT_SERVING, let in-flight calls finish, close the store."""
+    if not reuse_freed_memory():
+        LOG.info("allocator: not glibc, large replies use fresh pages")
     check_exposure(config.host, load_keys(config.api_keys_file), config.insecure)  # fail before loading
     metrics, state = Metrics(), ServingState(health.HealthServicer(), ("", SERVICE))
     if config.metrics_port is not None:  # up before the store opens: /readyz says 503 while it loads

@@ -8,6 +8,7 @@ import numpy as np
 from memsvc import convert
 from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError,
                            NotFound, OutOfRange, ResourceExhausted)
+from memsvc.shared_buffers import SharedBuffers
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 
@@ -63,6 +64,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
     def __init__(self, kb, config):
         self.kb = kb
         self.config = config
+        self.shared_buffers = SharedBuffers()
 
     def ListTables(self, request, context):
         v = self.kb.resolve_version(**_version(request.at))
@@ -82,8 +84,10 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
             ids += self.kb.token_ids(request.table, request.tokens, v).tolist()
         self._check_size(request.table, v, len(ids), len(request.layers))
         overrides = [convert.row_op_from_pb(op, f"overrides[{i}]") for i, op in enumerate(request.overrides)]
-        return convert.lookup_to_wire(self.kb.lookup(request.table, np.array(ids, dtype=np.int64), list(request.layers),
-                                                   version=v, overrides=overrides))
+        result = self.kb.lookup(request.table, np.array(ids, dtype=np.int64), list(request.layers), version=v, overrides=overrides)
+        buffer = request.reply_buffer
+        in_buffer = request.HasField("reply_buffer") and self.shared_buffers.write(buffer.name, buffer.key, buffer.size, result.rows)
+        return convert.lookup_to_wire(result, rows_in_buffer=in_buffer)
 
     def _check_size(self, table, version, n_tokens, n_layers):
         info = self.kb.table(table, version)  # not describe(): it counts the vocabulary on every call

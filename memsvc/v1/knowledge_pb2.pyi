@@ -120,32 +120,46 @@ class RowOp(_message.Message):
     def __init__(self, op: _Optional[_Union[RowOp.Op, str]] = ..., token_id: _Optional[int] = ..., token: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., vector: _Optional[_Union[Tensor, _Mapping]] = ..., source_token_id: _Optional[int] = ..., source_token: _Optional[str] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("table", "layers", "token_ids", "tokens", "at", "overrides")
+    __slots__ = ("table", "layers", "token_ids", "tokens", "at", "overrides", "reply_buffer")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    REPLY_BUFFER_FIELD_NUMBER: _ClassVar[int]
     table: str
     layers: _containers.RepeatedScalarFieldContainer[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     tokens: _containers.RepeatedScalarFieldContainer[str]
     at: VersionRef
     overrides: _containers.RepeatedCompositeFieldContainer[RowOp]
-    def __init__(self, table: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., overrides: _Optional[_Iterable[_Union[RowOp, _Mapping]]] = ...) -> None: ...
+    reply_buffer: SharedBuffer
+    def __init__(self, table: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., overrides: _Optional[_Iterable[_Union[RowOp, _Mapping]]] = ..., reply_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
+
+class SharedBuffer(_message.Message):
+    __slots__ = ("name", "size", "key")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    key: bytes
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., key: _Optional[bytes] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
-    __slots__ = ("rows", "unique_token_ids", "inverse", "version")
+    __slots__ = ("rows", "unique_token_ids", "inverse", "version", "rows_in_buffer")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     UNIQUE_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     INVERSE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_IN_BUFFER_FIELD_NUMBER: _ClassVar[int]
     rows: Tensor
     unique_token_ids: _containers.RepeatedScalarFieldContainer[int]
     inverse: _containers.RepeatedScalarFieldContainer[int]
     version: int
-    def __init__(self, rows: _Optional[_Union[Tensor, _Mapping]] = ..., unique_token_ids: _Optional[_Iterable[int]] = ..., inverse: _Optional[_Iterable[int]] = ..., version: _Optional[int] = ...) -> None: ...
+    rows_in_buffer: bool
+    def __init__(self, rows: _Optional[_Union[Tensor, _Mapping]] = ..., unique_token_ids: _Optional[_Iterable[int]] = ..., inverse: _Optional[_Iterable[int]] = ..., version: _Optional[int] = ..., rows_in_buffer: _Optional[bool] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ("table", "at")
