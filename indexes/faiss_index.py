@@ -41,19 +41,27 @@ class FaissIndex(Index):
                 "pq": pq, "opq": opq,
                 "learned_pq": opq if c.lpq_init == "opq" else pq}[c.kind]
 
-    def _build(self, vectors, **train):
+    def _build(self, vectors, sample=None, **train):
+        """Train on `sample` (default: the rows themselves), then add the rows."""
         metric = faiss.METRIC_L2 if self.space == "l2" else faiss.METRIC_INNER_PRODUCT
         faiss.omp_set_num_threads(self.threads)
         self._index = faiss.index_factory(self.dim, self.factory(len(vectors)), metric)
         if self.config.kind == "hnsw":
             self._index.hnsw.efConstruction = self.config.ef_construction
-        inner = faiss.downcast_index(self._index.index if hasattr(self._index, "chain") else self._index)
+        if hasattr(self._index, "chain"):
+            transform = faiss.downcast_VectorTransform(self._index.chain.at(0))
+            if isinstance(transform, faiss.OPQMatrix):
+                transform.niter = self.config.opq_iterations
+                transform.max_train_points = self.config.opq_train_rows
+            inner = faiss.downcast_index(self._index.index)
+        else:
+            inner = faiss.downcast_index(self._index)
         if hasattr(inner, "do_polysemous_training"):
             # faiss trains PQ codes for polysemous (Hamming) filtering by default: ~25x the training
             # time for a search mode we never use.
             inner.do_polysemous_training = False
         with quiet():  # k-means warns on stderr when the sample is small
-            self._index.train(vectors)
+            self._index.train(vectors if sample is None else sample)
         self._add(np.arange(len(vectors)), vectors)
 
     def _add(self, slots, vectors):

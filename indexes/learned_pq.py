@@ -1,16 +1,26 @@
-"""Learned product quantisation: OPQ/PQ codebooks fine-tuned for retrieval, served by faiss ADC.
+"""Learned product quantisation: OPQ/PQ fitted to where the queries are, served by faiss ADC.
 
-OPQ (Ge et al., 2013) fits a rotation R and codebooks C to *reconstruct rows*. What search needs
-is that the asymmetric distance
+OPQ (Ge et al., 2013) fits a rotation R and codebooks C to *reconstruct rows*, every row alike.
+What search needs is that the asymmetric distance
 
     d_adc(q, x) = sum_m || (R q)_m - C_m[code_m(x)] ||^2          (ip: -sum_m <(R q)_m, C_m[...]>)
 
-*ranks* rows like the exact distance does, for the queries the index actually serves. So we keep
-the codes, and fine-tune R and C in torch with ListNet (Cao et al., 2007): over a candidate list
-per training query (its exact top-K plus the ADC top-K, i.e. the hard negatives), minimise the
-cross-entropy between softmax(-d_exact / T) and softmax(-d_adc / T), where T is the per-query gap
-between the 1st and 10th exact distance times `lpq_temperature`. A small reconstruction term keeps
-R and C good for encoding rows added later. R and C are then written back into the faiss index.
+*ranks* rows like the exact distance does, for the queries the index actually serves, and those
+come from a different distribution than the rows (issue #5). Two steps, both on a sample of
+logged queries:
+
+1. **Query-matched training sample.** Rows are resampled with probability proportional to how many
+   training queries have them in their exact top-`lpq_neighbours` (plus a floor), and faiss OPQ is
+   trained on that sample: centroids move to the regions the queries ask about, at the expense of
+   regions nobody queries. All rows are then encoded as usual. This step carries the gain
+   (measured +2 to +3 points recall@10 at 8 bytes on the synthetic table, 50k rows).
+2. **ListNet fine-tuning** (Cao et al., 2007) with the codes fixed: over a candidate list per
+   training query (its exact top-K plus the ADC top-K, i.e. the hard negatives), minimise the
+   cross-entropy between softmax(-d_exact / T) and softmax(-d_adc / T), where T is the per-query
+   gap between the 1st and 10th exact distance times `lpq_temperature`. A small reconstruction
+   term keeps R and C good for encoding rows added later. Measured: 0 to +0.4 points after step 1
+   at lr 2e-4; at lr 1e-3 it overfits the training queries and loses ~2 points held-out.
+R and C are then written back into the faiss index.
 """
 
 import faiss
@@ -121,12 +131,30 @@ def exact_distances(queries, rows, space: str):
     return -(rows * queries.unsqueeze(1)).sum(-1)
 
 
+def query_matched_sample(vectors, queries, config, space: str):
+    """Rows resampled to where the queries are: (config.opq_train_rows, d) float32.
+
+    Row i is drawn with probability ~ r_i + floor * mean(r), where r_i counts the training queries
+    that have row i among their exact top-`lpq_neighbours` (its reverse-kNN count). The floor
+    keeps every region covered, for rows no sampled query reached and rows added later.
+    """
+    pos, _ = exact_knn(queries, vectors, config.lpq_neighbours, space)
+    hits = np.bincount(pos.ravel(), minlength=len(vectors)).astype(np.float64)
+    weight = hits + config.lpq_floor * hits.mean()
+    rng = np.random.default_rng(config.seed)
+    picked = rng.choice(len(vectors), size=config.opq_train_rows, p=weight / weight.sum())
+    return vectors[picked]
+
+
 class LearnedPQIndex(FaissIndex):
-    """kind "learned_pq": a faiss [OPQ+]PQ index whose R and C are fine-tuned for ranking."""
+    """kind "learned_pq": a faiss [OPQ+]PQ index trained on rows resampled to the query
+    distribution, whose R and C are then fine-tuned for ranking."""
 
     def _build(self, vectors, train_queries=None, **train):
-        super()._build(vectors)
+        queries = self._prepare("train_queries", train_queries)
         faiss.omp_set_num_threads(self.threads)
+        super()._build(vectors, sample=query_matched_sample(vectors, queries, self.config,
+                                                            self.space))
         torch.set_num_threads(self.threads)
-        finetune(self._index, vectors, self._prepare("train_queries", train_queries), self.config,
-                 self.space)
+        if self.config.lpq_epochs:
+            finetune(self._index, vectors, queries, self.config, self.space)

@@ -80,11 +80,27 @@ def test_ip_and_cosine_distances_follow_smaller_is_closer(sift, kind, metric):
     assert recall(found, exact.search(q, 5)[0]) >= 0.9
 
 
+@pytest.fixture(scope="module")
+def first_2000(sift, tmp_path_factory):
+    """Per kind, an index over the first 2000 SIFT rows, built once: (index, where it was saved).
+
+    The removal test mutates `index`; the persistence test mutates its own copy loaded from the
+    saved directory, so the two tests share one build (OPQ builds dominated this file's time)."""
+    base, _, ids, _ = sift
+    built = {}
+    for kind in ["exact"] + APPROX_KINDS:
+        index = build_index(IndexConfig(kind=kind, **SMALL_GRAPH), ids[:2000], base[:2000])
+        path = tmp_path_factory.mktemp(kind) / "ix"
+        index.save(path)
+        built[kind] = (index, path)
+    return built
+
+
 @pytest.mark.parametrize("kind", ["exact"] + APPROX_KINDS)
-def test_removed_ids_are_never_returned_and_added_ones_are_found(sift, kind):
+def test_removed_ids_are_never_returned_and_added_ones_are_found(sift, first_2000, kind):
     base, _, ids, _ = sift
     rows, row_ids = base[:2000], ids[:2000]
-    index = build_index(IndexConfig(kind=kind, **SMALL_GRAPH), row_ids, rows)
+    index = first_2000[kind][0]
     gone = row_ids[::10]
     index.remove(gone)
     assert len(index) == 1800
@@ -104,9 +120,10 @@ def test_removed_ids_are_never_returned_and_added_ones_are_found(sift, kind):
 
 
 @pytest.mark.parametrize("kind", ["exact"] + APPROX_KINDS)
-def test_save_load_round_trip_keeps_results(sift, kind, tmp_path):
+def test_save_load_round_trip_keeps_results(sift, first_2000, kind, tmp_path):
     base, queries, ids, _ = sift
-    index = build_index(IndexConfig(kind=kind, **SMALL_GRAPH), ids[:2000], base[:2000])
+    index = load_index(first_2000[kind][1])  # a private copy of the shared build
+    assert len(index) == 2000
     index.remove(ids[:50])
     index.add(ids[3000:3050], base[3000:3050])  # lands in the fresh buffer for static graphs
     before = index.search(queries, 10)
@@ -185,17 +202,20 @@ def test_diskann_prints_nothing_to_stdout(tmp_path):
     assert out.stdout == b"done\n"
 
 
-def test_learned_pq_beats_its_opq_initialisation_on_held_out_queries():
-    rows, queries = clustered_table(6000, 32, 1500, clusters=50, rank=8, seed=3)
+def test_learned_pq_beats_opq_on_held_out_queries():
+    """Learned PQ trains on one sample of the query distribution and is scored on another.
+    One thread and fixed seeds make the builds deterministic (the margin is not a coin toss)."""
+    rows, queries = clustered_table(6000, 32, 2000, clusters=100, rank=12, seed=3)
     train, held_out = queries[:1000], queries[1000:]
     ids = np.arange(len(rows))
     truth, _ = exact_knn(held_out, rows, 10, "l2")
-    # measured on this data: OPQ 0.596, learned 0.615 (20 epochs, temperature 1.0)
-    config = dict(pq_m=4, progress=False, seed=0, num_threads=1, lpq_epochs=20)
+    # measured at 4 bytes/row: OPQ 0.571, learned 0.597 (table seeds 4 and 5: +3.3, +3.0 points);
+    # the bound keeps half of the smallest margin
+    config = dict(pq_m=4, progress=False, seed=0, num_threads=1)
     opq = build_index(IndexConfig(kind="opq", **config), ids, rows)
     learned = build_index(IndexConfig(kind="learned_pq", **config), ids, rows,
                           train_queries=train)
     opq_recall = recall(opq.search(held_out, 10)[0], truth)
     learned_recall = recall(learned.search(held_out, 10)[0], truth)
-    assert learned_recall >= opq_recall + 0.01
-    assert learned.stats()["bytes_per_vector"] == 4
+    assert learned_recall >= opq_recall + 0.013
+    assert learned.stats()["bytes_per_vector"] == opq.stats()["bytes_per_vector"] == 4
