@@ -47,7 +47,7 @@ class ServerConfig:
 
 def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | None = None,
                   state: ServingState | None = None):
-    """A started, SERVING gRPC server over ``kb``; returns (server, port, serving_state).
+    """A started, SERVING gRPC server over ``kb``; returns (server, port, serving_state, index_manager).
     Interceptors run outermost first: metrics (sees every status), auth, error mapping."""
     keys = load_keys(config.api_keys_file)
     check_exposure(config.host, keys, config.insecure)
@@ -72,7 +72,7 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     server.start()
     state.set(True)
-    return server, port, state
+    return server, port, state, indexes
 
 
 class UnparsableRequestInterceptor(grpc.ServerInterceptor):
@@ -142,7 +142,7 @@ def serve(config: ServerConfig, ready=None):
         _, http_port = start_http(config.host, config.metrics_port, metrics, state)
         print(f"memsvc: metrics and probes on http://{config.host}:{http_port}/metrics", flush=True)
     kb = open_kb(config)
-    server, port, _ = create_server(kb, config, metrics, state)
+    server, port, _, indexes = create_server(kb, config, metrics, state)
     LOG.info("memsvc serving %s on %s:%d (head version %d)", config.data_dir, config.host, port, kb.version)
     print(f"memsvc: serving {config.data_dir} on {config.host}:{port} (version {kb.version})", flush=True)
     stop = threading.Event()
@@ -154,5 +154,6 @@ def serve(config: ServerConfig, ready=None):
     state.set(False)
     time.sleep(config.drain_seconds)
     server.stop(config.grace_seconds).wait()
+    indexes.close()  # query logs saved, search worker stopped
     kb.close()
     print("memsvc: stopped", flush=True)

@@ -90,7 +90,7 @@ def test_not_serving_until_the_store_is_served(data):
     assert http_get(port, "/readyz")[0] == 503
     assert state.health.Check(request, None).status == health_pb2.HealthCheckResponse.NOT_SERVING
     kb = KnowledgeBase(StoreConfig(data_dir=data))
-    server, grpc_port, _ = create_server(kb, ServerConfig(data_dir=data, port=0), metrics, state)
+    server, grpc_port, _, _ = create_server(kb, ServerConfig(data_dir=data, port=0), metrics, state)
     try:
         assert http_get(port, "/readyz")[0] == 200
         assert health_status(f"127.0.0.1:{grpc_port}") == health_pb2.HealthCheckResponse.SERVING

@@ -358,6 +358,7 @@ def test_mosaic_search_through_grpc_cli_and_a_restart(tmp_path):
         assert "facts/1/2" in run("index", "list")
     finally:
         stop_server(proc)
+    assert (data / "indexes" / "querylog" / "facts@1.2.npz").exists()  # saved at shutdown
 
     proc, address = start_server(data)  # indexes reload at start and answer as before
     try:
