@@ -143,29 +143,21 @@ def topk_regression(queries, keys, values, beta, k, search=None):
     return o, lse, keys.shape[0]
 
 
-def lsh_regression(queries, keys, values, beta, index: SimHashIndex):
+def lsh_regression(queries, keys, values, beta, index: SimHashIndex, *, alive=None):
     """LSH mode (MagicPIG): importance sampling of keys through SimHash collisions.
 
     Key i is retrieved (set S) with probability u_i (see `inclusion_probability`); the estimate
     uses weights exp(β q·k_i − log u_i) over S, self-normalised for o. The same weights give
     lse_est = log Σ_S exp(β q·k_i)/u_i, the log of an unbiased (Horvitz-Thompson) estimate of
     Σ_j exp(β q·k_j), so LSH results still merge with `merge_results`.
-    `index` holds the rows of keys/values by id: a SimHashIndex, or any object with its
-    retrieve(q), inclusion_probability(q, q_dot_keys, centred_norms) and len() (e.g. a view that
-    hides rows dead at some version). Returns (o, lse_est, n, fraction_touched (m,)).
+    `index` holds the rows of keys/values by id; `alive` (N,) bool, if given, keeps only those
+    rows (a version's mask: keys are sampled independently, so the filtered estimate stays
+    unbiased for the rows kept). Returns (o, lse_est, n, fraction_touched (m,)), n = rows kept.
 
-    A query costs mostly the random reads of its ~budget·n retrieved rows of keys and values.
-    Its single-vector products use einsum, not BLAS: BLAS would wake its threads for ~0.3 ms
-    of work and leave them spinning on cores that other readers need.
+    A query costs its L bucket walks plus the random reads of its ~budget·n retrieved rows of
+    keys and values, in one compiled pass (`SimHashIndex.regress`, no per-key Python work).
     """
     queries, keys, values = _check(queries, keys, values)
-    outs, lses, touched = [], [], []
-    for q in queries:
-        ids, centred_norms = index.retrieve(q)
-        q_dot_keys = np.einsum("cd,d->c", np.take(keys, ids, axis=0), q)  # (c,)
-        logits = beta * q_dot_keys - np.log(index.inclusion_probability(q, q_dot_keys, centred_norms))
-        o, lse = _softmax_average(logits[None].astype(values.dtype), np.take(values, ids, axis=0)[None])
-        outs.append(o[0])
-        lses.append(lse[0])
-        touched.append(len(ids) / max(len(index), 1))
-    return np.stack(outs), np.array(lses), len(index), np.array(touched)
+    n = len(index) if alive is None else int(np.count_nonzero(alive))
+    o, lse, retrieved = index.regress(queries, keys, values, beta, alive)
+    return o, lse, n, retrieved / max(n, 1)

@@ -192,25 +192,6 @@ class FollowingIndex:
         return len(add) + len(drop)
 
 
-class AliveAt:
-    """A SimHashIndex seen at one version: retrieves only slots alive there (what lsh_regression
-    needs of an index: retrieve, inclusion_probability, len)."""
-
-    def __init__(self, index: SimHashIndex, alive: np.ndarray):
-        self.index, self.alive = index, alive
-
-    def __len__(self):
-        return int(np.count_nonzero(self.alive))
-
-    def retrieve(self, q):
-        slots, norms = self.index.retrieve(q)
-        keep = self.alive[slots]
-        return slots[keep], norms[keep]
-
-    def inclusion_probability(self, q, q_dot_keys, centred_norms):
-        return self.index.inclusion_probability(q, q_dot_keys, centred_norms)
-
-
 @dataclass
 class MosaicTable:
     name: str
@@ -626,4 +607,4 @@ class MosaicStore:
             result.index_lag = index.sync(pairs, np.ones(len(pairs.ids), bool))  # every retained slot
             result.lsh_tables = index.index.config.tables
             result.outputs, result.lse, _, result.touched = lsh_regression(
-                queries, pairs.keys, pairs.values, beta, AliveAt(index.index, pairs.alive(v)))
+                queries, pairs.keys, pairs.values, beta, index.index, alive=pairs.alive(v))

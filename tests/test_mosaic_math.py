@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from indexes.lsh import SimHashConfig, SimHashIndex, choose_tables, inclusion_probability
+from indexes.lsh import (SimHashConfig, SimHashIndex, _log_inclusion, choose_tables, inclusion_probability,
+                         log_inclusion_table)
 from indexes.mosaic import (BetaPolicy, exact_topk, kernel_regression, lsh_regression, merge_results,
                             topk_regression)
 from memsvc.errors import InvalidArgument
@@ -140,9 +141,12 @@ def test_inclusion_probability_matches_monte_carlo_over_hash_seeds():
     u = inclusion_probability(hashed_cosines(index, q, keys), config.bits, config.tables)
     assert u.min() < 0.3 and u.max() > 0.65  # the keys span a range of u
     np.testing.assert_allclose(hits / trials, u, atol=4 * np.sqrt(0.25 / trials))
-    # the index gets the same u from q·k_i and its stored norms (the path lsh_regression uses)
-    ids, norms = index.retrieve(q)
-    np.testing.assert_allclose(index.inclusion_probability(q, keys[ids] @ q, norms), u[ids], rtol=1e-6)
+    # the read kernel gets the same u from q·k_i and the stored norms: with β = 0 and one-hot
+    # values its weights are 1/u_i, so o_i·exp(lse) = 1/u_i on the retrieved set and o_i = 0 off it
+    ids = index.retrieve(q)[0]
+    o, lse, _, touched = lsh_regression(q[None], keys, np.eye(len(keys)), 0.0, index)
+    np.testing.assert_allclose(1 / (o[0, ids] * np.exp(lse[0])), u[ids], rtol=1e-6)
+    assert (np.delete(o[0], ids) == 0).all() and touched[0] == len(ids) / len(keys)
 
 
 def test_inclusion_probability_formula_and_table_choice():
@@ -158,6 +162,21 @@ def test_inclusion_probability_formula_and_table_choice():
     cosines = np.random.default_rng(4).uniform(-0.5, 0.9, 1000)
     L = choose_tables(8, 0.05, cosines)
     assert inclusion_probability(cosines, 8, L).mean() >= 0.05 > inclusion_probability(cosines, 8, L - 1).mean()
+
+
+def test_read_kernel_log_inclusion_matches_the_formula():
+    """The read kernel takes log u from a cubic per cell of cosine, or the formula where a cubic
+    strays (near cos = ±1): either way within ~1e-10 of log(inclusion_probability)."""
+    cosines = np.r_[np.linspace(-1, 1, 4001), np.random.default_rng(6).uniform(-1, 1, 4000), 1 - 1e-9, -1 + 1e-9]
+    for bits, tables in ((10, 283), (3, 12), (8, 2), (1, 400), (16, 3000)):
+        table = log_inclusion_table(bits, tables)
+        assert 0.9 < np.isfinite(table[:, 0]).mean() < 1  # mostly cubics, the formula at the ends
+        with np.errstate(divide="ignore"):
+            exact = np.log(inclusion_probability(cosines, bits, tables))
+        kernel = np.array([_log_inclusion(c, table, bits, tables) for c in cosines])
+        finite = np.isfinite(exact)
+        np.testing.assert_allclose(kernel[finite], exact[finite], rtol=0, atol=2e-10)
+        np.testing.assert_array_equal(kernel[~finite], exact[~finite])  # u = 0: log u = -inf either way
 
 
 def test_lsh_with_every_key_retrieved_is_exact(pairs):
@@ -207,7 +226,13 @@ def test_lsh_add_and_remove_equal_a_fresh_build(pairs):
         ids_grown, ids_fresh = grown.retrieve(q)[0], fresh.retrieve(q)[0]
         np.testing.assert_array_equal(np.sort(ids_grown), np.sort(ids_fresh))
         assert not np.isin(ids_grown, removed).any()
-    a, b = (lsh_regression(queries, keys, values, 5.0, index) for index in (grown, fresh))
-    np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
-    np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
-    np.testing.assert_array_equal(a[3], b[3])
+    whole = SimHashIndex(config, keys.shape[1], centre=grown.centre)  # removed rows masked at read
+    whole.add(np.arange(len(keys)), keys)
+    alive = np.isin(np.arange(len(keys)), kept)
+    a, b, c = (lsh_regression(queries, keys, values, 5.0, index, alive=mask)
+               for index, mask in ((grown, None), (fresh, None), (whole, alive)))
+    for other in (b, c):
+        np.testing.assert_allclose(a[0], other[0], rtol=1e-6)
+        np.testing.assert_allclose(a[1], other[1], rtol=1e-6)
+        assert a[2] == other[2] == len(kept)
+        np.testing.assert_array_equal(a[3], other[3])
