@@ -50,8 +50,9 @@ def _inclusion(cosine, bits, tables):
     return -math.expm1(tables * miss) - tables * t * math.exp((tables - 1) * miss)
 
 
-# One formula, compiled twice: a numpy ufunc (cosines of any shape) and a scalar for the kernel.
-inclusion_probability = numba.vectorize(["float64(float64, int64, int64)"], cache=True)(_inclusion)
+# One formula, compiled twice: a numpy ufunc (cosines of any shape; float64 inside whatever the
+# input dtype) and a scalar for the kernel.
+inclusion_probability = numba.vectorize(cache=True)(_inclusion)  # compiled on first call, not at import
 _inclusion_scalar = numba.njit(cache=True)(_inclusion)
 
 
