@@ -13,9 +13,10 @@ bench/out/edits.png, and prints one JSON line of headline figures last. Test: te
 
 --aliases N: through a real server, inject two aliases of each of N entities (`--like E`, and
 `--vector` = E's rows) and ask every fact of the entity (training and held-out templates) through
-the alias and through the name. The alias's input embedding is E's (like), or a null embedding
-(vector): the demo checkpoint keeps none, so one is fitted on the frozen model (editing/inject.py
-fit_null_embedding), with a zero vector as the control. Tests: tests/test_cli_edits.py.
+the alias and through the name. The alias's input embedding is E's (like), or the checkpoint's
+null embedding (vector; the shipped demo checkpoint's was fitted on the frozen model by
+clients/backbone/null_embedding.py, and one is fitted the same way in memory for a checkpoint that
+has none), with a zero vector as the control. Tests: tests/test_cli_edits.py.
 """
 import argparse
 import json
@@ -71,17 +72,6 @@ def answers(model, bank, vocab, prompts):
     return out
 
 
-def fitted_null(model, bank, tokenizer, corpus):
-    """A null embedding for the shipped checkpoint, fitted on its training facts with entities hidden."""
-    from clients.backbone.train import encode_facts
-    from editing.inject import fit_null_embedding
-
-    ids = encode_facts(tokenizer, corpus.facts("train"))  # (n, L)
-    is_entity = torch.zeros(len(tokenizer), dtype=torch.bool)
-    is_entity[[tokenizer.index[e] for e in corpus.entities]] = True
-    return fit_null_embedding(model, bank, ids, is_entity[ids[:, :-1]], pad_id=tokenizer.pad_id)
-
-
 def run_aliases(model_dir, n_entities, seed=0):
     """{variant: {label, split: {facts, name, alias, agree}}} accuracies of N entities' facts through a real server."""
     import random
@@ -95,13 +85,17 @@ def run_aliases(model_dir, n_entities, seed=0):
     corpus = DemoCorpus()
     entities = random.Random(seed).sample(corpus.entities, n_entities)
     model, in_process, tokenizer = load_model(model_dir)
-    start = time.perf_counter()
-    null = fitted_null(model, in_process, tokenizer, corpus)
+    null, which = model.null_embedding, "checkpoint's"
+    if null is None:
+        from clients.backbone.null_embedding import fit_corpus_null
+
+        start, which = time.perf_counter(), "fitted"
+        null = fit_corpus_null(model, in_process, tokenizer, corpus)
+        LOG.info("the checkpoint has no null embedding: fitted one in %.1f s", time.perf_counter() - start)
     variants = {"like": ("--like E: E's rows, E's input emb", "Alias{}", None),
-                "null": ("--vector E's rows, fitted null emb", "Vector{}", null),
+                "null": (f"--vector E's rows, {which} null emb", "Vector{}", null),
                 "zero": ("--vector E's rows, zero emb", "Vector{}", torch.zeros(model.config.d_model)),
                 "control": ("control: mean entity rows, null emb", "Nobody", null)}  # one word for every entity
-    LOG.info("fitted a null embedding in %.1f s", time.perf_counter() - start)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "kb"
         with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as kb:
@@ -138,11 +132,11 @@ def alias_scores(model, bank, vocab, corpus, entities, alias_format, split):
 
 def print_aliases(results, n_entities):
     print(f"\naliases of {n_entities} entities, every fact asked through the name and through the alias")
-    print(f"{'alias':<38}{'split':<9}{'facts':>6}{'name':>8}{'alias':>8}{'agree':>8}")
+    print(f"{'alias':<42}{'split':<9}{'facts':>6}{'name':>8}{'alias':>8}{'agree':>8}")
     for r in results.values():
         for split in ("train", "heldout"):
             s = r[split]
-            print(f"{r['label']:<38}{split:<9}{s['facts']:>6}{s['name']:>8.3f}{s['alias']:>8.3f}{s['agree']:>8.3f}")
+            print(f"{r['label']:<42}{split:<9}{s['facts']:>6}{s['name']:>8.3f}{s['alias']:>8.3f}{s['agree']:>8.3f}")
     print(json.dumps({f"alias_{key}_{split}": round(r[split]["alias"], 4) for key, r in results.items() for split in ("train", "heldout")}))
 
 

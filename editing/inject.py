@@ -93,31 +93,3 @@ def input_embeddings(tok_emb, null, tokens, n_extra):
         problems.pop(t.token_id)
     return extra, problems
 
-
-def fit_null_embedding(model, bank, ids, hidden, steps=150, batch_size=64, lr=0.05, pad_id=0, seed=0):
-    """A null input embedding (C,) for a frozen model that was trained with hidden entities but
-    did not keep its null vector: the vector that, put at the `hidden` positions (N, L-1) of the
-    sequences ids (N, L), best predicts their next tokens (Adam on cross-entropy, only it moves)."""
-    import torch
-    import torch.nn.functional as F
-
-    frozen = [p for p in list(model.parameters()) + list(getattr(bank, "parameters", list)()) if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    null = torch.zeros(model.config.d_model, requires_grad=True)
-    optimizer = torch.optim.Adam([null], lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    try:
-        for _ in range(steps):
-            rows = torch.randint(len(ids), (batch_size,), generator=generator)
-            idx, targets = ids[rows, :-1], ids[rows, 1:]  # (B, L-1) each
-            embeds = torch.where(hidden[rows][..., None], null, model.embed(idx))  # (B, L-1, C)
-            logits = model(idx, bank, input_embeds=embeds)
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-    return null.detach()

@@ -296,9 +296,18 @@ def print_dry_run(store, table, ops):
 def inject(data, server, table, token, like, vector, message, author):
     """Add a new token to a table's vocabulary (every layer gets a row). Undo with revert.
 
+    An injected word is for prompts: `memsvc generate` reads its rows from the table, and the
+    model's output head stays over the trained vocabulary, so the model never answers with it.
+    With --like its input embedding is the mean of the like tokens'; with --vector it is the
+    model's null embedding (the vector that stood in for entities in training), so its rows alone
+    say what it is. --vector takes a .npy of layers x d_ff (e.g. an entity's rows) or d_ff
+    values used in every layer.
+
     \b
     Example:
         memsvc inject --token Atlantis --like Spain --like Greece -m "a new country"
+        memsvc inject --token Hispania --vector spain_rows.npy
+        memsvc generate --prompt "the capital of Hispania is"
     """
     from editing.entity import parse_vector_arg
 

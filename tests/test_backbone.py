@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clients.backbone.checkpoint import load_checkpoint, load_stem_checkpoint, save_checkpoint
+from clients.backbone.checkpoint import load_checkpoint, load_stem_checkpoint, save_checkpoint, write_null_embedding
 from clients.backbone.demo import SPECIAL_TOKENS, WordTokenizer
 from clients.backbone.model import InProcessBank, KVCache, ModelConfig, StemTransformer, generate
 
@@ -196,6 +196,23 @@ def test_checkpoint_keeps_the_null_embedding(tmp_path):
     model.null_embedding = torch.arange(16.0)
     save_checkpoint(tmp_path / "null", model, bank, word_tokenizer(40))
     assert torch.equal(load_checkpoint(tmp_path / "null")[0].null_embedding, torch.arange(16.0))
+
+
+def test_write_null_embedding_adds_it_and_keeps_every_other_tensor(tmp_path):
+    from safetensors import safe_open
+
+    model, bank = small()
+    save_checkpoint(tmp_path, model, bank, word_tokenizer(40))
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        before, config = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()["config"]
+    write_null_embedding(tmp_path, torch.arange(16.0), "fitted by hand")
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        after, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    assert metadata == {"config": config, "null_embedding": "fitted by hand"}
+    assert sorted(after) == sorted([*before, "null_embedding"]) and all(torch.equal(after[k], t) for k, t in before.items())
+    assert torch.equal(load_checkpoint(tmp_path)[0].null_embedding, torch.arange(16.0))
+    with pytest.raises(ValueError, match="already has a 'null_embedding' tensor"):
+        write_null_embedding(tmp_path, torch.zeros(16), "again")
 
 
 def test_word_tokenizer_skips_ids_that_do_not_exist():

@@ -1,6 +1,7 @@
 """The demo world: corpus determinism, templates, tokenizer files, edit records, a tiny training run."""
 
 import json
+from dataclasses import replace
 
 import torch
 from tokenizers import Tokenizer
@@ -79,3 +80,25 @@ def test_tiny_training_run_learns_facts(tmp_path):
     before = bank.weight.clone()
     entity_swap_effect(model, bank, tokenizer, corpus, corpus.entity_pairs(3))
     assert torch.equal(bank.weight, before)  # the measurement leaves the bank as it was
+    assert model.null_embedding.shape == (32,)  # the vector that hid entities in training
+    assert vector_alias_accuracy(model, bank, tokenizer, corpus) >= 0.8
+
+
+def vector_alias_accuracy(model, bank, tokenizer, corpus):
+    """Every fact of every entity asked through an alias injected `--vector` with the entity's rows
+    (id V, rows appended to the bank, input embedding from editing/inject.py: the null embedding)."""
+    from clients.backbone.model import InProcessBank
+    from editing.inject import InjectedToken, input_embeddings
+
+    V = model.config.vocab_size
+    extra, problems = input_embeddings(model.tok_emb.weight.detach(), model.null_embedding, [InjectedToken(V, "Alias", "vector")], 1)
+    assert not problems and torch.equal(extra[0], model.null_embedding)
+    hits = total = 0
+    for e in corpus.entities:
+        wider = InProcessBank(replace(model.config, vocab_size=V + 1), torch.cat([bank.weight, bank.weight[tokenizer.index[e]][None]]))
+        for f in corpus.facts("train", [e]):
+            ids = torch.tensor([[V if i == tokenizer.index[e] else i for i in tokenizer.encode(f.prompt)]])  # (1, T)
+            with torch.no_grad():
+                hits += tokenizer.vocab[model(ids, wider, extra_embeds=extra)[0, -1].argmax()] == f.answer
+            total += 1
+    return hits / total

@@ -5,8 +5,10 @@ import json
 import numpy as np
 from click.testing import CliRunner
 
+from clients.backbone.checkpoint import load_checkpoint, save_checkpoint
 from clients.backbone.demo import DemoCorpus, write_edit_records
 from memsvc.cli import cli
+from memsvc.demo import MODEL_DIR
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import start_server, stop_server
 from tests.test_edit_eval import MICRO_CORPUS, micro_kb, micro_model  # noqa: F401  fixtures
@@ -96,9 +98,25 @@ def test_injected_alias_answers_like_its_entity_until_reverted(micro_kb):
         assert (code, out) == (1, "Error: --prompt: unknown word 'Atlantis' (not in table 'stem' at version 3: "
                                   "injected in version 2, removed since)\n")
         assert answer(micro_kb, "the capital of Atlantis is", "--server", address, "--version", 2) == corpus.attributes[entity]["capital"]
-        assert memsvc("inject", *served, "--token", "Gaul", "--vector", micro_kb / "rows.npy")[0] == 0
-        code, out = memsvc("generate", *served, "--prompt", "the capital of Gaul is")  # the micro model has no null embedding
-        assert (code, out) == (1, "Error: --prompt: 'Gaul' was injected with --vector and the model has no null input "
-                                  "embedding; inject it --like a known token to use it in prompts\n")
     finally:
         stop_server(proc)
+
+
+def test_vector_injection_of_entity_rows_answers_in_prompts_with_the_null_embedding(micro_kb):
+    """A word injected --vector with an entity's rows reads as that entity (its input embedding is
+    the null vector the model was trained with); without a null embedding it cannot be used."""
+    corpus = DemoCorpus(MICRO_CORPUS)
+    entity = corpus.entities[4]  # whose 15 training facts the micro model answers through its name and such an alias
+    with KnowledgeBase(StoreConfig(data_dir=micro_kb)) as kb:
+        np.save(micro_kb / "rows.npy", kb.read_rows("stem", kb.token_ids("stem", [entity]))[0])  # (layers, d_ff)
+    assert memsvc("inject", "--data", micro_kb, "--token", "Gaul", "--vector", micro_kb / "rows.npy") == (0, "committed version 2: injected 'Gaul'\n")
+    facts = corpus.facts("train", [entity])
+    code, out = memsvc("generate", "--data", micro_kb, "-n", 1, *[a for f in facts for a in ("--prompt", f.template.format("Gaul"))])
+    assert code == 0, out
+    assert [line.split(" -> ")[1] for line in out.splitlines()[:-1]] == [f.answer for f in facts]
+    model, bank, tokenizer = load_checkpoint(micro_kb / MODEL_DIR)
+    model.null_embedding = None
+    save_checkpoint(micro_kb / MODEL_DIR, model, bank, tokenizer)
+    code, out = memsvc("generate", "--data", micro_kb, "--prompt", "the capital of Gaul is")
+    assert (code, out) == (1, "Error: --prompt: 'Gaul' was injected with --vector and the model has no null input "
+                              "embedding; inject it --like a known token to use it in prompts\n")

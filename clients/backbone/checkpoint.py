@@ -7,7 +7,8 @@ STEM layer l (in config.stem_layers order) laid end to end, which is the service
 null input embedding (the fallback for injected tokens, see model.py). A demo checkpoint
 directory holds:
 
-    model.safetensors   weights; metadata["config"] is the ModelConfig as JSON
+    model.safetensors   weights; metadata["config"] is the ModelConfig as JSON and, with a null
+                        embedding, metadata["null_embedding"] says where it came from
     config.json         the same config, for tools that do not read safetensors metadata
     vocab.txt           the WordTokenizer word list
     tokenizer.json      the same vocabulary as a Hugging Face `tokenizers` file
@@ -38,17 +39,37 @@ def stem_state_dict(model: StemTransformer, bank: InProcessBank) -> dict[str, to
     return {name: t.detach().contiguous() for name, t in state.items()}
 
 
-def save_checkpoint(out_dir, model: StemTransformer, bank: InProcessBank, tokenizer: WordTokenizer) -> Path:
+def save_checkpoint(out_dir, model: StemTransformer, bank: InProcessBank, tokenizer: WordTokenizer, null_note: str = "") -> Path:
+    """null_note: where model.null_embedding came from (metadata["null_embedding"]), if it has one."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_json = json.dumps(asdict(model.config))
-    save_file(stem_state_dict(model, bank), str(out / WEIGHTS_FILE), metadata={"config": config_json})
+    metadata = {"config": config_json, **({NULL_KEY: null_note} if null_note and model.null_embedding is not None else {})}
+    save_file(stem_state_dict(model, bank), str(out / WEIGHTS_FILE), metadata=metadata)
     (out / "config.json").write_text(config_json)
     tokenizer.save(out / "vocab.txt")
     tokenizer.save_hf(out / "tokenizer.json")
     return out
+
+
+def write_null_embedding(ckpt_dir, null: torch.Tensor, note: str) -> None:
+    """Add null_embedding (C,) to ckpt_dir's weights file, every other tensor and metadata entry
+    kept as it was; note goes to metadata["null_embedding"] (where the vector came from)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = Path(ckpt_dir) / WEIGHTS_FILE
+    with safe_open(str(path), framework="pt") as f:
+        state, metadata = {name: f.get_tensor(name) for name in f.keys()}, dict(f.metadata() or {})
+    if NULL_KEY in state:
+        raise ValueError(f"{path} already has a {NULL_KEY!r} tensor")
+    d_model = json.loads(metadata["config"])["d_model"]
+    if tuple(null.shape) != (d_model,):
+        raise ValueError(f"{NULL_KEY} has shape {tuple(null.shape)}, want ({d_model},)")
+    state[NULL_KEY] = null.detach().to(state["tok_emb.weight"].dtype).contiguous()
+    save_file(state, str(path), metadata={**metadata, NULL_KEY: note})
 
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:

@@ -5,7 +5,9 @@
 Facts must end up in the STEM rows of the entity tokens, so that an edit of rows is an edit of
 knowledge. With probability null_entity_prob a training sentence's entity token gets a shared
 learned null vector as its input embedding, so the model cannot identify the entity from its
-embedding alone and has to read the identity from the entity's STEM rows.
+embedding alone and has to read the identity from the entity's STEM rows. That vector is saved as
+the checkpoint's null_embedding: the input embedding of a word injected with `--vector`, whose
+rows alone then say which entity it is (issue 4; null_embedding.py fits one for older checkpoints).
 
 Presets with memory_layers ("tiny-memory") also learn persistent-memory pairs (memory.py) jointly
 with the model, one per (entity, relation), and save them as memory.safetensors beside the
@@ -126,7 +128,8 @@ def entity_swap_effect(model, bank: InProcessBank, tokenizer: WordTokenizer, cor
 
 def fit(model: StemTransformer, bank: InProcessBank, tokenizer: WordTokenizer, corpus: DemoCorpus, config: TrainConfig, progress: bool = True,
         memory: InProcessMemory | None = None) -> list[float]:
-    """AdamW on next-token loss over the training facts (memory pairs too, if given); returns the loss of every step."""
+    """AdamW on next-token loss over the training facts (memory pairs too, if given); returns the
+    loss of every step. The null vector that hid entities (if any did) is left in model.null_embedding."""
     from tqdm import tqdm
 
     null_vector = nn.Parameter(0.02 * torch.randn(model.config.d_model))  # only needed in training
@@ -161,6 +164,8 @@ def fit(model: StemTransformer, bank: InProcessBank, tokenizer: WordTokenizer, c
         optimizer.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    if config.null_entity_prob > 0:  # else it never stood in for anything
+        model.null_embedding = null_vector.detach().clone()
     return losses
 
 
@@ -199,7 +204,8 @@ def train_demo(model_config: ModelConfig, train_config: TrainConfig, out_dir, pr
             **evaluate(model, bank, tokenizer, corpus, train_config.swap_pairs, memory),
             "vocab_size": len(tokenizer),
         }
-        save_checkpoint(out_dir, model, bank, tokenizer)
+        save_checkpoint(out_dir, model, bank, tokenizer,
+                        null_note=f"trained with the model: the shared vector that hid entities (null_entity_prob {train_config.null_entity_prob})")
         if memory is not None:
             memory.save(Path(out_dir) / MEMORY_FILE)
         return metrics
