@@ -5,7 +5,10 @@ tokens (ids drawn Zipfian, as in text, duplicates included) each backend returns
 (batch, layers, dim) float16 in request order, with its decode included in the timing:
 
 - gRPC: MemoryClient.lookup against `memsvc serve` in its own process (no shared GIL), then
-  rows[inverse].
+  rows[inverse], as a client on the server's host gets it by default: requests down one open
+  LookupStream, rows written by the server into the client's shared-memory reply buffer. Two more
+  columns show the parts: unary Lookup calls (rows still in shared memory), and unary calls with
+  the rows inside the reply (what a client on another host gets, here over loopback).
 - Redis: MGET of the batch's distinct tokens (one key per token holding its raw [layers, dim]
   fp16 bytes; de-duplicated client-side like the service does), bytes joined into one array,
   then rows[inverse]. A private redis-server on loopback, no persistence.
@@ -142,9 +145,12 @@ def main(config: BenchConfig):
           f"({rows.nbytes / 1e9:.2f} GB, {mb * 1e3:.0f} KB per token); Zipf s = {config.zipf_s}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-lookup-") as workdir, \
-            memsvc_server(rows, workdir) as address, MemoryClient(address) as client, redis_server() as r:
+            memsvc_server(rows, workdir) as address, MemoryClient(address) as client, redis_server() as r, \
+            MemoryClient(address, stream_lookups=False) as unary, \
+            MemoryClient(address, stream_lookups=False, shared_memory=False) as inline:
         load_redis(r, rows)
-        backends = {"grpc": grpc_gather(client), "redis": redis_gather(r, config.layers, config.dim, dedupe=False),
+        backends = {"grpc": grpc_gather(client), "grpc_unary": grpc_gather(unary), "grpc_inline": grpc_gather(inline),
+                    "redis": redis_gather(r, config.layers, config.dim, dedupe=False),
                     "redis_dedup": redis_gather(r, config.layers, config.dim, dedupe=True), "numpy": numpy_gather(rows)}
         for size in tqdm(config.batches, desc="batches", leave=False):
             batches = zipf_batches(config, size)
@@ -159,8 +165,9 @@ def main(config: BenchConfig):
 
 def report(results, config, mb):
     """The table (rows/s and p50 per backend, gRPC over Redis ratios) and the JSON headline."""
-    names = ("grpc", "redis", "redis_dedup", "numpy")
-    print(f"\n{'':12}|" + "|".join(f"{n:^22}" for n in ("gRPC", "Redis MGET", "Redis MGET dedup", "numpy")) +
+    names = ("grpc", "grpc_unary", "grpc_inline", "redis", "redis_dedup", "numpy")
+    print(f"\n{'':12}|" + "|".join(f"{n:^22}" for n in ("gRPC", "gRPC unary", "gRPC unary inline", "Redis MGET",
+                                                        "Redis MGET dedup", "numpy")) +
           f"| {'gRPC/Redis':^15} | {'gRPC/Redis dedup':^15}")
     print(f"{'batch':>6} {'uniq':>5}|" + "|".join(f"{'rows/s':>11} {'p50':>10}" for _ in names) +
           f"| {'thr':>7} {'lat':>7} | {'thr':>7} {'lat':>7}")
@@ -179,6 +186,9 @@ def report(results, config, mb):
             headline |= {f"grpc_over_redis{suffix}_{what}_b{s}": round(results[s]["grpc"][i] / results[s][baseline][i], 3)
                          for s in config.batches}
     headline["grpc_p50_ms_b1"] = round(results[config.batches[0]]["grpc"][1] * 1e3, 4)
+    for variant in ("grpc_unary", "grpc_inline"):
+        headline |= {f"{variant}_over_redis_{what}_b{s}": round(results[s][variant][i] / results[s]["redis"][i], 3)
+                     for s in (1, 64) if s in config.batches for i, what in ((0, "throughput"), (1, "latency"))}
     headline[f"grpc_over_numpy_throughput_b{big}"] = round(results[big]["grpc"][0] / results[big]["numpy"][0], 4)
     print(json.dumps(headline))
 
@@ -191,8 +201,10 @@ def parse_args() -> BenchConfig:
     parser.add_argument("--dim", type=int, default=defaults.dim)
     parser.add_argument("--seconds", type=float, default=defaults.seconds, help="timed seconds per backend and batch")
     parser.add_argument("--zipf", type=float, default=defaults.zipf_s, help="Zipf exponent of token frequencies")
+    parser.add_argument("--batches", type=int, nargs="+", default=defaults.batches, help="batch sizes (tokens per call)")
     args = parser.parse_args()
-    return BenchConfig(vocab=args.vocab, layers=args.layers, dim=args.dim, seconds=args.seconds, zipf_s=args.zipf)
+    return BenchConfig(vocab=args.vocab, layers=args.layers, dim=args.dim, seconds=args.seconds, zipf_s=args.zipf,
+                       batches=tuple(args.batches))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ can hold either one.
     >>> client.edit("stem", [RowOp("copy", token="Spain", source_token="Germany")], message="swap")
 """
 import json
+import queue
+import threading
 
 import grpc
 import numpy as np
@@ -51,11 +53,14 @@ def _ref(version=None, tag=None) -> pb.VersionRef:
 
 class MemoryClient:
     def __init__(self, address: str, timeout: float | None = 60.0, channel: grpc.Channel | None = None,
-                 api_key: str | None = None, tls_ca: str | None = None, shared_memory: bool | None = None):
+                 api_key: str | None = None, tls_ca: str | None = None, shared_memory: bool | None = None,
+                 stream_lookups: bool = True):
         """``api_key`` is sent as ``authorization: Bearer <key>``; ``tls_ca`` (a PEM file) turns on TLS.
         ``shared_memory``: Lookup rows come back through shared memory (memsvc/shared_buffers.py);
         default on when the server's address is loopback. It turns itself off when the server
-        cannot write into this host's buffers."""
+        cannot write into this host's buffers. ``stream_lookups``: ``lookup`` sends its requests
+        down one open LookupStream (less per-call cost than unary calls; a streamed lookup has no
+        deadline of its own, the stream ends when the server goes away)."""
         self.address = address
         self.timeout = timeout
         self.metadata = bearer_metadata(api_key)
@@ -65,9 +70,12 @@ class MemoryClient:
         # stay a zero-copy view of the reply or of the shared buffer.
         self.stub.Lookup = self.channel.unary_unary("/memsvc.v1.KnowledgeService/Lookup",
                                                     request_serializer=pb.LookupRequest.SerializeToString)
+        self.stub.LookupStream = self.channel.stream_stream("/memsvc.v1.KnowledgeService/LookupStream",
+                                                            request_serializer=pb.LookupRequest.SerializeToString)
         if shared_memory is None:
             shared_memory = is_loopback(address.rsplit(":", 1)[0].strip("[]")) and shared_buffers.available()
         self.reply_buffers = shared_buffers.ReplyBuffers() if shared_memory else None
+        self.lookup_stream = LookupStream(self.stub.LookupStream, self.metadata) if stream_lookups else None
 
     def _call(self, method, request, stub=None):
         """One RPC (on ``stub``, default the KnowledgeService one) with errors as memsvc exceptions."""
@@ -82,6 +90,8 @@ class MemoryClient:
             raise ERROR_OF.get(e.code(), MemsvcError)(e.details()) from None
 
     def close(self):
+        if self.lookup_stream is not None:
+            self.lookup_stream.close()
         if self.reply_buffers is not None:
             self.reply_buffers.close()
         self.channel.close()
@@ -116,6 +126,8 @@ class MemoryClient:
     def lookup(self, table, tokens, layers=None, version=None, tag=None, overrides=None) -> LookupResult:
         """Rows of tokens (ids or words); ``.in_request_order()`` gives float32 (n, L, d)."""
         request, buffers, buffer = self._lookup_request(table, tokens, layers, version, tag, overrides)
+        if self.lookup_stream is not None:
+            return self._lookup_reply(lambda: self._translated(self.lookup_stream.call, request), buffers, buffer)
         return self._lookup_reply(lambda: self._call("Lookup", request), buffers, buffer)
 
     def lookup_future(self, table, tokens, layers=None, version=None, tag=None, overrides=None) -> "LookupFuture":
@@ -224,6 +236,38 @@ class MemoryClient:
     def diff(self, from_version, to_version, table=None):
         reply = self._call("Diff", pb.DiffRequest(**{"from": _ref(from_version), "to": _ref(to_version)}, table=table or ""))
         return [convert.row_change_from_pb(c) for c in reply.changes]
+
+
+class LookupStream:
+    """One open LookupStream, opened on first use: one lookup at a time, replies in order. After
+    an error (which ends a stream) the next call opens a new one."""
+
+    def __init__(self, method, metadata):
+        self.method, self.metadata = method, metadata
+        self.lock = threading.Lock()
+        self.requests = self.replies = None
+
+    def call(self, request) -> bytes:
+        with self.lock:
+            if self.replies is None:
+                self.requests = queue.SimpleQueue()
+                self.replies = self.method(iter(self.requests.get, None), metadata=self.metadata)
+            self.requests.put(request)
+            try:
+                return next(self.replies)
+            except BaseException:
+                self._end()
+                raise
+
+    def _end(self):
+        if self.replies is not None:
+            self.requests.put(None)  # ends the request iterator: its sending thread exits
+            self.replies.cancel()
+            self.requests = self.replies = None
+
+    def close(self):
+        with self.lock:
+            self._end()
 
 
 class LookupFuture:

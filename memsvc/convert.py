@@ -126,10 +126,12 @@ def _wire_fields(buf, start: int, end: int):
 
 @dataclass
 class LookupWire:
-    """A Lookup reply as wire bytes, and how many rows they carry (metrics count without parsing)."""
+    """A Lookup reply as wire bytes, and how many rows and bytes it serves, reply buffer included
+    (metrics count without parsing)."""
 
     data: bytes
     rows_served: int
+    bytes_served: int
 
 
 def lookup_to_wire(result: LookupResult, rows_in_buffer: bool = False) -> LookupWire:
@@ -142,12 +144,13 @@ def lookup_to_wire(result: LookupResult, rows_in_buffer: bool = False) -> Lookup
     head.rows.shape[:] = result.rows.shape
     rows_served = int(np.prod(result.rows.shape[:-1]))
     if rows_in_buffer:
-        return LookupWire(head.SerializeToString(), rows_served)
+        data = head.SerializeToString()
+        return LookupWire(data, rows_served, len(data) + result.rows.nbytes)
     data = memoryview(np.ascontiguousarray(result.rows)).cast("B")
     data_key = _varint(3 << 3 | LEN) + _varint(data.nbytes)  # Tensor.data = 3
-    return LookupWire(b"".join([head.SerializeToString(), _varint(1 << 3 | LEN), _varint(len(data_key) + data.nbytes),
-                                data_key, data]),  # LookupResponse.rows = 1
-                      rows_served=rows_served)
+    wire = b"".join([head.SerializeToString(), _varint(1 << 3 | LEN), _varint(len(data_key) + data.nbytes),
+                     data_key, data])  # LookupResponse.rows = 1
+    return LookupWire(wire, rows_served, len(wire))
 
 
 def lookup_from_wire(wire: bytes, buffer=None) -> LookupResult:

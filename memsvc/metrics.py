@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from memsvc import convert
+from memsvc.servicer import UnaryInterceptor
 
 # 50 µs .. 10 s: a cached lookup is ~0.3 ms over Python gRPC, a big edit or diff seconds.
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -53,7 +54,7 @@ class Metrics:
         self.codes = Counter("memsvc_rpc", "RPCs by method and status code.", ["method", "code"], registry=r)
         self.errors = Counter("memsvc_rpc_errors", "RPCs that did not end OK, by status code.", ["code"], registry=r)
         self.rows = Counter("memsvc_rows_served", "Rows (one token, one layer) sent in replies.", ["method"], registry=r)
-        self.bytes = Counter("memsvc_bytes_served", "Serialized reply bytes.", ["method"], registry=r)
+        self.bytes = Counter("memsvc_bytes_served", "Reply bytes served, rows written to shared reply buffers included.", ["method"], registry=r)
         self.commits = Counter("memsvc_commits", "Commits made through the server.", ["method"], registry=r)
 
     def track_store(self, head, indexes=list):
@@ -69,7 +70,7 @@ class Metrics:
         if response is None:
             return
         if isinstance(response, convert.LookupWire):  # Lookup replies are wire bytes
-            self.bytes.labels(name).inc(len(response.data))
+            self.bytes.labels(name).inc(response.bytes_served)
             self.rows.labels(name).inc(response.rows_served)
             return
         self.bytes.labels(name).inc(response.ByteSize())
@@ -85,18 +86,15 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Latency, status code, rows and bytes of every unary-unary RPC (outermost interceptor, so
-    it also sees the codes that auth and error mapping produce)."""
+class MetricsInterceptor(UnaryInterceptor):
+    """Latency, status code, rows and bytes of every unary-unary RPC and streamed lookup (outermost
+    interceptor, so it also sees the codes that auth and error mapping produce)."""
 
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
 
-    def intercept_service(self, continuation, details):
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        behaviour, method = handler.unary_unary, details.method
+    def wrap(self, method, handler):
+        behaviour = handler.unary_unary
 
         def timed(request, context):
             start = time.perf_counter()

@@ -16,7 +16,7 @@ from memsvc import mosaic_servicer, search_servicer
 from memsvc.auth import AuthInterceptor, check_exposure, load_keys
 from memsvc.errors import InvalidArgument
 from memsvc.metrics import Metrics, MetricsInterceptor, ServingState, start_http
-from memsvc.servicer import ErrorInterceptor, KnowledgeServicer
+from memsvc.servicer import ErrorInterceptor, KnowledgeServicer, UnaryInterceptor
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
@@ -48,16 +48,23 @@ class ServerConfig:
 def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | None = None,
                   state: ServingState | None = None):
     """A started, SERVING gRPC server over ``kb``; returns (server, port, serving_state, index_manager).
-    Interceptors run outermost first: metrics (sees every status), auth, error mapping."""
+    Interceptors run outermost first: metrics (sees every status), auth, streams as unary calls
+    (whose messages get the metrics and error wraps too), unparsable requests, error mapping."""
     keys = load_keys(config.api_keys_file)
     check_exposure(config.host, keys, config.insecure)
-    interceptors = ([MetricsInterceptor(metrics)] if metrics else []) + ([AuthInterceptor(keys)] if keys else [])
+    measured = [MetricsInterceptor(metrics)] if metrics else []
+    checked = [UnparsableRequestInterceptor(), ErrorInterceptor()]
+    servicer = KnowledgeServicer(kb, config)
+    lookup = grpc.unary_unary_rpc_method_handler(servicer.Lookup, request_deserializer=pb.LookupRequest.FromString,
+                                                 response_serializer=pb.LookupResponse.SerializeToString)
+    streams = StreamOfUnaryCalls({f"/{SERVICE}/LookupStream": (f"/{SERVICE}/Lookup", lookup)}, measured + checked)
+    interceptors = measured + ([AuthInterceptor(keys)] if keys else []) + [streams] + checked
     options = [("grpc.max_send_message_length", config.max_message_bytes),
                ("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
-                         interceptors=interceptors + [UnparsableRequestInterceptor(), ErrorInterceptor()], options=options)
-    pb_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(kb, config), server)
+                         interceptors=interceptors, options=options)
+    pb_grpc.add_KnowledgeServiceServicer_to_server(servicer, server)
     mosaic_servicer.add_to_server(kb, server)
     indexes = search_servicer.add_to_server(kb, server)
     if metrics is not None:
@@ -75,12 +82,35 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
     return server, port, state, indexes
 
 
-class UnparsableRequestInterceptor(grpc.ServerInterceptor):
-    """A request whose bytes do not parse is INVALID_ARGUMENT (gRPC itself answers INTERNAL)."""
+class StreamOfUnaryCalls(grpc.ServerInterceptor):
+    """Serves a streaming method as one call of its unary twin per message (LookupStream ->
+    Lookup): ``twins`` maps the stream's full name to (the unary's full name, its servicer
+    handler), and each message goes through ``per_message`` interceptors' wraps (metrics,
+    parsing, errors) exactly as a unary call does. The interceptors outside this one (auth) see
+    the stream once, when it opens. An error ends the stream with its status."""
+
+    def __init__(self, twins: dict, per_message: list):
+        self.calls = {}
+        for stream, (unary, handler) in twins.items():
+            for interceptor in reversed(per_message):
+                handler = interceptor.wrap(unary, handler)
+            self.calls[stream] = handler
 
     def intercept_service(self, continuation, details):
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+        call = self.calls.get(details.method)
+        if call is None:
+            return continuation(details)
+        behaviour = call.unary_unary
+        return grpc.stream_stream_rpc_method_handler(
+            lambda requests, context: (behaviour(request, context) for request in requests),
+            request_deserializer=call.request_deserializer, response_serializer=call.response_serializer)
+
+
+class UnparsableRequestInterceptor(UnaryInterceptor):
+    """A request whose bytes do not parse is INVALID_ARGUMENT (gRPC itself answers INTERNAL)."""
+
+    def wrap(self, method, handler):
+        if handler.request_deserializer is None:
             return handler
         parse, behaviour = handler.request_deserializer, handler.unary_unary
 
@@ -92,7 +122,7 @@ class UnparsableRequestInterceptor(grpc.ServerInterceptor):
 
         def guarded(request, context):
             if isinstance(request, Exception):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {details.method} request ({request})")
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {method} request ({request})")
             return behaviour(request, context)
 
         return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=lenient,

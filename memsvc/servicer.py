@@ -31,13 +31,24 @@ def status_of(error: Exception) -> grpc.StatusCode:
     return next((code for cls, code in STATUS_OF if isinstance(error, cls)), grpc.StatusCode.INTERNAL)
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
-    """Turns exceptions raised by servicer methods into status codes with their message."""
+class UnaryInterceptor(grpc.ServerInterceptor):
+    """An interceptor of unary-unary calls: ``wrap(method, handler)`` returns the handler with its
+    behaviour wrapped. server.StreamOfUnaryCalls applies the same wraps to each message of a stream."""
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
+        return self.wrap(details.method, handler)
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+class ErrorInterceptor(UnaryInterceptor):
+    """Turns exceptions raised by servicer methods into status codes with their message."""
+
+    def wrap(self, method, handler):
         behaviour = handler.unary_unary
 
         def guarded(request, context):
@@ -46,7 +57,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             except Exception as e:  # noqa: BLE001 - every error gets a status, the server keeps serving
                 code = status_of(e)
                 if code == grpc.StatusCode.INTERNAL:
-                    LOG.exception("internal error in %s", details.method)
+                    LOG.exception("internal error in %s", method)
                 context.abort(code, str(e))
 
         serialize = handler.response_serializer

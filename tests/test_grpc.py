@@ -149,6 +149,31 @@ def test_every_bad_input_gets_a_clear_status_and_writes_nothing(server):
         assert c.version == 1 and len(c.log()) == 1
 
 
+def test_lookup_stream_answers_like_lookup_and_an_error_ends_it_with_the_same_status(server):
+    address, _ = server
+    good = pb.LookupRequest(table="stem", tokens=["Spain", "Paris", "Spain"])
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.KnowledgeServiceStub(channel)
+        unary = stub.Lookup(good)
+        replies = list(stub.LookupStream(iter([good, good])))
+        assert replies == [unary, unary] and unary.rows.data
+        for _, request, code, message in [r for r in BAD_REQUESTS if r[0] == "Lookup"]:
+            replies = stub.LookupStream(iter([good, request, good]))
+            assert next(replies) == unary
+            with pytest.raises(grpc.RpcError) as e:
+                next(replies)
+            assert e.value.code() == code and message in e.value.details()
+        garbage = channel.stream_stream("/memsvc.v1.KnowledgeService/LookupStream")(iter([b"\x0f\x00"]))
+        with pytest.raises(grpc.RpcError) as e:
+            next(garbage)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid /memsvc.v1.KnowledgeService/Lookup request" in e.value.details()
+    with MemoryClient(address) as streamed, MemoryClient(address, stream_lookups=False, shared_memory=False) as plain:
+        with pytest.raises(NotFound, match="Atlantis"):
+            streamed.lookup("stem", ["Atlantis"])
+        again = streamed.lookup("stem", ["Spain", "Paris"])  # a new stream after the error
+        np.testing.assert_array_equal(again.rows, plain.lookup("stem", ["Spain", "Paris"]).rows)
+
+
 def test_client_raises_the_store_errors(client):
     with pytest.raises(InvalidArgument, match="ops\\[0\\].vector: expected 8 values"):
         client.edit("stem", [RowOp("set", token="Spain", vector=np.zeros(3))])

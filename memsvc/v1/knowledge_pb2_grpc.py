@@ -54,6 +54,11 @@ class KnowledgeServiceStub:
                 request_serializer=memsvc_dot_v1_dot_knowledge__pb2.LookupRequest.SerializeToString,
                 response_deserializer=memsvc_dot_v1_dot_knowledge__pb2.LookupResponse.FromString,
                 _registered_method=True)
+        self.LookupStream = channel.stream_stream(
+                '/memsvc.v1.KnowledgeService/LookupStream',
+                request_serializer=memsvc_dot_v1_dot_knowledge__pb2.LookupRequest.SerializeToString,
+                response_deserializer=memsvc_dot_v1_dot_knowledge__pb2.LookupResponse.FromString,
+                _registered_method=True)
         self.Snapshot = channel.unary_unary(
                 '/memsvc.v1.KnowledgeService/Snapshot',
                 request_serializer=memsvc_dot_v1_dot_knowledge__pb2.SnapshotRequest.SerializeToString,
@@ -129,6 +134,14 @@ class KnowledgeServiceServicer:
 
     def Lookup(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupStream(self, request_iterator, context):
+        """Lookup as a stream: one reply per request, in order, each served exactly like a Lookup call.
+        A decode worker keeps one open: a message costs less than a call. An error ends the stream.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -213,6 +226,11 @@ def add_KnowledgeServiceServicer_to_server(servicer, server):
             ),
             'Lookup': grpc.unary_unary_rpc_method_handler(
                     servicer.Lookup,
+                    request_deserializer=memsvc_dot_v1_dot_knowledge__pb2.LookupRequest.FromString,
+                    response_serializer=memsvc_dot_v1_dot_knowledge__pb2.LookupResponse.SerializeToString,
+            ),
+            'LookupStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.LookupStream,
                     request_deserializer=memsvc_dot_v1_dot_knowledge__pb2.LookupRequest.FromString,
                     response_serializer=memsvc_dot_v1_dot_knowledge__pb2.LookupResponse.SerializeToString,
             ),
@@ -373,6 +391,33 @@ class KnowledgeService:
             request,
             target,
             '/memsvc.v1.KnowledgeService/Lookup',
+            memsvc_dot_v1_dot_knowledge__pb2.LookupRequest.SerializeToString,
+            memsvc_dot_v1_dot_knowledge__pb2.LookupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/memsvc.v1.KnowledgeService/LookupStream',
             memsvc_dot_v1_dot_knowledge__pb2.LookupRequest.SerializeToString,
             memsvc_dot_v1_dot_knowledge__pb2.LookupResponse.FromString,
             options,
