@@ -21,6 +21,26 @@ logged queries:
    term keeps R and C good for encoding rows added later. Measured: 0 to +0.4 points after step 1
    at lr 2e-4; at lr 1e-3 it overfits the training queries and loses ~2 points held-out.
 R and C are then written back into the faiss index.
+
+**Where it stands (issue #5 target: >= OPQ + 3 points at 64x).** On the synthetic table
+(indexes/synthetic.py, 8 bytes/row, 2000 training and 1000 held-out queries) the gain shrinks with
+the table: +2.6 to +3.3 points at 6k x 32 (4 bytes; the test), +2 to +3 at 50k, +1.6 at 100k, and
+none at 200k (0.341 vs OPQ 0.343). At 200k, lpq_neighbours 10/50/200 and lpq_floor 0.02/0.1/1.0
+all land within -0.5..+0.2 points of OPQ before fine-tuning. Tried at 100k-200k and dropped, since
+none beat OPQ on held-out queries (scripts were throw-away; numbers from those runs):
+
+- query-weighted encoding: re-assign every row's codes (coordinate descent over sub-spaces) to
+  minimise r^T W r, r = R x - decoded, with W the second moment of (query - neighbour)
+  displacements of the training queries' top-10. A global W is nearly isotropic here (eigenvalues
+  0.08 to 0.45): -0.6 to -0.9 points. Per-cell W (k-means cells, shrunk to the global W) is badly
+  estimated from ~8 queries a cell: -5 to -10 points, and -1 to -6 even when W came from the
+  held-out queries themselves. Reason: the ADC error of a row is 2 (q - x).r + |r|^2, and at 8
+  bytes |r|^2 (mean 7.7) is as large as the whole displacement energy (trace W = 17), so anything
+  that grows |r|^2 to shape r loses more than it gains.
+- rank-aware encoding: minimise E_q[(2 (q - x).r + |r|^2 - rho)^2] (a common inflation rho of
+  all ADC distances does not change the ranking, only its spread does): rho = 0 matches OPQ
+  (0.450 vs 0.450 at 100k); equalising |r|^2 across rows (rho = mean |r|^2) lost 1.5 points.
+- weighted Lloyd steps over all rows (weights = reverse-kNN counts) after the resampled OPQ: 0.
 """
 
 import faiss
