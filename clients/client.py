@@ -85,7 +85,7 @@ class MemoryClient:
         try:
             return call(*args, **kwargs)
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.UNAVAILABLE:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):  # down, or stopping mid-call
                 raise FailedPrecondition(f"server: cannot reach memsvc at {self.address} ({e.details()})") from None
             raise ERROR_OF.get(e.code(), MemsvcError)(e.details()) from None
 
