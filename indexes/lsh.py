@@ -11,6 +11,10 @@ Keys in a narrow cone all land in a few buckets, so keys are centred first: we h
 k̃_i = (k_i − c)/||k_i − c|| (c = mean key) and the raw query q (centring q·k by q·c only shifts
 every score of one query by the same amount, which softmax ignores). So p_i is computed on the
 hashed vectors: cos(q, k_i − c), not q·k_i.
+
+A read is latency work on random rows (issue #6): it walks q's L buckets (`_collide`), then reads
+the ~budget·n retrieved rows once each. Given values, the index keeps its own copy of the rows,
+packed for that read (`PackedRows`).
 """
 
 import functools
@@ -22,6 +26,7 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 from tqdm import tqdm
 
@@ -94,6 +99,62 @@ def choose_tables(bits, budget, cosines, max_tables=4096):
     return low
 
 
+def _aligned(rows, width):
+    """Zeroed float32 (rows, width) whose rows start on 64-byte cache lines (width: multiple of 16)."""
+    raw = np.zeros(rows * width + 16, np.float32)
+    skip = (-raw.ctypes.data % 64) // 4  # numpy's large buffers start 16 bytes past a line
+    return raw[skip:skip + rows * width].reshape(rows, width)
+
+
+class PackedRows:
+    """The rows an LSH read touches, one 64-byte-aligned row per key: float32 key, then the values
+    in float16, two to a float32 word (`half`), or float32 where some value is out of float16's
+    range. 384 B a pair at dk = dv = 64 instead of 512 B in two arrays at 16 bytes past a line
+    (10 lines): measured 7.1 -> 5.4 ms of scoring at n = 10^6, 50.7k rows (issue #6). q·k stays in
+    float32 (large β); values in float16 move o by ~2e-5 relative there (bench/mosaic.py)."""
+
+    def __init__(self, key_dim, value_dim):
+        self.key_dim, self.value_dim, self.half = key_dim, value_dim, True
+        self.rows = _aligned(0, self._width())
+
+    def _width(self):
+        words = (self.value_dim + 1) // 2 if self.half else self.value_dim
+        return -(-(self.key_dim + words) // 16) * 16
+
+    def _pack(self, keys, values):
+        rows = _aligned(len(keys), self._width())
+        rows[:, :self.key_dim] = keys
+        if self.half:
+            halves = np.zeros((len(values), 2 * ((self.value_dim + 1) // 2)), np.float16)
+            halves[:, :self.value_dim] = values
+            rows[:, self.key_dim:self.key_dim + halves.shape[1] // 2] = halves.view(np.float32)
+        else:
+            rows[:, self.key_dim:self.key_dim + self.value_dim] = values
+        return rows
+
+    def values(self):
+        """(n, dv) float32 values as stored."""
+        words = self.rows[:, self.key_dim:self.key_dim + ((self.value_dim + 1) // 2 if self.half else self.value_dim)]
+        return np.ascontiguousarray(words).view(np.float16)[:, :self.value_dim].astype(np.float32) if self.half \
+            else np.array(words)
+
+    def add(self, keys, values):
+        values = np.asarray(values, np.float32)
+        if self.half and len(values) and not np.abs(values).max() <= 65000:  # float16 max 65504
+            old = self.values()
+            self.half = False
+            self.rows = self._pack(self.rows[:, :self.key_dim], old)
+        fresh = self._pack(np.asarray(keys, np.float32), values)
+        rows = _aligned(len(self.rows) + len(fresh), self.rows.shape[1])
+        rows[:len(self.rows)], rows[len(self.rows):] = self.rows, fresh
+        self.rows = rows
+
+    def keep(self, mask):
+        rows = _aligned(int(mask.sum()), self.rows.shape[1])
+        rows[:] = self.rows[mask]
+        self.rows = rows
+
+
 class SimHashIndex:
     """L SimHash tables over ids (rows of the store's keys/values), following commits.
 
@@ -101,7 +162,8 @@ class SimHashIndex:
     rebuilds (a radix argsort per table, ~1 s per 10^5 keys·100 tables). The centre is fixed by
     the first add (or given), so codes never change under later commits. Not safe to mutate
     while another thread reads: the store should build a new index and swap, or lock.
-    Memory: ~6·L bytes per key (uint16 codes + int32 bucket order), ~1.7 GB at n = 10^6, L = 283.
+    Memory: ~6·L bytes per key (uint16 codes + int32 bucket order), ~1.7 GB at n = 10^6, L = 283,
+    plus the packed rows when added with values (4·dk + 2·dv bytes per key, rounded to 64).
     """
 
     def __init__(self, config: SimHashConfig, dim: int, centre=None):
@@ -115,6 +177,7 @@ class SimHashIndex:
         self.norms = np.empty(0, np.float32)  # ||k_i − c||, to get hashed cosines from q·k_i
         self.codes = np.empty((config.tables, 0), np.uint16)  # (L, n) bucket of each key
         self._buckets = None  # (order (L, n), offsets (L, 2^K + 1)), built on demand
+        self.packed = None  # PackedRows in step with ids, once add is given values
 
     def __len__(self):
         return len(self.ids)
@@ -129,10 +192,20 @@ class SimHashIndex:
         powers = (1 << np.arange(self.config.bits)).astype(np.float32)  # float matmul: exact, fast
         return (bits.astype(np.float32) @ powers).T.astype(np.uint16)
 
-    def add(self, ids, keys, *, block=16384):
+    def add(self, ids, keys, values=None, *, block=16384):
+        """Hash keys under ids. With values (c, dv), the index also keeps a packed copy of the rows
+        and reads that (`regress` then ignores its keys/values): give values on every add or never."""
         ids, keys = np.asarray(ids, np.int64), np.asarray(keys, np.float32)
         if keys.ndim != 2 or keys.shape[1] != self.planes.shape[0] or ids.shape != (len(keys),):
             raise InvalidArgument(f"add needs ids (c,) and keys (c, {self.planes.shape[0]})")
+        if (values is None) != (self.packed is None) and len(self.ids):
+            raise InvalidArgument("add: give values on every add or never")
+        if values is not None:
+            values = np.asarray(values, np.float32)
+            if values.ndim != 2 or len(values) != len(keys):
+                raise InvalidArgument("add needs values (c, dv) alongside keys (c, d)")
+            self.packed = self.packed or PackedRows(keys.shape[1], values.shape[1])
+            self.packed.add(keys, values)
         if self.centre is None:
             self.centre = keys.mean(axis=0) if self.config.centre else np.zeros(keys.shape[1], np.float32)
         shifted = keys - self.centre
@@ -146,6 +219,8 @@ class SimHashIndex:
     def remove(self, ids):
         keep = ~np.isin(self.ids, np.asarray(ids, np.int64))
         self.ids, self.norms, self.codes = self.ids[keep], self.norms[keep], self.codes[:, keep]
+        if self.packed is not None:
+            self.packed.keep(keep)
         self._buckets = None
 
     def buckets(self):
@@ -168,45 +243,67 @@ class SimHashIndex:
         Reads only the L buckets of q, never the other keys (`_collide`)."""
         order, starts = self.buckets()
         codes = self._hash(np.asarray(q, np.float32)[None])  # (L, 1)
-        slots = _collide(codes[:, 0], order, starts, np.zeros(len(self.ids), np.uint8),
-                         np.empty(len(self.ids), np.int32))
+        once, twice = _bitsets(len(self.ids))
+        slots = _collide(codes[:, 0], order, starts, once, twice, np.empty(len(self.ids), np.int32))
         return np.take(self.ids, slots), np.take(self.norms, slots)
 
     def regress(self, queries, keys, values, beta, alive=None):
         """The MagicPIG estimate for each query, in one compiled pass (`_read`).
 
-        queries (m, d); keys (N, d), values (N, dv): rows addressed by this index's ids; alive
-        (N,) bool or None: rows to keep (a version's mask). -> (o (m, dv), lse_est (m,),
-        retrieved (m,) int: keys used per query)."""
+        queries (m, d); keys (N, d), values (N, dv): rows addressed by this index's ids, read
+        only when the index keeps no packed copy; alive (N,) bool or None: rows to keep (a
+        version's mask, by id). -> (o (m, dv), lse_est (m,), retrieved (m,) int: keys used per
+        query). The packed path computes in float32 whatever the queries' dtype."""
         order, starts = self.buckets()
         centre = np.zeros(self.planes.shape[0]) if self.centre is None else self.centre
         codes = self._hash(np.asarray(queries, np.float32))  # (L, m)
-        out = np.empty((len(queries), values.shape[1]), queries.dtype)
+        if self.packed is not None:
+            queries, dv = np.asarray(queries, np.float32), self.packed.value_dim
+            keys = values = np.empty((0, queries.shape[1]), np.float32)
+            rows, half = self.packed.rows, self.packed.half
+        else:
+            dv, rows, half = values.shape[1], np.empty((0, 16), np.float32), False
+        out = np.empty((len(queries), dv), queries.dtype)
         lse = np.empty(len(queries), queries.dtype)
         retrieved = np.empty(len(queries), np.int64)
         mask = np.empty(0, np.bool_) if alive is None else np.asarray(alive, np.bool_)
         _read(queries, codes, order, starts, self.ids, self.norms, centre.astype(np.float64), keys, values,
-              float(beta), self.config.bits, self.config.tables,
+              rows, half, float(beta), self.config.bits, self.config.tables,
               log_inclusion_table(self.config.bits, self.config.tables), mask, out, lse, retrieved)
         return out, lse, retrieved
 
 
-@numba.njit(cache=True, nogil=True)
-def _collide(code, order, starts, counter, slots):
-    """Slots sharing a bucket with `code` (L,) in >= 2 tables, ascending: writes them to the start
-    of `slots` (n,) and returns that prefix. counter (n,) uint8 must be zero and is left zero.
+def _bitsets(n):
+    """Zeroed scratch for `_collide`: seen-once and seen-twice bits over n slots."""
+    words = (n + 63) // 64
+    return np.zeros(words, np.uint64), np.zeros(words, np.uint64)
 
-    Ascending slots make the row reads that follow move forward through memory."""
+
+@numba.njit(cache=True, nogil=True)
+def _collide(code, order, starts, once, twice, slots):
+    """Slots sharing a bucket with `code` (L,) in >= 2 tables, ascending: writes them to the start
+    of `slots` (n,) and returns that prefix. once, twice: `_bitsets`, zero on entry and on exit.
+
+    Two bitsets (125 KB each at n = 10^6, in L2) rather than a byte counter per slot (1 MB): the
+    list comes from scanning the seen-twice words, skipping zero ones, and only those words are
+    cleared (2.7 -> 1.9 ms a query at n = 10^6, 328k collisions, issue #6). Ascending slots make
+    the row reads that follow move forward through memory."""
     for t in range(code.shape[0]):
         for j in range(starts[t, code[t]], starts[t, code[t] + 1]):
             s = order[j]
-            if counter[s] < 2:  # saturate: L can exceed 255
-                counter[s] += 1
+            bit = np.uint64(1) << np.uint64(s & 63)
+            twice[s >> 6] |= once[s >> 6] & bit
+            once[s >> 6] |= bit
     count = 0
-    for s in range(counter.shape[0]):  # branch-free scan: ~5% of slots are hits
-        slots[count] = s
-        count += counter[s] >> 1
-    counter[:] = 0
+    for w in range(twice.shape[0]):
+        bits = twice[w]
+        if bits:
+            twice[w] = 0
+            while bits:
+                slots[count] = (w << 6) + trailing_zeros(bits)
+                count += 1
+                bits &= bits - np.uint64(1)
+    once[:] = 0
     return slots[:count]
 
 
@@ -226,6 +323,20 @@ def _prefetch(typingctx, rows, row, col):
         return context.get_dummy_value()
 
     return types.void(rows, row, col), codegen
+
+
+@intrinsic
+def _halves(typingctx, word):
+    """The two float16 packed in a float32 word (low half first) -> (float32, float32); F16C."""
+
+    def codegen(context, builder, signature, args):
+        bits = builder.bitcast(args[0], ir.IntType(32))
+        low = builder.trunc(bits, ir.IntType(16))
+        high = builder.trunc(builder.lshr(bits, ir.Constant(ir.IntType(32), 16)), ir.IntType(16))
+        widen = lambda h: builder.fpext(builder.bitcast(h, ir.HalfType()), ir.FloatType())
+        return cgutils.make_anonymous_struct(builder, [widen(low), widen(high)])
+
+    return types.UniTuple(types.float32, 2)(types.float32), codegen
 
 
 @numba.njit(cache=True, nogil=True, inline="always")  # as a call: ~25% of the scoring pass
@@ -282,25 +393,76 @@ def _weigh(q, slots, rows, norms, keys, values, beta, shift, q_norm, bits, table
     return acc, top, total, kept
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _weigh_packed(q, slots, ids, norms, rows, dk, dv, half, beta, shift, q_norm, bits, tables, log_u, alive):
+    """`_weigh` over a `PackedRows` copy: row slots[i] holds the key (dk float32) then dv values
+    (float16 pairs in float32 words when `half`); ids: the slots' ids, for `alive`. float32 sums."""
+    top, total, kept = -np.inf, 0.0, 0
+    acc = np.zeros(dv + (dv & 1), np.float32)
+    for i in range(slots.shape[0]):
+        if i + _AHEAD < slots.shape[0]:
+            for j in range(0, rows.shape[1], 16):  # each 64-byte line of the row
+                _prefetch(rows, slots[i + _AHEAD], j)
+        row = slots[i]
+        if alive.shape[0] and not alive[ids[i]]:
+            continue
+        kept += 1
+        dot = np.float32(0)
+        for j in range(dk):
+            dot += q[j] * rows[row, j]
+        cosine = (dot - shift) / (q_norm * max(norms[row], 1e-12))  # the hashed cosine
+        score = beta * np.float64(dot)
+        if score > top:
+            scale = math.exp(top - score)
+            total *= scale
+            acc *= np.float32(scale)
+            top = score
+        weight = math.exp(score - top - _log_inclusion(cosine, log_u, bits, tables))
+        total += weight
+        w = np.float32(weight)
+        if half:
+            for j in range(acc.shape[0] // 2):
+                low, high = _halves(rows[row, dk + j])
+                acc[2 * j] += w * low
+                acc[2 * j + 1] += w * high
+        else:
+            for j in range(dv):
+                acc[j] += w * rows[row, dk + j]
+    return acc[:dv], top, total, kept
+
+
 @numba.njit(cache=True, nogil=True)
-def _read(queries, codes, order, starts, ids, norms, centre, keys, values, beta, bits, tables, log_u,
+def _read(queries, codes, order, starts, ids, norms, centre, keys, values, rows, half, beta, bits, tables, log_u,
           alive, out, lse, retrieved):
-    """For each query m: S = `_collide` of its codes[:, m], then `_weigh` over S. Writes
-    out[m] = Σ_S w_i v_i / Σ_S w_i, lse[m] = log Σ_S w_i and retrieved[m] = |S| (0, -inf, 0 when
-    S is empty: the empty-shard convention). Scratch is per call, so reads may run in parallel."""
-    counter = np.zeros(ids.shape[0], np.uint8)
+    """For each query m: S = `_collide` of its codes[:, m], then `_weigh` over S (or
+    `_weigh_packed` over `rows` when it is not empty). Writes out[m] = Σ_S w_i v_i / Σ_S w_i,
+    lse[m] = log Σ_S w_i and retrieved[m] = |S| (0, -inf, 0 when S is empty: the empty-shard
+    convention). Scratch is per call, so reads may run in parallel."""
+    once = np.zeros((ids.shape[0] + 63) // 64, np.uint64)
+    twice = np.zeros_like(once)
     buffer = np.empty(ids.shape[0], np.int32)
     for m in range(queries.shape[0]):
         q = queries[m].astype(keys.dtype)
         shift = (q.astype(np.float64) * centre).sum()  # hashed cosine = (q·k − q·c) / (|q| |k − c|)
         q_norm = math.sqrt((q.astype(np.float64) ** 2).sum())
-        slots = _collide(codes[:, m], order, starts, counter, buffer)
+        slots = _collide(codes[:, m], order, starts, once, twice, buffer)
         # ids gathered first: read inside the loop they delay each prefetch by a dependent load
-        acc, top, total, retrieved[m] = _weigh(q, slots, ids[slots], norms, keys, values, beta, shift, q_norm,
-                                               bits, tables, log_u, alive)
-        if total > 0:
-            out[m] = acc / total
-            lse[m] = top + math.log(total)
+        if rows.shape[0]:
+            acc, top, total, retrieved[m] = _weigh_packed(q, slots, ids[slots], norms, rows, q.shape[0],
+                                                          out.shape[1], half, beta, shift, q_norm, bits, tables,
+                                                          log_u, alive)
+            _normalise(acc, top, total, out[m], lse, m)
         else:
-            out[m] = 0
-            lse[m] = -np.inf
+            acc, top, total, retrieved[m] = _weigh(q, slots, ids[slots], norms, keys, values, beta, shift, q_norm,
+                                                   bits, tables, log_u, alive)
+            _normalise(acc, top, total, out[m], lse, m)
+
+
+@numba.njit(cache=True, nogil=True)
+def _normalise(acc, top, total, out, lse, m):
+    if total > 0:
+        out[:] = acc / total
+        lse[m] = top + math.log(total)
+    else:
+        out[:] = 0
+        lse[m] = -np.inf

@@ -172,20 +172,24 @@ class GroupChange:
 
 class FollowingIndex:
     """An index over a group's slots brought up to date (add / remove) right before each use.
-    `make(slots, keys)` builds it; callers hold `lock` from sync to the end of the search."""
+    `make(slots, keys)` builds it (`make(slots, keys, values)` and `add(slots, keys, values)` for
+    an index that keeps its own copy of the rows: `values`); callers hold `lock` from sync to the
+    end of the search."""
 
-    def __init__(self, make):
+    def __init__(self, make, values=False):
         self.make, self.index, self.covered, self.lock = make, None, np.zeros(0, bool), threading.Lock()
+        self.values = values
 
     def sync(self, pairs: Pairs, target: np.ndarray) -> int:
         """Make the index hold exactly the slots in `target`; returns how many it had to change."""
         covered = np.zeros(len(target), bool)
         covered[:len(self.covered)] = self.covered
         add, drop = np.flatnonzero(target & ~covered), np.flatnonzero(covered & ~target)
+        rows = (pairs.keys[add], pairs.values[add]) if self.values else (pairs.keys[add],)  # slots never change
         if self.index is None and len(add):
-            self.index = self.make(add, pairs.keys[add])
+            self.index = self.make(add, *rows)
         elif len(add):
-            self.index.add(add, pairs.keys[add])
+            self.index.add(add, *rows)
         if len(drop):
             self.index.remove(drop)
         self.covered = target.copy()
@@ -212,13 +216,13 @@ class MosaicTable:
                 raise OutOfRange(f"{what}: {value} out of range [0, {size}) for mosaic store {self.name!r}")
         return self.groups[(layer, head)]
 
-    def following(self, key, make) -> FollowingIndex:
-        """The cached index under `key`, created empty on first use."""
+    def following(self, key, make, values=False) -> FollowingIndex:
+        """The cached index under `key`, created empty on first use (`FollowingIndex`)."""
         with self._index_lock:
             if key not in self.indexes:
                 if len(self.indexes) >= MAX_INDEXES_PER_STORE:
                     del self.indexes[next(iter(self.indexes))]
-                self.indexes[key] = FollowingIndex(make)
+                self.indexes[key] = FollowingIndex(make, values)
             return self.indexes[key]
 
 
@@ -594,14 +598,14 @@ class MosaicStore:
                                                             lambda q, kk: index.index.search(q, kk))
 
     def _lsh(self, t, layer, head, v, queries, beta, lsh, result):
-        def make(slots, keys):
+        def make(slots, keys, values):
             tables = lsh.tables or (choose_tables(lsh.bits, lsh.budget, hashed_cosines(keys)) if lsh.budget
                                     else SimHashConfig.tables)
             index = SimHashIndex(SimHashConfig(bits=lsh.bits, tables=tables), t.key_dim)
-            index.add(slots, keys)
+            index.add(slots, keys, values)  # the index reads its own packed rows (indexes/lsh.py PackedRows)
             return index
 
-        index = t.following(("lsh", layer, head, lsh.bits, lsh.tables, lsh.budget), make)
+        index = t.following(("lsh", layer, head, lsh.bits, lsh.tables, lsh.budget), make, values=True)
         with index.lock:
             pairs = t.groups[(layer, head)]
             result.index_lag = index.sync(pairs, np.ones(len(pairs.ids), bool))  # every retained slot

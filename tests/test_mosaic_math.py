@@ -236,3 +236,33 @@ def test_lsh_add_and_remove_equal_a_fresh_build(pairs):
         np.testing.assert_allclose(a[1], other[1], rtol=1e-6)
         assert a[2] == other[2] == len(kept)
         np.testing.assert_array_equal(a[3], other[3])
+
+
+def test_lsh_packed_rows_keep_the_estimate_and_follow_commits(pairs):
+    """Given values, the index reads its own packed copy (float32 keys, float16 values) instead of
+    the caller's arrays: same retrieved set, same weights (lse), o within float16 rounding of the
+    values; values past float16's range switch the copy to float32. Adds and removes keep it in
+    step with the ids, like the hash tables."""
+    queries, keys, values = (x.astype(np.float32) for x in pairs)
+    config = SimHashConfig(bits=4, tables=12, seed=7)
+    plain = SimHashIndex(config, keys.shape[1])
+    plain.add(np.arange(len(keys)), keys)
+    removed = np.arange(0, len(keys), 3)
+    alive = ~np.isin(np.arange(len(keys)), removed)
+    for scale, half, tolerance in ((1.0, True, 2.0**-11), (1e5, False, 1e-6)):
+        o_ref, lse_ref, n_ref, touched_ref = lsh_regression(queries, keys, values * scale, 5.0, plain, alive=alive)
+        packed = SimHashIndex(config, keys.shape[1], centre=plain.centre)
+        for chunk in np.array_split(np.arange(len(keys)), 3):
+            packed.add(chunk, keys[chunk], values[chunk] * scale)
+            packed.retrieve(queries[0])
+        packed.remove(removed)
+        assert packed.packed.half == half
+        np.testing.assert_array_equal(packed.packed.values(), (values * scale)[alive].astype(np.float16 if half else
+                                                                                            np.float32))
+        o, lse, n, touched = lsh_regression(queries, np.zeros_like(keys), np.zeros_like(values), 5.0, packed)
+        assert n == n_ref and (touched == touched_ref).all()
+        np.testing.assert_allclose(lse, lse_ref, rtol=1e-6)
+        error = np.linalg.norm(o - o_ref, axis=1) / np.linalg.norm(o_ref, axis=1)
+        assert error.max() < tolerance
+    with pytest.raises(InvalidArgument, match="every add or never"):
+        packed.add([10_000], keys[:1])
