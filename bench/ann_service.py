@@ -5,6 +5,8 @@ Rows are a clustered synthetic table (indexes/synthetic.py) stored as float16 in
 the in-process index is built over exactly those float16 rows widened to float32. Queries come in
 batches of 64 (one request per batch), k = 10. Recall@10 is |found ∩ exact top-10| / 10 against
 brute force (faiss knn). Target (issue 5): service QPS >= 0.7x in-process at batch 64, equal recall.
+Both sides search with the same threads: faiss (OpenMP) and diskannpy use every core in this
+process and in the server (its diskann search worker included), and neither is niced.
 
 It also measures what index work does to a concurrent Lookup: p50/p99 latency of single-token
 lookups alone, while another thread keeps the service busy with searches, and while the service
@@ -49,7 +51,10 @@ class BenchConfig:
     k: int = 10
     kinds: tuple = ("hnsw", "diskann", "ivfpq")
     seconds: float = 3.0  # timed seconds per measurement
-    rounds: int = 3  # in-process and service timings alternate this many times (median kept)
+    # In-process and service timings alternate this many times (median kept). Short, many slices:
+    # on a shared 2-core machine either side's QPS swings 3-5x with other jobs' load (issue 5's
+    # hnsw 0.18x was taken with 3 slices), so each side must see the same mix of load.
+    rounds: int = 10
     seed: int = 0
 
 

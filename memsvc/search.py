@@ -70,11 +70,16 @@ class SearchConfig:
     max_k: int = 1024  # larger k gets RESOURCE_EXHAUSTED naming `k`
     max_queries: int = 16384  # query vectors or tokens per request
     query_log_size: int = 4096  # queries sampled per (table, layer) (reservoir)
+    query_log_save_seconds: float = 30.0  # persist a changed log at most this often, off the request path
     min_log_queries: int = 256  # learned_pq trains on the log once it holds this many, else on rows
     refresh_rows: int = 2048  # fold the delta into the index in the background past this many rows
     build_in_worker: bool = True  # build in a spawned process (diskannpy holds the GIL)
     read_chunk: int = 4096  # tokens per chunk when reading a layer
     search_in_worker: bool = True  # search diskann kinds in a child process (diskannpy holds the GIL)
+    # 0: the worker competes for the CPU like the in-process search it stands for. It was 5: on a
+    # shared 2-core machine every wake-up of the niced worker (two process hand-offs a search)
+    # waited behind other jobs, and diskann through the service fell to 0.54-0.64x (issue 5).
+    search_worker_niceness: int = 0
 
 
 @dataclass
@@ -330,8 +335,9 @@ class QueryLog:
             self.seen += len(queries)
 
     def save(self, path):
-        with self._lock:
-            np.savez(path, queries=self.queries, versions=self.versions, seen=self.seen)
+        with self._lock:  # copy under the lock, write outside it: adds never wait on the disk
+            queries, versions, seen = self.queries.copy(), self.versions.copy(), self.seen
+        np.savez(path, queries=queries, versions=versions, seen=seen)
 
     @classmethod
     def load(cls, path, size):
@@ -385,12 +391,9 @@ def build_in_worker(folder, entry) -> dict:
 # ---------------------------------------------------------------- searches in a worker process
 
 GIL_HOLDING_KINDS = ("diskann", "diskann_dynamic", "diskann_disk")  # diskannpy: one call holds the GIL
-# The worker's search threads yield the CPU to the server's threads: on 2 cores a batch search
-# otherwise takes both cores from Lookups (the hot path, DESIGN.md) while it runs.
-WORKER_NICENESS = 5
 
 
-def serve_searches(cache_size=4):
+def serve_searches(cache_size=4, niceness=0):
     """The search worker's loop: pickled (key, path, queries, k, params) on stdin, pickled
     ("ok", (ids, dist)) or ("error", (class name, message)) on the fd that was stdout. Indexes
     are loaded from `path` on first use and kept (LRU) under `key`."""
@@ -398,7 +401,7 @@ def serve_searches(cache_size=4):
 
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # C++ prints (diskannpy) go to stderr, never into the replies
-    os.nice(WORKER_NICENESS)
+    os.nice(niceness)
     cache = OrderedDict()
     while True:
         try:
@@ -424,8 +427,8 @@ class SearchWorker:
     the worker it holds the worker's GIL, and the server's threads only wait on a pipe, which
     releases theirs. Started on first use (or `start()`), restarted if it dies."""
 
-    def __init__(self):
-        self._proc = None
+    def __init__(self, niceness=0):
+        self._proc, self.niceness = None, int(niceness)
         self._lock = threading.Lock()  # one request in flight: replies come back in order
 
     def start(self):
@@ -434,7 +437,7 @@ class SearchWorker:
 
     def _ensure(self):
         if self._proc is None or self._proc.poll() is not None:
-            code = "from memsvc.search import serve_searches; serve_searches()"
+            code = f"from memsvc.search import serve_searches; serve_searches(niceness={self.niceness})"
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
             self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
             _WORKERS.add(self._proc)
@@ -501,7 +504,10 @@ class IndexManager:
         self._entries: dict[str, _Entry] = {}
         self._logs: dict[tuple, QueryLog] = {}
         self._changed = OrderedDict()  # (source cache_key, a, b) -> D(a, b); versions never change
-        self._worker = SearchWorker()  # searches of GIL_HOLDING_KINDS
+        self._worker = SearchWorker(self.config.search_worker_niceness)  # searches of GIL_HOLDING_KINDS
+        self._log_saved = time.monotonic()  # when the query logs were last persisted
+        self._log_saving = False
+        self._log_save_lock = threading.Lock()
         self._load()
 
     # ------------------------------------------------ catalog
@@ -566,7 +572,8 @@ class IndexManager:
     def _save_log(self, where, log):
         folder = self.root / "querylog"
         folder.mkdir(parents=True, exist_ok=True)
-        log.save(folder / f"{where[0]}@{'.'.join(map(str, where[1:]))}.npz")
+        with self._log_save_lock:  # a background save and close() may overlap
+            log.save(folder / f"{where[0]}@{'.'.join(map(str, where[1:]))}.npz")
 
     def _source(self, table, layer, head, version):
         """What (table, layer[, head]) names at a version: a BankLayer or a MosaicGroup."""
@@ -793,10 +800,24 @@ class IndexManager:
     def _log_queries(self, where, q, v):
         with self._lock:
             log = self._logs.setdefault(where, QueryLog(self.config.query_log_size, q.shape[1]))
-        before = log.seen
         log.add(q, v)
-        if before // 1024 != log.seen // 1024:  # persist now and then: a server has no clean close
-            self._save_log(where, log)
+        # Persist now and then, in the background (close() saves the rest): a save per 1024
+        # queries in the request path (np.savez of up to 2 MB, ~40 ms on a busy disk) was 15% of
+        # IndexManager.search's time over 200 batch-64 hnsw searches (cProfile, issue 5).
+        with self._lock:
+            due = not self._log_saving and time.monotonic() - self._log_saved >= self.config.query_log_save_seconds
+            self._log_saving = self._log_saving or due
+        if due:
+            threading.Thread(target=self._save_logs_quietly, name="save-query-logs", daemon=True).start()
+
+    def _save_logs_quietly(self):
+        try:
+            for where, log in list(self._logs.items()):
+                self._save_log(where, log)
+        except Exception:  # noqa: BLE001 - the log is a sample; close() tries again
+            LOG.exception("saving query logs failed")
+        finally:
+            self._log_saved, self._log_saving = time.monotonic(), False
 
     def _exact_all(self, src, v, q, k, metric):
         """Exact top-k over every row of the source at v, a chunk of rows at a time."""

@@ -122,6 +122,26 @@ def test_learned_pq_trains_on_the_query_log_once_it_is_large_enough(kb):
     assert m.describe("logged").train_queries_from == "query log (50)"
 
 
+def test_query_log_is_saved_in_the_background_not_in_the_search(kb, monkeypatch):
+    """A search never writes the log itself (issue 5: a save per 1024 queries cost batch-64
+    searches ~15%); a background thread does, at most every query_log_save_seconds."""
+    import threading
+    import time
+
+    m = IndexManager(kb, SearchConfig(build_in_worker=False, query_log_save_seconds=0))
+    saved_on = []
+    real_save = m._save_log
+    monkeypatch.setattr(m, "_save_log", lambda *a: (saved_on.append(threading.current_thread().name), real_save(*a)))
+    m.search("stem", 0, queries=np.ones((3, 8), np.float32), k=2)
+    path = kb.root / "indexes" / "querylog" / "stem@0.npz"
+    deadline = time.monotonic() + 10
+    while not (saved_on and not m._log_saving) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert saved_on == ["save-query-logs"] and path.exists()
+    with np.load(path) as f:
+        assert f["queries"].shape == (3, 8) and int(f["seen"]) == 3
+
+
 def test_query_log_is_a_bounded_sample():
     from memsvc.search import QueryLog
 
