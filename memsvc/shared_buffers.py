@@ -129,7 +129,10 @@ class ReplyBuffers:
 
     def give(self, buffer: ReplyBuffer):
         with self.lock:
-            self.free.append(buffer)
+            if buffer.size >= self.initial_size:
+                self.free.append(buffer)
+                return
+        buffer.close()  # smaller than the pool has grown to: it would only bounce replies
 
     def receive(self, wire: bytes, buffer: ReplyBuffer) -> tuple:
         """(LookupResult, whether its rows are in ``buffer``) of a reply to a call that named ``buffer``.
