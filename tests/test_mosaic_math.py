@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from indexes import lsh
 from indexes.lsh import (SimHashConfig, SimHashIndex, _log_inclusion, choose_tables, inclusion_probability,
                          log_inclusion_table)
 from indexes.mosaic import (BetaPolicy, exact_topk, kernel_regression, lsh_regression, merge_results,
@@ -238,11 +239,11 @@ def test_lsh_add_and_remove_equal_a_fresh_build(pairs):
         np.testing.assert_array_equal(a[3], other[3])
 
 
-def test_lsh_packed_rows_keep_the_estimate_and_follow_commits(pairs):
+def test_lsh_packed_rows_keep_the_estimate_and_follow_commits(pairs, monkeypatch):
     """Given values, the index reads its own packed copy (float32 keys, float16 values) instead of
     the caller's arrays: same retrieved set, same weights (lse), o within float16 rounding of the
     values; values past float16's range switch the copy to float32. Adds and removes keep it in
-    step with the ids, like the hash tables."""
+    step with the ids, like the hash tables. Scoring split over two threads merges exactly."""
     queries, keys, values = (x.astype(np.float32) for x in pairs)
     config = SimHashConfig(bits=4, tables=12, seed=7)
     plain = SimHashIndex(config, keys.shape[1])
@@ -264,5 +265,11 @@ def test_lsh_packed_rows_keep_the_estimate_and_follow_commits(pairs):
         np.testing.assert_allclose(lse, lse_ref, rtol=1e-6)
         error = np.linalg.norm(o - o_ref, axis=1) / np.linalg.norm(o_ref, axis=1)
         assert error.max() < tolerance
+        monkeypatch.setattr(lsh, "SPLIT_ROWS", 2)  # every read scored in two halves
+        o_split, lse_split, _, touched_split = lsh_regression(queries, keys, values, 5.0, packed)
+        monkeypatch.undo()
+        assert (touched_split == touched).all()
+        np.testing.assert_allclose(o_split, o, rtol=1e-5, atol=1e-6 * np.abs(o).max())
+        np.testing.assert_allclose(lse_split, lse, rtol=1e-6)
     with pytest.raises(InvalidArgument, match="every add or never"):
         packed.add([10_000], keys[:1])
