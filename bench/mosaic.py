@@ -111,12 +111,16 @@ def accuracy(config, data):
     return tables, rows
 
 
-def seconds_per_query(readers, queries, repeats=5):
+def seconds_per_query(readers, queries, repeats=5, settle=0.3):
     """readers: name -> (read, queries per call). Median seconds per query over repeats; the
-    readers take turns within each repeat so that load from other processes hits them alike."""
+    readers take turns within each repeat so that load from other processes hits them alike.
+    Each starts after `settle` seconds idle: OpenBLAS's threads spin for ~0.1 s after a call and
+    would hold the second core against whoever runs next (LSH's two threads after TOPK: 4.2 ->
+    6.9 ms a query at n = 10^6, issue #6)."""
     times = {name: [] for name in readers}
     for _ in range(repeats):
         for name, (read, batch) in readers.items():
+            time.sleep(settle)
             start = time.perf_counter()
             for s in range(0, len(queries), batch):
                 read(queries[s:s + batch])

@@ -24,9 +24,10 @@ Reads return (o, lse, n) (indexes/mosaic.py), so results of several stores merge
 - TOPK: kernel average over the k best keys. Stores created with a `topk_index` kind search an
   ANN index (indexes.ann, metric ip) that follows the group's newest pairs; a read of an older
   version than the group's last change, or a store without an index, uses exact top-k.
-- LSH: MagicPIG sampling through a SimHashIndex per (group, K, L). It holds every retained slot,
-  removed ones included, catches up with new slots before answering (the catch-up is reported
-  as `index_lag`), and its retrieved slots are filtered by the version mask. Keys are sampled
+- LSH: MagicPIG sampling through a SimHashIndex per (group, K, L). It holds every retained slot
+  (hashes and a packed copy of its key and value, indexes/lsh.py PackedRows), removed ones
+  included, catches up with new slots before answering (the catch-up is reported as
+  `index_lag`), and its retrieved slots are filtered by the version mask. Keys are sampled
   independently, so the filtered estimate stays unbiased for the pairs alive at any version.
 
 Lifetime: gc deletes the pair rows that no retained version reads; indexes live in memory only
