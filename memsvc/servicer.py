@@ -72,6 +72,9 @@ def _version(ref: pb.VersionRef):
 
 
 class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
+    """KnowledgeService, except LookupStream: server.StreamOfUnaryCalls serves each of its
+    messages as a call of Lookup."""
+
     def __init__(self, kb, config):
         self.kb = kb
         self.config = config
