@@ -75,6 +75,7 @@ class MemoryClient:
         if shared_memory is None:
             shared_memory = is_loopback(address.rsplit(":", 1)[0].strip("[]")) and shared_buffers.available()
         self.reply_buffers = shared_buffers.ReplyBuffers() if shared_memory else None
+        self.row_bytes = {}  # (table, layers) -> bytes of one token's rows, from the last inline reply
         self.lookup_stream = LookupStream(self.stub.LookupStream, self.metadata) if stream_lookups else None
 
     def _call(self, method, request, stub=None):
@@ -125,32 +126,37 @@ class MemoryClient:
 
     def lookup(self, table, tokens, layers=None, version=None, tag=None, overrides=None) -> LookupResult:
         """Rows of tokens (ids or words); ``.in_request_order()`` gives float32 (n, L, d)."""
-        request, buffers, buffer = self._lookup_request(table, tokens, layers, version, tag, overrides)
+        request, sent = self._lookup_request(table, tokens, layers, version, tag, overrides)
         if self.lookup_stream is not None:
-            return self._lookup_reply(lambda: self._translated(self.lookup_stream.call, request), buffers, buffer)
-        return self._lookup_reply(lambda: self._call("Lookup", request), buffers, buffer)
+            return self._lookup_reply(lambda: self._translated(self.lookup_stream.call, request), *sent)
+        return self._lookup_reply(lambda: self._call("Lookup", request), *sent)
 
     def lookup_future(self, table, tokens, layers=None, version=None, tag=None, overrides=None) -> "LookupFuture":
         """The same Lookup sent now; ``.result()`` waits for its LookupResult (overlap it with compute)."""
-        request, buffers, buffer = self._lookup_request(table, tokens, layers, version, tag, overrides)
+        request, sent = self._lookup_request(table, tokens, layers, version, tag, overrides)
         future = self.stub.Lookup.future(request, timeout=self.timeout, metadata=self.metadata)
-        return LookupFuture(lambda: self._lookup_reply(lambda: self._translated(future.result), buffers, buffer))
+        return LookupFuture(lambda: self._lookup_reply(lambda: self._translated(future.result), *sent))
 
     def _lookup_request(self, table, tokens, layers, version, tag, overrides):
-        """(LookupRequest, the reply buffer pool, the buffer it names or None)."""
+        """(LookupRequest, (what its rows are: table and layers, the reply buffer pool, the buffer it
+        names or None)). A buffer is named when the rows will be big enough for it to pay: below
+        shared_buffers.MIN_REPLY_BYTES rows in the reply are faster (and a table's first reply tells
+        how big its rows are)."""
         ids, words = split_tokens(tokens)
         request = pb.LookupRequest(table=table, layers=[int(l) for l in layers or []], token_ids=ids, tokens=words,
                                    at=_ref(version, tag), overrides=[convert.row_op_to_pb(op) for op in overrides or []])
-        buffers = self.reply_buffers
-        if buffers is None:
-            return request, None, None
+        rows_of, buffers = (table, tuple(request.layers)), self.reply_buffers
+        if buffers is None or self.row_bytes.get(rows_of, 0) * (len(ids) + len(words)) < shared_buffers.MIN_REPLY_BYTES:
+            return request, (rows_of, None, None)
         buffer = buffers.take()
         request.reply_buffer.name, request.reply_buffer.size, request.reply_buffer.key = buffer.name, buffer.size, buffer.key
-        return request, buffers, buffer
+        return request, (rows_of, buffers, buffer)
 
-    def _lookup_reply(self, wait, buffers, buffer) -> LookupResult:
+    def _lookup_reply(self, wait, rows_of, buffers, buffer) -> LookupResult:
         if buffer is None:
-            return convert.lookup_from_wire(wait())
+            result = convert.lookup_from_wire(wait())
+            self.row_bytes[rows_of] = result.rows[0].nbytes
+            return result
         try:
             wire = wait()
         except BaseException:

@@ -30,6 +30,9 @@ SHM_DIR = Path("/dev/shm")
 NAME = re.compile(r"memsvc-[A-Za-z0-9_-]{1,93}")
 KEY_BYTES = 16
 HEADER_BYTES = 64  # keeps the rows 64-byte aligned
+# Below this, rows in the reply are faster: measured crossover ~64 KB (4 rows of 16 KB) over
+# loopback; a 16 KB reply is ~0.09 ms faster inline, 16 rows (256 KB) ~0.14 ms faster in a buffer.
+MIN_REPLY_BYTES = 64 << 10
 
 
 def available() -> bool:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from clients.client import MemoryClient
+from memsvc import shared_buffers
 from memsvc.shared_buffers import HEADER_BYTES, KEY_BYTES, SHM_DIR, ReplyBuffer, available
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
@@ -30,11 +31,29 @@ def in_shared_memory(rows) -> bool:
     return isinstance(owner.obj, mmap.mmap)
 
 
+@pytest.fixture(autouse=True)
+def any_reply_size(monkeypatch):
+    """These rows are 48 bytes: let every reply use a buffer once the client knows the row size."""
+    monkeypatch.setattr(shared_buffers, "MIN_REPLY_BYTES", 1)
+
+
 @pytest.fixture
 def clients(server):
     address, _ = server
     with MemoryClient(address) as shared, MemoryClient(address, shared_memory=False) as inline:
+        for layers in (None, [2, 0], [1]):
+            assert not in_shared_memory(shared.lookup("stem", ["Spain"], layers).rows)  # row size not known yet
         yield shared, inline
+
+
+def test_small_replies_come_inline_big_ones_through_the_buffer(server, monkeypatch):
+    address, _ = server
+    monkeypatch.setattr(shared_buffers, "MIN_REPLY_BYTES", 48 * 10)  # 10 rows of 3 x 8 fp16
+    with MemoryClient(address) as client:
+        client.lookup("stem", ["Spain"])
+        assert not in_shared_memory(client.lookup("stem", list(range(9))).rows)
+        assert in_shared_memory(client.lookup("stem", list(range(10))).rows)
+        assert client.reply_buffers is not None
 
 
 def test_rows_through_shared_memory_equal_an_ordinary_reply(clients):
@@ -73,6 +92,7 @@ def test_held_rows_keep_their_buffer_while_later_lookups_run(clients):
 def test_a_reply_too_big_for_the_buffer_comes_inline_and_the_pool_grows(server):
     address, _ = server
     with MemoryClient(address) as client:
+        client.lookup("stem", [0])
         client.reply_buffers.initial_size = 16  # smaller than one row (3 layers x 8 x fp16 = 48 bytes)
         big = client.lookup("stem", list(range(10)))
         assert not in_shared_memory(big.rows)
@@ -85,6 +105,7 @@ def test_a_reply_too_big_for_the_buffer_comes_inline_and_the_pool_grows(server):
 def test_client_falls_back_when_the_server_cannot_write_and_removes_its_buffers(server):
     address, _ = server
     client = MemoryClient(address)
+    client.lookup("stem", ["Spain"])
     rows = client.lookup("stem", ["Spain"]).rows.copy()
     assert mine()
     buffers = client.reply_buffers
