@@ -11,6 +11,7 @@ can hold either one.
 import json
 import queue
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -59,8 +60,8 @@ class MemoryClient:
         ``shared_memory``: Lookup rows come back through shared memory (memsvc/shared_buffers.py);
         default on when the server's address is loopback. It turns itself off when the server
         cannot write into this host's buffers. ``stream_lookups``: ``lookup`` sends its requests
-        down one open LookupStream (less per-call cost than unary calls; a streamed lookup has no
-        deadline of its own, the stream ends when the server goes away)."""
+        down one open LookupStream (less per-call cost than unary calls; ``timeout`` applies to
+        each streamed lookup too)."""
         self.address = address
         self.timeout = timeout
         self.metadata = bearer_metadata(api_key)
@@ -76,7 +77,7 @@ class MemoryClient:
             shared_memory = is_loopback(address.rsplit(":", 1)[0].strip("[]")) and shared_buffers.available()
         self.reply_buffers = shared_buffers.ReplyBuffers() if shared_memory else None
         self.row_bytes = {}  # (table, layers) -> bytes of one token's rows, from the last inline reply
-        self.lookup_stream = LookupStream(self.stub.LookupStream, self.metadata) if stream_lookups else None
+        self.lookup_stream = LookupStream(self.stub.LookupStream, self.metadata, timeout, address) if stream_lookups else None
 
     def _call(self, method, request, stub=None):
         """One RPC (on ``stub``, default the KnowledgeService one) with errors as memsvc exceptions."""
@@ -246,24 +247,46 @@ class MemoryClient:
 
 class LookupStream:
     """One open LookupStream, opened on first use: one lookup at a time, replies in order. After
-    an error (which ends a stream) the next call opens a new one."""
+    an error (which ends a stream) the next call opens a new one. A lookup not answered within
+    ``timeout`` seconds cancels the stream (a watchdog thread checks a few times per timeout) and
+    raises FailedPrecondition, as a unary call's deadline would."""
 
-    def __init__(self, method, metadata):
-        self.method, self.metadata = method, metadata
+    def __init__(self, method, metadata, timeout: float | None, address: str):
+        self.method, self.metadata, self.timeout, self.address = method, metadata, timeout, address
         self.lock = threading.Lock()
         self.requests = self.replies = None
+        self.sent_at = None  # monotonic time the lookup in flight was sent
+        self.overdue, self.closed = threading.Event(), threading.Event()
+        self.watchdog = None
 
     def call(self, request) -> bytes:
         with self.lock:
             if self.replies is None:
                 self.requests = queue.SimpleQueue()
                 self.replies = self.method(iter(self.requests.get, None), metadata=self.metadata)
+            if self.timeout is not None and self.watchdog is None:
+                self.watchdog = threading.Thread(target=self._watch, daemon=True, name="memsvc-lookup-watchdog")
+                self.watchdog.start()
+            self.overdue.clear()
+            self.sent_at = time.monotonic()
             self.requests.put(request)
             try:
                 return next(self.replies)
             except BaseException:
                 self._end()
+                if self.overdue.is_set():
+                    raise FailedPrecondition(f"server: no reply from memsvc at {self.address} "
+                                             f"within {self.timeout} s") from None
                 raise
+            finally:
+                self.sent_at = None
+
+    def _watch(self):
+        while not self.closed.wait(min(1.0, self.timeout / 4)):
+            sent_at, replies = self.sent_at, self.replies
+            if sent_at is not None and replies is not None and time.monotonic() - sent_at > self.timeout:
+                self.overdue.set()
+                replies.cancel()  # the waiting call's next() raises
 
     def _end(self):
         if self.replies is not None:
@@ -272,6 +295,7 @@ class LookupStream:
             self.requests = self.replies = None
 
     def close(self):
+        self.closed.set()
         with self.lock:
             self._end()
 

@@ -1,5 +1,9 @@
 """End to end over a real `memsvc serve` process on loopback: the client, health, reflection,
 and a clear status for every bad input (the server keeps serving, nothing is written)."""
+import os
+import signal
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -10,10 +14,11 @@ from clients.client import MemoryClient
 from editing.rows import RowOp
 from memsvc.dtypes import to_float32, to_storage
 from memsvc.errors import FailedPrecondition, InvalidArgument, NotFound
+from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.types import EditRequest
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
-from tests.conftest import WORDS, small_bank
+from tests.conftest import WORDS, small_bank, start_server, stop_server
 
 BANK16 = to_float32(to_storage(small_bank(), "float16"), "float16")
 
@@ -172,6 +177,27 @@ def test_lookup_stream_answers_like_lookup_and_an_error_ends_it_with_the_same_st
             streamed.lookup("stem", ["Atlantis"])
         again = streamed.lookup("stem", ["Spain", "Paris"])  # a new stream after the error
         np.testing.assert_array_equal(again.rows, plain.lookup("stem", ["Spain", "Paris"]).rows)
+
+
+def test_a_streamed_lookup_times_out_when_the_server_stops_answering(tmp_path):
+    data = tmp_path / "kb"
+    with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as store:
+        store.import_table("stem", small_bank(), WORDS, dtype="float16")
+    proc, address = start_server(data)
+    try:
+        with MemoryClient(address, timeout=1.0) as c:
+            rows = c.lookup("stem", ["Spain"]).rows.copy()  # the stream is open
+            os.kill(proc.pid, signal.SIGSTOP)  # alive, but answers nothing
+            try:
+                start = time.monotonic()
+                with pytest.raises(FailedPrecondition, match="no reply from memsvc .* within 1.0 s"):
+                    c.lookup("stem", ["Spain"])
+                assert time.monotonic() - start < 5
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            np.testing.assert_array_equal(c.lookup("stem", ["Spain"]).rows, rows)  # a new stream
+    finally:
+        stop_server(proc)
 
 
 def test_client_raises_the_store_errors(client):
