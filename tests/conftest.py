@@ -33,11 +33,18 @@ def kb(tmp_path):
 
 
 @pytest.fixture
-def server(tmp_path):
-    """A real server process over a KB like `kb`'s; yields (address, data_dir)."""
+def server_process(tmp_path):
+    """A real server process over a KB like `kb`'s; yields (process, address, data_dir)."""
     data = tmp_path / "served"
     with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as store:
         store.import_table("stem", small_bank(), WORDS, dtype="float16", message="import")
     proc, address = start_server(data)
-    yield address, data
+    yield proc, address, data
     stop_server(proc)
+
+
+@pytest.fixture
+def server(server_process):
+    """yields (address, data_dir) of `server_process`."""
+    _, address, data = server_process
+    return address, data

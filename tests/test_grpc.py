@@ -14,11 +14,10 @@ from clients.client import MemoryClient
 from editing.rows import RowOp
 from memsvc.dtypes import to_float32, to_storage
 from memsvc.errors import FailedPrecondition, InvalidArgument, NotFound
-from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.types import EditRequest
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
-from tests.conftest import WORDS, small_bank, start_server, stop_server
+from tests.conftest import WORDS, small_bank
 
 BANK16 = to_float32(to_storage(small_bank(), "float16"), "float16")
 
@@ -179,25 +178,19 @@ def test_lookup_stream_answers_like_lookup_and_an_error_ends_it_with_the_same_st
         np.testing.assert_array_equal(again.rows, plain.lookup("stem", ["Spain", "Paris"]).rows)
 
 
-def test_a_streamed_lookup_times_out_when_the_server_stops_answering(tmp_path):
-    data = tmp_path / "kb"
-    with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as store:
-        store.import_table("stem", small_bank(), WORDS, dtype="float16")
-    proc, address = start_server(data)
-    try:
-        with MemoryClient(address, timeout=1.0) as c:
-            rows = c.lookup("stem", ["Spain"]).rows.copy()  # the stream is open
-            os.kill(proc.pid, signal.SIGSTOP)  # alive, but answers nothing
-            try:
-                start = time.monotonic()
-                with pytest.raises(FailedPrecondition, match="no reply from memsvc .* within 1.0 s"):
-                    c.lookup("stem", ["Spain"])
-                assert time.monotonic() - start < 5
-            finally:
-                os.kill(proc.pid, signal.SIGCONT)
-            np.testing.assert_array_equal(c.lookup("stem", ["Spain"]).rows, rows)  # a new stream
-    finally:
-        stop_server(proc)
+def test_a_streamed_lookup_times_out_when_the_server_stops_answering(server_process):
+    proc, address, _ = server_process
+    with MemoryClient(address, timeout=1.0) as c:
+        rows = c.lookup("stem", ["Spain"]).rows.copy()  # the stream is open
+        os.kill(proc.pid, signal.SIGSTOP)  # alive, but answers nothing
+        try:
+            start = time.monotonic()
+            with pytest.raises(FailedPrecondition, match="no reply from memsvc .* within 1.0 s"):
+                c.lookup("stem", ["Spain"])
+            assert time.monotonic() - start < 5
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        np.testing.assert_array_equal(c.lookup("stem", ["Spain"]).rows, rows)  # a new stream
 
 
 def test_client_raises_the_store_errors(client):
