@@ -9,7 +9,8 @@ An object starts with a header whose first KEY_BYTES are a random key that only 
 (the object is mode 0600): the server writes only into an object that starts with the key the
 request names, so no client can make the server overwrite another one's buffer. Rows start at
 HEADER_BYTES. Whenever the server cannot use a buffer (not on this host, too small, unknown) the
-rows travel in the reply as usual.
+rows travel in the reply as usual. Only a client that may write the server's files (the same
+user) can use a buffer: the objects are created mode 0600.
 """
 import mmap
 import os
@@ -56,6 +57,13 @@ class SharedBuffers:
             raise InvalidArgument(f"reply_buffer.key: expected {KEY_BYTES} bytes, got {len(key)}")
         buf = self._map(name)
         if buf is None or rows.nbytes > min(size, len(buf) - HEADER_BYTES) or buf[:KEY_BYTES] != key:
+            return False
+        try:  # a file shrunk under the map would make the write fault (SIGBUS) and kill the server
+            if os.stat(SHM_DIR / name).st_size < HEADER_BYTES + rows.nbytes:
+                raise FileNotFoundError
+        except FileNotFoundError:
+            with self.lock:
+                self.maps.pop(name, None)
             return False
         np.copyto(np.ndarray(rows.shape, rows.dtype, buffer=buf, offset=HEADER_BYTES), rows)
         return True

@@ -142,6 +142,10 @@ def test_server_writes_only_with_the_buffer_key_and_refuses_bad_names(server):
         with pytest.raises(grpc.RpcError) as e:
             stub.Lookup(request)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in e.value.details()
+    os.truncate(SHM_DIR / victim.name, HEADER_BYTES)  # shrunk under the server's map: no write, no crash
+    request.reply_buffer.name = victim.name
+    reply = stub.Lookup(request)
+    assert not reply.rows_in_buffer and len(reply.rows.data) == 3 * 8 * 2
     request.reply_buffer.name, request.reply_buffer.key = victim.name, b"short"
     with pytest.raises(grpc.RpcError) as e:
         stub.Lookup(request)
