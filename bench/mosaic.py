@@ -9,9 +9,9 @@
    touched count) and LSH one query at a time, and two parts of LSH's work alone: `retrieve`
    (hashing the query and counting its bucket collisions) and `fetch` (numpy reading the
    retrieved rows of the index's packed copy: random reads, the memory floor of the scoring
-   pass). EXACT's BLAS uses both cores, and so does LSH from 16384 retrieved rows up (its scoring
-   pass split in two halves, indexes/lsh.py SPLIT_ROWS; the rest is one thread). `f16 Δo`: how far
-   the packed copy's float16 values move o from reading float32 values (same retrieved set).
+   pass). EXACT's BLAS uses both cores, and so does LSH from 262,144 keys up (the slots cut in two
+   ranges, each walked and scored by its own thread, indexes/lsh.py SPLIT_KEYS). `f16 Δo`: how far
+   the packed copy's float16 keys and values move o from reading float32 arrays (same retrieved set).
 
 Data (chosen to be hard for plain SimHash): keys in a narrow cone (mean pairwise cosine ~0.8)
 made of 256 clusters; values = a random vector per cluster + noise, so o(q) depends on which
@@ -196,11 +196,11 @@ def main(config=BenchConfig()):
               f"{r['fetch'] * 1e3:7.2f}ms {r['exact_1'] / r['lsh']:11.2f} {r['exact_16'] / r['lsh']:12.2f} "
               f"{r['f16_error']:8.1e}")
     print("(TOPK: exact top-k by a full scan, k = LSH's touched count. LSH per query: retrieve (hash q, mark\n"
-          " its bucket collisions in two bitsets; one thread) then score the retrieved rows of the packed copy\n"
-          " (float32 key, float16 values, 64-byte aligned) as they are read, in two halves on two threads from\n"
-          " 16384 rows up; fetch = numpy reading those rows alone on one thread, the random-read floor of\n"
-          " one thread. EXACT's BLAS uses 2 threads. f16 Δo: max relative change of o from float16 values,\n"
-          " against the same read of float32 values)")
+          " its bucket collisions in two bitsets) then score the retrieved rows of the packed copy (float16\n"
+          " key and values, 256 B rows in 2 MB pages) as they are read; from 262,144 keys two threads, each\n"
+          " on half the slots; retrieve alone = one thread over all slots; fetch = numpy reading the rows alone\n"
+          " on one thread, the random-read floor of one thread. EXACT's BLAS uses 2 threads. f16 Δo: max\n"
+          " relative change of o from the float16 keys and values, against the same read of float32 arrays)")
 
     os.makedirs("bench/out", exist_ok=True)
     plot(config, accuracy_rows, latency_rows, "bench/out/mosaic.png")

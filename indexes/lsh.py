@@ -19,7 +19,9 @@ packed for that read (`PackedRows`).
 
 import functools
 import math
+import mmap
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numba
@@ -100,52 +102,77 @@ def choose_tables(bits, budget, cosines, max_tables=4096):
     return low
 
 
+HUGE_PAGE = 2 << 20
+
+
 def _aligned(rows, width):
-    """Zeroed float32 (rows, width) whose rows start on 64-byte cache lines (width: multiple of 16)."""
-    raw = np.zeros(rows * width + 16, np.float32)
-    skip = (-raw.ctypes.data % 64) // 4  # numpy's large buffers start 16 bytes past a line
-    return raw[skip:skip + rows * width].reshape(rows, width)
+    """Zeroed float32 (rows, width) on 2 MB boundaries, in transparent huge pages where the kernel
+    offers them (madvise). A read touches ~5% of the rows at random: with 4 KB pages nearly every
+    row is a TLB miss; 2 MB pages cut a 50k-row gather at n = 10^6 from ~4.3 to ~3.7 ms (issue #6).
+    Rows start on 64-byte cache lines (width: multiple of 16)."""
+    nbytes = rows * width * 4
+    memory = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    skip = -np.frombuffer(memory, np.uint8, count=1).ctypes.data % HUGE_PAGE
+    return np.frombuffer(memory, np.float32, count=rows * width, offset=skip).reshape(rows, width)
 
 
 class PackedRows:
-    """The rows an LSH read touches, one 64-byte-aligned row per key: float32 key, then the values
-    in float16, two to a float32 word (`half`), or float32 where some value is out of float16's
-    range. 384 B a pair at dk = dv = 64 instead of 512 B in two arrays at 16 bytes past a line
-    (10 lines): measured 7.1 -> 5.4 ms of scoring at n = 10^6, 50.7k rows (issue #6). q·k stays in
-    float32 (large β); values in float16 move o by ~2e-5 relative there (bench/mosaic.py)."""
+    """The rows an LSH read touches, one 64-byte-aligned row per key: the key, then the values,
+    both in float16, two to a float32 word (`half`), or both in float32 once some key or value is
+    out of float16's range (rows already stored keep their float16 rounding). 256 B a pair at
+    dk = dv = 64: a random read of 25k rows at n = 10^6 takes 0.85 ms against 2.0 ms for 384 B
+    rows (float32 keys) and more for two separate arrays (issue #6). float16 keys move β q·k by
+    ~5e-6·β|q||k| (rounding 2^-12 per component, averaged over d); bench/mosaic.py reports
+    how far o moves against reading float32 arrays."""
 
     def __init__(self, key_dim, value_dim):
         self.key_dim, self.value_dim, self.half = key_dim, value_dim, True
         self.rows = _aligned(0, self._width())
 
+    def _words(self, dim):
+        return (dim + 1) // 2 if self.half else dim
+
+    @property
+    def value_start(self):
+        """The float32 word of a row where its values begin."""
+        return self._words(self.key_dim)
+
     def _width(self):
-        words = (self.value_dim + 1) // 2 if self.half else self.value_dim
-        return -(-(self.key_dim + words) // 16) * 16
+        return -(-(self._words(self.key_dim) + self._words(self.value_dim)) // 16) * 16
 
     def _pack(self, keys, values):
         rows = _aligned(len(keys), self._width())
-        rows[:, :self.key_dim] = keys
-        if self.half:
-            halves = np.zeros((len(values), 2 * ((self.value_dim + 1) // 2)), np.float16)
-            halves[:, :self.value_dim] = values
-            rows[:, self.key_dim:self.key_dim + halves.shape[1] // 2] = halves.view(np.float32)
-        else:
-            rows[:, self.key_dim:self.key_dim + self.value_dim] = values
+        for start, part in ((0, keys), (self.value_start, values)):
+            words = self._words(part.shape[1])
+            if self.half:
+                halves = np.zeros((len(part), 2 * words), np.float16)
+                halves[:, :part.shape[1]] = part
+                part = halves.view(np.float32)
+            rows[:, start:start + words] = part
         return rows
+
+    def _unpack(self, start, dim):
+        words = self.rows[:, start:start + self._words(dim)]
+        return np.ascontiguousarray(words).view(np.float16)[:, :dim].astype(np.float32) if self.half \
+            else np.array(words)
+
+    def keys(self):
+        """(n, dk) float32 keys as stored."""
+        return self._unpack(0, self.key_dim)
 
     def values(self):
         """(n, dv) float32 values as stored."""
-        words = self.rows[:, self.key_dim:self.key_dim + ((self.value_dim + 1) // 2 if self.half else self.value_dim)]
-        return np.ascontiguousarray(words).view(np.float16)[:, :self.value_dim].astype(np.float32) if self.half \
-            else np.array(words)
+        return self._unpack(self.value_start, self.value_dim)
 
     def add(self, keys, values):
-        values = np.asarray(values, np.float32)
-        if self.half and len(values) and not np.abs(values).max() <= 65000:  # float16 max 65504
-            old = self.values()
+        keys, values = np.asarray(keys, np.float32), np.asarray(values, np.float32)
+        if self.half and len(keys) and not max(np.abs(keys).max(), np.abs(values).max()) <= 65000:  # float16 max 65504
+            stored = self.keys(), self.values()
             self.half = False
-            self.rows = self._pack(self.rows[:, :self.key_dim], old)
-        fresh = self._pack(np.asarray(keys, np.float32), values)
+            self.rows = self._pack(*stored)
+        fresh = self._pack(keys, values)
         rows = _aligned(len(self.rows) + len(fresh), self.rows.shape[1])
         rows[:len(self.rows)], rows[len(self.rows):] = self.rows, fresh
         self.rows = rows
@@ -164,7 +191,7 @@ class SimHashIndex:
     the first add (or given), so codes never change under later commits. Not safe to mutate
     while another thread reads: the store should build a new index and swap, or lock.
     Memory: ~6·L bytes per key (uint16 codes + int32 bucket order), ~1.7 GB at n = 10^6, L = 283,
-    plus the packed rows when added with values (4·dk + 2·dv bytes per key, rounded to 64).
+    plus the packed rows when added with values (2·dk + 2·dv bytes per key, rounded to 64).
     """
 
     def __init__(self, config: SimHashConfig, dim: int, centre=None):
@@ -178,6 +205,7 @@ class SimHashIndex:
         self.norms = np.empty(0, np.float32)  # ||k_i − c||, to get hashed cosines from q·k_i
         self.codes = np.empty((config.tables, 0), np.uint16)  # (L, n) bucket of each key
         self._buckets = None  # (order (L, n), offsets (L, 2^K + 1)), built on demand
+        self._spare = []  # `_collide` scratch sets not in use (`_scratch`)
         self.packed = None  # PackedRows in step with ids, once add is given values
 
     def __len__(self):
@@ -244,9 +272,23 @@ class SimHashIndex:
         Reads only the L buckets of q, never the other keys (`_collide`)."""
         order, starts = self.buckets()
         codes = self._hash(np.asarray(q, np.float32)[None])  # (L, 1)
-        once, twice = _bitsets(len(self.ids))
-        slots = _collide(codes[:, 0], order, starts, once, twice, np.empty(len(self.ids), np.int32))
-        return np.take(self.ids, slots), np.take(self.norms, slots)
+        with self._scratch() as (once, twice, buffer):
+            slots = _collide(codes[:, 0], order, starts, once, twice, buffer, 0, len(self.ids))
+            return np.take(self.ids, slots), np.take(self.norms, slots)
+
+    @contextmanager
+    def _scratch(self):
+        """Bitsets and a slot buffer for `_collide`, one set per concurrent read, kept for the
+        next: fresh ones page-fault on every read (~110 pages at n = 10^6)."""
+        n = len(self.ids)
+        try:
+            scratch = self._spare.pop()
+        except IndexError:
+            scratch = None
+        if scratch is None or len(scratch[2]) != n:
+            scratch = (*_bitsets(n), np.empty(n, np.int32))
+        yield scratch
+        self._spare.append(scratch)  # only after a read that finished: its bitsets are zero again
 
     def regress(self, queries, keys, values, beta, alive=None):
         """The MagicPIG estimate for each query: over the packed rows (`_regress_packed`) when the
@@ -273,26 +315,30 @@ class SimHashIndex:
         return np.zeros(self.planes.shape[0]) if self.centre is None else self.centre.astype(np.float64)
 
     def _regress_packed(self, queries, beta, mask):
-        """`regress` over `self.packed`, query by query: `_collide`, then `_weigh_packed` over the
-        retrieved slots, split in two halves scored by this thread and `_SCORER` at once when
-        there are at least `SPLIT_ROWS` (random reads wait on memory latency: two cores keep twice
-        the reads in flight), merged exactly through their max-shifted sums."""
+        """`regress` over `self.packed`, query by query. From `SPLIT_KEYS` keys up the slots are
+        cut in two ranges at a multiple of 512 and each range is sampled whole (`_sample_packed`:
+        its share of the bucket walk, then the scoring of its retrieved rows) by this thread and
+        `_scorer` at once: random reads wait on memory latency, two cores keep twice the reads in
+        flight, and the ranges share nothing (own bitset words, own part of the slot buffer), so
+        one hand-off per query covers both phases. The halves merge exactly through their
+        max-shifted sums."""
         order, starts = self.buckets()
         codes = self._hash(queries)  # (L, m)
-        once, twice = _bitsets(len(self.ids))
-        buffer = np.empty(len(self.ids), np.int32)
+        n = len(self.ids)
         log_u, centre = log_inclusion_table(self.config.bits, self.config.tables), self._centre()
         rows, dv = self.packed.rows, self.packed.value_dim
+        middle = (n // 2) & ~511 if n >= SPLIT_KEYS else 0
+        ranges = ((0, middle), (middle, n)) if middle else ((0, n),)
         out = np.empty((len(queries), dv), np.float32)
         lse = np.empty(len(queries), np.float32)
         retrieved = np.zeros(len(queries), np.int64)
         for m, q in enumerate(queries):
-            slots = _collide(codes[:, m], order, starts, once, twice, buffer)
-            args = (self.ids, self.norms, rows, q.shape[0], dv, self.packed.half, beta, float(q @ centre),
-                    float(np.linalg.norm(q.astype(np.float64))), self.config.bits, self.config.tables, log_u, mask)
-            halves = (slots[:len(slots) // 2], slots[len(slots) // 2:]) if len(slots) >= SPLIT_ROWS else (slots,)
-            other = [_scorer().submit(_weigh_packed, q, part, *args) for part in halves[1:]]
-            parts = [_weigh_packed(q, halves[0], *args)] + [f.result() for f in other]
+            with self._scratch() as (once, twice, buffer):
+                args = (q, codes[:, m], order, starts, once, twice, buffer, self.ids, self.norms, rows, q.shape[0],
+                        dv, self.packed.half, beta, float(q @ centre), float(np.linalg.norm(q.astype(np.float64))),
+                        self.config.bits, self.config.tables, log_u, mask)
+                other = [_scorer().submit(_sample_packed, lo, hi, *args) for lo, hi in ranges[1:]]
+                parts = [_sample_packed(*ranges[0], *args)] + [f.result() for f in other]
             top = max(p[1] for p in parts)
             scales = [math.exp(p[1] - top) if p[2] > 0 else 0.0 for p in parts]
             total = sum(p[2] * scale for p, scale in zip(parts, scales))
@@ -305,15 +351,16 @@ class SimHashIndex:
         return out, lse, retrieved
 
 
-# A read of at least this many rows is scored by two threads; below, a hand-off (~50 µs) costs
-# more than it saves. Measured at n = 10^6, 50.7k rows: 7.0 -> 4.0-4.2 ms with both cores free.
-SPLIT_ROWS = 16384
+# A store of at least this many keys is read by two threads; below, the hand-off costs more than
+# it saves. Measured (issue #6, 5% budget): n = 10^5 one thread 0.65-0.88 ms a query, two
+# 0.81-1.13 ms; n = 10^6 one 5.4-6.2 ms, two 3.7-4.2 ms.
+SPLIT_KEYS = 262144
 
 
 @functools.lru_cache(maxsize=1)
 def _scorer():
     """The second thread of `SimHashIndex._regress_packed` (one per process: with two cores, more
-    would only queue); `_weigh_packed` releases the GIL."""
+    would only queue); `_sample_packed` releases the GIL."""
     return ThreadPoolExecutor(1, thread_name_prefix="lsh-score")
 
 
@@ -324,22 +371,26 @@ def _bitsets(n):
 
 
 @numba.njit(cache=True, nogil=True)
-def _collide(code, order, starts, once, twice, slots):
-    """Slots sharing a bucket with `code` (L,) in >= 2 tables, ascending: writes them to the start
-    of `slots` (n,) and returns that prefix. once, twice: `_bitsets`, zero on entry and on exit.
+def _collide(code, order, starts, once, twice, slots, lo, hi):
+    """Slots in [lo, hi) sharing a bucket with `code` (L,) in >= 2 tables, ascending: writes them
+    to slots[lo:] and returns them. once, twice: `_bitsets`, zero on entry and on exit in the words
+    of [lo, hi); lo is a multiple of 64, so callers with disjoint ranges share the bitsets. A
+    bucket's slots are ascending (a stable sort), so binary search finds the range in each.
 
     Two bitsets (125 KB each at n = 10^6, in L2) rather than a byte counter per slot (1 MB): the
     list comes from scanning the seen-twice words, skipping zero ones, and only those words are
     cleared (2.7 -> 1.9 ms a query at n = 10^6, 328k collisions, issue #6). Ascending slots make
     the row reads that follow move forward through memory."""
     for t in range(code.shape[0]):
-        for j in range(starts[t, code[t]], starts[t, code[t] + 1]):
+        first, end = starts[t, code[t]], starts[t, code[t] + 1]
+        bucket = order[first:end]
+        for j in range(first + np.searchsorted(bucket, lo), first + np.searchsorted(bucket, hi)):
             s = order[j]
             bit = np.uint64(1) << np.uint64(s & 63)
             twice[s >> 6] |= once[s >> 6] & bit
             once[s >> 6] |= bit
-    count = 0
-    for w in range(twice.shape[0]):
+    count = lo
+    for w in range(lo >> 6, (hi + 63) >> 6):
         bits = twice[w]
         if bits:
             twice[w] = 0
@@ -347,18 +398,23 @@ def _collide(code, order, starts, once, twice, slots):
                 slots[count] = (w << 6) + trailing_zeros(bits)
                 count += 1
                 bits &= bits - np.uint64(1)
-    once[:] = 0
-    return slots[:count]
+    once[lo >> 6:(hi + 63) >> 6] = 0
+    return slots[lo:count]
 
 
 @intrinsic
-def _prefetch(typingctx, rows, row, col):
-    """Ask the CPU for the cache line of rows[row, col] now (llvm.prefetch: read, keep cached)."""
+def _prefetch(typingctx, array, index):
+    """Ask the CPU for the cache line of array[index] now (llvm.prefetch: read, keep cached);
+    index: an integer or a tuple of them."""
 
     def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
+        array_type, index_type = signature.args
         array = context.make_array(array_type)(context, builder, args[0])
-        index = [context.cast(builder, a, t, types.intp) for a, t in zip(args[1:], signature.args[1:])]
+        if isinstance(index_type, types.BaseTuple):
+            index = [context.cast(builder, a, t, types.intp)
+                     for a, t in zip(cgutils.unpack_tuple(builder, args[1]), index_type.types)]
+        else:
+            index = [context.cast(builder, args[1], index_type, types.intp)]
         pointer = cgutils.get_item_pointer(context, builder, array_type, array, index)
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
@@ -366,21 +422,25 @@ def _prefetch(typingctx, rows, row, col):
         builder.call(fn, [builder.bitcast(pointer, i8p), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
 
-    return types.void(rows, row, col), codegen
+    return types.void(array, index), codegen
 
 
 @intrinsic
-def _halves(typingctx, word):
-    """The two float16 packed in a float32 word (low half first) -> (float32, float32); F16C."""
+def _half(typingctx, rows, row, j):
+    """The j-th float16 of rows[row] (float32 words holding float16 pairs, low half first) as a
+    float32. One float16 per call keeps a row's loop contiguous, so LLVM vectorises it into
+    8-wide F16C conversions: scoring 2.9x faster than unpacking a word's two halves together."""
 
     def codegen(context, builder, signature, args):
-        bits = builder.bitcast(args[0], ir.IntType(32))
-        low = builder.trunc(bits, ir.IntType(16))
-        high = builder.trunc(builder.lshr(bits, ir.Constant(ir.IntType(32), 16)), ir.IntType(16))
-        widen = lambda h: builder.fpext(builder.bitcast(h, ir.HalfType()), ir.FloatType())
-        return cgutils.make_anonymous_struct(builder, [widen(low), widen(high)])
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        start = [context.cast(builder, args[1], signature.args[1], types.intp), context.get_constant(types.intp, 0)]
+        halves = builder.bitcast(cgutils.get_item_pointer(context, builder, array_type, array, start),
+                                 ir.IntType(16).as_pointer())
+        bits = builder.load(builder.gep(halves, [context.cast(builder, args[2], signature.args[2], types.intp)]))
+        return builder.fpext(builder.bitcast(bits, ir.HalfType()), ir.FloatType())
 
-    return types.UniTuple(types.float32, 2)(types.float32), codegen
+    return types.float32(rows, row, j), codegen
 
 
 @numba.njit(cache=True, nogil=True, inline="always")  # as a call: ~25% of the scoring pass
@@ -412,9 +472,10 @@ def _weigh(q, slots, rows, norms, keys, values, beta, shift, q_norm, bits, table
         if i + _AHEAD < slots.shape[0]:  # random rows: prefetch, or wait for each in turn
             ahead = rows[i + _AHEAD]
             for j in range(0, keys.shape[1], 64 // keys.itemsize):  # each 64-byte line of the row
-                _prefetch(keys, ahead, j)
+                _prefetch(keys, (ahead, j))
             for j in range(0, values.shape[1], 64 // values.itemsize):
-                _prefetch(values, ahead, j)
+                _prefetch(values, (ahead, j))
+            _prefetch(norms, slots[i + _AHEAD])
         row = rows[i]
         if alive.shape[0] and not alive[row]:
             continue
@@ -439,21 +500,28 @@ def _weigh(q, slots, rows, norms, keys, values, beta, shift, q_norm, bits, table
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _weigh_packed(q, slots, ids, norms, rows, dk, dv, half, beta, shift, q_norm, bits, tables, log_u, alive):
-    """`_weigh` over a `PackedRows` copy: row slots[i] holds the key (dk float32) then dv values
-    (float16 pairs in float32 words when `half`); ids (n,): every slot's id, for `alive`. float32 sums."""
+    """`_weigh` over a `PackedRows` copy: row slots[i] holds the key (dk values) then the dv values,
+    float16 pairs in float32 words when `half`, else float32; ids (n,): every slot's id, for
+    `alive`. float32 sums."""
     top, total, kept = -np.inf, 0.0, 0
-    acc = np.zeros(dv + (dv & 1), np.float32)
+    key_words = np.uint64((dk + 1) // 2 if half else dk)
+    acc = np.zeros(dv, np.float32)
     for i in range(slots.shape[0]):
         if i + _AHEAD < slots.shape[0]:
             for j in range(0, rows.shape[1], 16):  # each 64-byte line of the row
-                _prefetch(rows, slots[i + _AHEAD], j)
+                _prefetch(rows, (slots[i + _AHEAD], j))
+            _prefetch(norms, slots[i + _AHEAD])
         row = np.uint64(slots[i])  # unsigned indexes skip numba's negative-index wraparound, which kept
         if alive.shape[0] and not alive[ids[row]]:  # the row loops from vectorising (scoring 1.8x slower)
             continue
         kept += 1
         dot = np.float32(0)
-        for j in range(dk):
-            dot += q[j] * rows[row, j]
+        if half:
+            for j in range(dk):
+                dot += q[j] * _half(rows, row, j)
+        else:
+            for j in range(key_words):
+                dot += q[j] * rows[row, j]
         cosine = (dot - shift) / (q_norm * max(norms[row], 1e-12))  # the hashed cosine
         score = beta * np.float64(dot)
         if score > top:
@@ -465,14 +533,21 @@ def _weigh_packed(q, slots, ids, norms, rows, dk, dv, half, beta, shift, q_norm,
         total += weight
         w = np.float32(weight)
         if half:
-            for j in range(acc.shape[0] // 2):
-                low, high = _halves(rows[row, np.uint64(dk + j)])
-                acc[2 * j] += w * low
-                acc[2 * j + 1] += w * high
+            for j in range(dv):
+                acc[j] += w * _half(rows, row, 2 * key_words + j)
         else:
             for j in range(dv):
-                acc[j] += w * rows[row, np.uint64(dk + j)]
-    return acc[:dv], top, total, kept
+                acc[j] += w * rows[row, key_words + j]
+    return acc, top, total, kept
+
+
+@numba.njit(cache=True, nogil=True)
+def _sample_packed(lo, hi, q, code, order, starts, once, twice, buffer, ids, norms, rows, dk, dv, half, beta, shift,
+                   q_norm, bits, tables, log_u, alive):
+    """`_collide` over slots [lo, hi), then `_weigh_packed` over what it retrieved: one range's
+    whole read, GIL released."""
+    slots = _collide(code, order, starts, once, twice, buffer, lo, hi)
+    return _weigh_packed(q, slots, ids, norms, rows, dk, dv, half, beta, shift, q_norm, bits, tables, log_u, alive)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -488,7 +563,7 @@ def _read(queries, codes, order, starts, ids, norms, centre, keys, values, beta,
         q = queries[m].astype(keys.dtype)
         shift = (q.astype(np.float64) * centre).sum()  # hashed cosine = (q·k − q·c) / (|q| |k − c|)
         q_norm = math.sqrt((q.astype(np.float64) ** 2).sum())
-        slots = _collide(codes[:, m], order, starts, once, twice, buffer)
+        slots = _collide(codes[:, m], order, starts, once, twice, buffer, 0, ids.shape[0])
         # ids gathered first: read inside the loop they delay each prefetch by a dependent load
         acc, top, total, retrieved[m] = _weigh(q, slots, ids[slots], norms, keys, values, beta, shift, q_norm,
                                                bits, tables, log_u, alive)

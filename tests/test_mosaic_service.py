@@ -36,6 +36,12 @@ def exact(keys, values, beta=2.0):
     return kernel_regression(QUERIES, unit(keys), values, beta)
 
 
+def exact_as_packed(keys, values):
+    """EXACT over the float16 rounding of unit keys and values: what the LSH index's packed rows hold."""
+    f16 = lambda x: np.asarray(x, np.float16).astype(np.float32)
+    return kernel_regression(QUERIES, f16(unit(keys)), f16(values), 2.0)
+
+
 @pytest.fixture
 def kb(tmp_path):
     with KnowledgeBase(StoreConfig(data_dir=tmp_path / "kb", create=True)) as store:
@@ -142,15 +148,15 @@ def test_lsh_through_the_service_follows_adds_and_removes_and_reads_old_versions
     first = remote.add("lsh", 0, 0, K[:20], V[:20]).version
     r = remote.query("lsh", 0, 0, QUERIES, beta=2.0, mode="lsh", lsh=FULL_RECALL)
     assert r.index_lag == 20 and r.lsh_tables == 400 and r.touched is not None
-    np.testing.assert_allclose(r.outputs, exact(K[:20], V[:20])[0], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(r.outputs, exact_as_packed(K[:20], V[:20])[0], rtol=1e-4, atol=1e-5)
     remote.add("lsh", 0, 0, K[20:], V[20:])
     removed = remote.remove("lsh", 0, 0, list(range(5))).version
     head = remote.query("lsh", 0, 0, QUERIES, beta=2.0, mode="lsh", lsh=FULL_RECALL)
     assert head.index_lag == 20 and head.n == 35  # the index caught up with the add; the removal is a mask
-    np.testing.assert_allclose(head.outputs, exact(K[5:], V[5:])[0], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(head.outputs, exact_as_packed(K[5:], V[5:])[0], rtol=1e-4, atol=1e-5)
     old = remote.query("lsh", 0, 0, QUERIES, beta=2.0, mode="lsh", lsh=FULL_RECALL, version=first)
     assert old.index_lag == 0 and old.n == 20 and old.version == first
-    np.testing.assert_allclose(old.outputs, exact(K[:20], V[:20])[0], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(old.outputs, exact_as_packed(K[:20], V[:20])[0], rtol=1e-4, atol=1e-5)
     sparse = remote.query("lsh", 0, 0, QUERIES, beta=2.0, mode="lsh", lsh=LshParams(bits=8, budget=0.2), version=removed)
     assert 2 <= sparse.lsh_tables and (sparse.touched <= 1).all() and sparse.n == 35
 
