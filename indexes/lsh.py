@@ -316,18 +316,19 @@ class SimHashIndex:
 
     def _regress_packed(self, queries, beta, mask):
         """`regress` over `self.packed`, query by query. From `SPLIT_KEYS` keys up the slots are
-        cut in two ranges at a multiple of 512 and each range is sampled whole (`_sample_packed`:
+        cut in two ranges at a multiple of 64 (whole bitset words) and each range is sampled whole (`_sample_packed`:
         its share of the bucket walk, then the scoring of its retrieved rows) by this thread and
         `_scorer` at once: random reads wait on memory latency, two cores keep twice the reads in
         flight, and the ranges share nothing (own bitset words, own part of the slot buffer), so
         one hand-off per query covers both phases. The halves merge exactly through their
-        max-shifted sums."""
+        max-shifted sums. (Finer ranges taken in turn by both threads were slower: 8 ranges 4.6 ms
+        against 3.6 ms a query at n = 10^6.)"""
         order, starts = self.buckets()
         codes = self._hash(queries)  # (L, m)
         n = len(self.ids)
         log_u, centre = log_inclusion_table(self.config.bits, self.config.tables), self._centre()
         rows, dv = self.packed.rows, self.packed.value_dim
-        middle = (n // 2) & ~511 if n >= SPLIT_KEYS else 0
+        middle = (n // 2) & ~63 if n >= SPLIT_KEYS else 0
         ranges = ((0, middle), (middle, n)) if middle else ((0, n),)
         out = np.empty((len(queries), dv), np.float32)
         lse = np.empty(len(queries), np.float32)

@@ -269,7 +269,7 @@ def test_lsh_packed_rows_keep_the_estimate_and_follow_commits(pairs, monkeypatch
         np.testing.assert_allclose(o, o_ref, rtol=1e-5, atol=1e-5 * np.abs(o_ref).max())
         lse_float32 = lsh_regression(queries, keys, values * scale, 5.0, plain, alive=alive)[1]
         assert np.abs(lse - lse_float32).max() <= 5.0 * 2.0**-11  # unit keys and queries
-        monkeypatch.setattr(lsh, "SPLIT_KEYS", 2)  # every read in two ranges
+        monkeypatch.setattr(lsh, "SPLIT_KEYS", 2)  # every read in two ranges (333 keys: 128 + 205)
         o_split, lse_split, _, touched_split = lsh_regression(queries, keys, values, 5.0, packed)
         monkeypatch.undo()
         assert (touched_split == touched).all()
