@@ -106,11 +106,16 @@ HUGE_PAGE = 2 << 20
 
 
 def _aligned(rows, width):
-    """Zeroed float32 (rows, width) on 2 MB boundaries, in transparent huge pages where the kernel
-    offers them (madvise). A read touches ~5% of the rows at random: with 4 KB pages nearly every
-    row is a TLB miss; 2 MB pages cut a 50k-row gather at n = 10^6 from ~4.3 to ~3.7 ms (issue #6).
-    Rows start on 64-byte cache lines (width: multiple of 16)."""
+    """Zeroed float32 (rows, width) whose rows start on 64-byte cache lines (width: multiple of 16).
+    From 2 MB up: on 2 MB boundaries, in transparent huge pages where the kernel offers them
+    (madvise). A read touches ~5% of the rows at random: with 4 KB pages nearly every row is a
+    TLB miss; 2 MB pages cut a 50k-row gather at n = 10^6 from ~4.3 to ~3.7 ms (issue #6). Small
+    arrays stay in ordinary pages, so that many small stores do not take 2 MB each."""
     nbytes = rows * width * 4
+    if nbytes < HUGE_PAGE:
+        raw = np.zeros(rows * width + 16, np.float32)
+        skip = (-raw.ctypes.data % 64) // 4  # numpy's large buffers start 16 bytes past a line
+        return raw[skip:skip + rows * width].reshape(rows, width)
     memory = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
         memory.madvise(mmap.MADV_HUGEPAGE)
