@@ -239,6 +239,32 @@ def test_lsh_add_and_remove_equal_a_fresh_build(pairs):
         np.testing.assert_array_equal(a[3], other[3])
 
 
+def test_lsh_packed_rows_in_huge_pages_read_like_the_arrays(monkeypatch):
+    """A store past 2 MB of packed rows lives in a 2 MB-aligned mapping (huge pages where the
+    kernel offers them); reads over it, split over two threads, match reading the float16-rounded
+    arrays, and adds past it copy every row over."""
+    rng = np.random.default_rng(3)
+    keys, values = cone(rng, 12_000, d=64).astype(np.float32), rng.standard_normal((12_000, 64)).astype(np.float32)
+    queries = cone(rng, 5, d=64).astype(np.float32)
+    f16 = lambda x: x.astype(np.float16).astype(np.float32)
+    index = SimHashIndex(SimHashConfig(bits=6, tables=20, seed=1), 64)
+    index.add(np.arange(10_000), keys[:10_000], values[:10_000])
+    index.add(np.arange(10_000, 12_000), keys[10_000:], values[10_000:])
+    rows = index.packed.rows
+    assert rows.nbytes >= lsh.HUGE_PAGE and rows.ctypes.data % lsh.HUGE_PAGE == 0 and rows.flags.writeable
+    np.testing.assert_array_equal(index.packed.keys(), f16(keys))
+    np.testing.assert_array_equal(index.packed.values(), f16(values))
+    plain = SimHashIndex(SimHashConfig(bits=6, tables=20, seed=1), 64, centre=index.centre)
+    plain.add(np.arange(12_000), keys)
+    o_ref, lse_ref, _, touched_ref = lsh_regression(queries, f16(keys), f16(values), 8.0, plain)
+    for split in (lsh.SPLIT_KEYS, 2):  # one thread (12k keys), then two ranges
+        monkeypatch.setattr(lsh, "SPLIT_KEYS", split)
+        o, lse, _, touched = lsh_regression(queries, keys, values, 8.0, index)
+        assert (touched == touched_ref).all() and touched.min() > 0
+        np.testing.assert_allclose(lse, lse_ref, rtol=1e-6)
+        np.testing.assert_allclose(o, o_ref, rtol=1e-5, atol=1e-5 * np.abs(o_ref).max())
+
+
 def test_lsh_packed_rows_keep_the_estimate_and_follow_commits(pairs, monkeypatch):
     """Given values, the index reads its own packed copy (keys and values in float16) instead of
     the caller's arrays: same retrieved set and, against reading float16-rounded arrays, the same
