@@ -13,6 +13,9 @@ tokens (ids drawn Zipfian, as in text, duplicates included) each backend returns
   fp16 bytes; de-duplicated client-side like the service does), bytes joined into one array,
   then rows[inverse]. A private redis-server on loopback, no persistence.
 - numpy: np.take on the bank in this process: the physical limit, no service at all.
+- gRPC floor: a message down an open stream to a do-nothing Python gRPC server (its own
+  process, like memsvc's) answering 64 bytes, about what a reply carries when its rows went to
+  the shared buffer: what any Python gRPC lookup costs before it touches a row.
 
 Calls are sequential (one request in flight, as at a decode step); rows/s counts request
 positions, one row = all layers of one token. Targets (issue 2): gRPC throughput ≥ 2× Redis for
@@ -23,19 +26,23 @@ Run: .venv/bin/python bench/lookup.py            (32k vocab x 4 layers x 2048 fp
 import argparse
 import json
 import logging
+import multiprocessing
+import queue
 import sys
 import tempfile
 import time
+from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from bench.redis_server import redis_server  # noqa: E402
+from bench.redis_server import free_port, redis_server  # noqa: E402
 from clients.client import MemoryClient  # noqa: E402
 from memsvc.spawn import spawn_server, stop_server  # noqa: E402
 from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
@@ -89,6 +96,37 @@ def memsvc_server(rows, workdir):
         yield address
     finally:
         stop_server(proc)
+
+
+def _echo_serve(port):
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    answer = grpc.stream_stream_rpc_method_handler(lambda requests, context: (b"x" * 64 for _ in requests))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Stream": answer})])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+@contextmanager
+def grpc_floor():
+    """A gather-shaped callable timing one message on an open stream to a do-nothing gRPC server."""
+    port = free_port()
+    proc = multiprocessing.get_context("spawn").Process(target=_echo_serve, args=(port,), daemon=True)
+    proc.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=30)
+    outbox = queue.SimpleQueue()
+    replies = channel.stream_stream("/bench.Echo/Stream")(iter(outbox.get, None))
+
+    def call(ids):
+        outbox.put(b"ids")
+        return next(replies)
+    try:
+        yield call
+    finally:
+        outbox.put(None)
+        channel.close()
+        proc.terminate()
 
 
 def load_redis(r, rows, chunk=1024):
@@ -147,16 +185,17 @@ def main(config: BenchConfig):
     with tempfile.TemporaryDirectory(prefix="bench-lookup-") as workdir, \
             memsvc_server(rows, workdir) as address, MemoryClient(address) as client, redis_server() as r, \
             MemoryClient(address, stream_lookups=False) as unary, \
-            MemoryClient(address, stream_lookups=False, shared_memory=False) as inline:
+            MemoryClient(address, stream_lookups=False, shared_memory=False) as inline, grpc_floor() as floor:
         load_redis(r, rows)
         backends = {"grpc": grpc_gather(client), "grpc_unary": grpc_gather(unary), "grpc_inline": grpc_gather(inline),
                     "redis": redis_gather(r, config.layers, config.dim, dedupe=False),
-                    "redis_dedup": redis_gather(r, config.layers, config.dim, dedupe=True), "numpy": numpy_gather(rows)}
+                    "redis_dedup": redis_gather(r, config.layers, config.dim, dedupe=True), "numpy": numpy_gather(rows),
+                    "floor": floor}
         for size in tqdm(config.batches, desc="batches", leave=False):
             batches = zipf_batches(config, size)
             expected = np.take(rows, batches[0], axis=0)
             for name, gather in backends.items():
-                if not np.array_equal(gather(batches[0]), expected):
+                if name != "floor" and not np.array_equal(gather(batches[0]), expected):
                     raise AssertionError(f"{name} returned different rows for a batch of {size}")
             results[size] = measure(backends, batches, config)
             results[size]["unique"] = np.mean([len(np.unique(b)) / size for b in batches])
@@ -165,9 +204,9 @@ def main(config: BenchConfig):
 
 def report(results, config, mb):
     """The table (rows/s and p50 per backend, gRPC over Redis ratios) and the JSON headline."""
-    names = ("grpc", "grpc_unary", "grpc_inline", "redis", "redis_dedup", "numpy")
+    names = ("grpc", "grpc_unary", "grpc_inline", "redis", "redis_dedup", "numpy", "floor")
     print(f"\n{'':12}|" + "|".join(f"{n:^22}" for n in ("gRPC", "gRPC unary", "gRPC unary inline", "Redis MGET",
-                                                        "Redis MGET dedup", "numpy")) +
+                                                        "Redis MGET dedup", "numpy", "gRPC floor")) +
           f"| {'gRPC/Redis':^15} | {'gRPC/Redis dedup':^15}")
     print(f"{'batch':>6} {'uniq':>5}|" + "|".join(f"{'rows/s':>11} {'p50':>10}" for _ in names) +
           f"| {'thr':>7} {'lat':>7} | {'thr':>7} {'lat':>7}")
@@ -179,7 +218,7 @@ def report(results, config, mb):
     big = config.batches[-1]
     print("\nthr = throughput ratio (higher is better for gRPC), lat = p50 latency ratio (lower is better).")
     print(f"At {big} tokens, MB/s of request-order rows: " +
-          ", ".join(f"{n} {results[big][n][0] * mb:,.0f}" for n in names))
+          ", ".join(f"{n} {results[big][n][0] * mb:,.0f}" for n in names if n != "floor"))
     headline = {}
     for baseline, suffix in (("redis", ""), ("redis_dedup", "_dedup")):
         for i, what in ((0, "throughput"), (1, "latency")):
@@ -189,6 +228,8 @@ def report(results, config, mb):
     for variant in ("grpc_unary", "grpc_inline"):
         headline |= {f"{variant}_over_redis_{what}_b{s}": round(results[s][variant][i] / results[s]["redis"][i], 3)
                      for s in (1, 64) if s in config.batches for i, what in ((0, "throughput"), (1, "latency"))}
+    headline |= {f"floor_over_redis_latency_b{s}": round(results[s]["floor"][1] / results[s]["redis"][1], 3)
+                 for s in (1, 64) if s in config.batches}
     headline[f"grpc_over_numpy_throughput_b{big}"] = round(results[big]["grpc"][0] / results[big]["numpy"][0], 4)
     print(json.dumps(headline))
 
