@@ -5,8 +5,10 @@ tokens (ids drawn Zipfian, as in text, duplicates included) each backend returns
 (batch, layers, dim) float16 in request order, with its decode included in the timing:
 
 - gRPC: MemoryClient.lookup against `memsvc serve` in its own process (no shared GIL), then
-  rows[inverse], as a client on the server's host gets it by default: requests down one open
-  LookupStream, rows written by the server into the client's shared-memory reply buffer. Two more
+  `request_rows()`, as a client on the server's host gets it by default: requests down one open
+  LookupStream, rows gathered by the server straight into the client's shared-memory reply
+  buffer in request order (so `request_rows()` copies nothing; rows that travel in a reply come
+  de-duplicated and `request_rows()` is rows[inverse]). Two more
   columns show the parts: unary Lookup calls (rows still in shared memory), and unary calls with
   the rows inside the reply (what a client on another host gets, here over loopback).
 - Redis: MGET of the batch's distinct tokens (one key per token holding its raw [layers, dim]
@@ -136,10 +138,7 @@ def load_redis(r, rows, chunk=1024):
 
 
 def grpc_gather(client):
-    def gather(ids):
-        result = client.lookup(TABLE, ids)
-        return result.rows[result.inverse]
-    return gather
+    return lambda ids: client.lookup(TABLE, ids).request_rows()
 
 
 def redis_gather(r, layers, dim, dedupe):

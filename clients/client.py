@@ -147,8 +147,11 @@ class MemoryClient:
         request = pb.LookupRequest(table=table, layers=[int(l) for l in layers or []], token_ids=ids, tokens=words,
                                    at=_ref(version, tag), overrides=[convert.row_op_to_pb(op) for op in overrides or []])
         rows_of, buffers = (table, tuple(request.layers)), self.reply_buffers
-        if buffers is None or self.row_bytes.get(rows_of, 0) * (len(ids) + len(words)) < shared_buffers.MIN_REPLY_BYTES:
+        needed = self.row_bytes.get(rows_of, 0) * (len(ids) + len(words))  # rows come one per position
+        if buffers is None or needed < shared_buffers.MIN_REPLY_BYTES:
             return request, (rows_of, None, None)
+        if needed > buffers.initial_size:
+            buffers.grow(needed)
         buffer = buffers.take()
         request.reply_buffer.name, request.reply_buffer.size, request.reply_buffer.key = buffer.name, buffer.size, buffer.key
         return request, (rows_of, buffers, buffer)

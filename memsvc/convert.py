@@ -138,8 +138,9 @@ def lookup_to_wire(result: LookupResult, rows_in_buffer: bool = False) -> Lookup
     """LookupResponse wire bytes, rows copied once: the small fields through protobuf, then the
     rows as a second `rows` field holding only `data` (a parser merges the two `rows`). With
     ``rows_in_buffer`` the rows went to the request's shared buffer and only their shape travels."""
-    head = pb.LookupResponse(unique_token_ids=result.unique_ids.tolist(), inverse=result.inverse.tolist(),
-                             version=result.version, rows_in_buffer=rows_in_buffer)
+    head = pb.LookupResponse(unique_token_ids=result.unique_ids.tolist(), version=result.version,
+                             inverse=[] if result.ordered else result.inverse.tolist(),
+                             rows_in_buffer=rows_in_buffer, rows_in_request_order=result.ordered)
     head.rows.dtype = result.dtype
     head.rows.shape[:] = result.rows.shape
     rows_served = int(np.prod(result.rows.shape[:-1]))
@@ -174,9 +175,10 @@ def lookup_from_wire(wire: bytes, buffer=None) -> LookupResult:
         data, count = buffer, int(np.prod(shape))
     rows = np.frombuffer(data, dtype=storage_dtype(msg.rows.dtype), count=count).reshape(shape)
     rows.flags.writeable = False
-    return LookupResult(rows=rows, unique_ids=np.fromiter(msg.unique_token_ids, np.int64, len(msg.unique_token_ids)),
-                        inverse=np.fromiter(msg.inverse, np.int64, len(msg.inverse)),
-                        version=msg.version, dtype=msg.rows.dtype)
+    ids = np.fromiter(msg.unique_token_ids, np.int64, len(msg.unique_token_ids))
+    inverse = np.arange(len(ids)) if msg.rows_in_request_order else np.fromiter(msg.inverse, np.int64, len(msg.inverse))
+    return LookupResult(rows=rows, unique_ids=ids, inverse=inverse, version=msg.version, dtype=msg.rows.dtype,
+                        ordered=msg.rows_in_request_order)
 
 
 def _without_rows_data(view, fields) -> tuple:

@@ -51,22 +51,31 @@ class SharedBuffers:
 
     def write(self, name: str, key: bytes, size: int, rows: np.ndarray) -> bool:
         """Copy ``rows`` into the buffer; False (write nothing) when it cannot take them."""
+        out = self.view(name, key, size, rows.shape, rows.dtype)
+        if out is None:
+            return False
+        np.copyto(out, rows)
+        return True
+
+    def view(self, name: str, key: bytes, size: int, shape: tuple, dtype) -> np.ndarray | None:
+        """A writable array of ``shape`` over the buffer's rows, or None when it cannot take them
+        (not on this host, too small, another key, gone)."""
         if not NAME.fullmatch(name):
             raise InvalidArgument(f"reply_buffer.name: {name!r} is not a memsvc shared buffer name (memsvc-[A-Za-z0-9_-]+)")
         if len(key) != KEY_BYTES:
             raise InvalidArgument(f"reply_buffer.key: expected {KEY_BYTES} bytes, got {len(key)}")
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         buf = self._map(name)
-        if buf is None or rows.nbytes > min(size, len(buf) - HEADER_BYTES) or buf[:KEY_BYTES] != key:
-            return False
+        if buf is None or nbytes > min(size, len(buf) - HEADER_BYTES) or buf[:KEY_BYTES] != key:
+            return None
         try:  # a file shrunk under the map would make the write fault (SIGBUS) and kill the server
-            if os.stat(SHM_DIR / name).st_size < HEADER_BYTES + rows.nbytes:
+            if os.stat(SHM_DIR / name).st_size < HEADER_BYTES + nbytes:
                 raise FileNotFoundError
         except FileNotFoundError:
             with self.lock:
                 self.maps.pop(name, None)
-            return False
-        np.copyto(np.ndarray(rows.shape, rows.dtype, buffer=buf, offset=HEADER_BYTES), rows)
-        return True
+            return None
+        return np.ndarray(shape, dtype, buffer=buf, offset=HEADER_BYTES)
 
     def _map(self, name):
         with self.lock:

@@ -130,10 +130,10 @@ class TableState:
         j = bisect.bisect_right(commits, version) - 1
         return rows[j] if j >= 0 and commits[j] > base_version else None
 
-    def gather(self, ids, version):
-        """Rows (n, L, d) of token ids at a version, storage dtype (a copy)."""
+    def gather(self, ids, version, out=None):
+        """Rows (n, L, d) of token ids at a version, storage dtype (a copy, into ``out`` if given)."""
         base_version, base = self.base_at(version)
-        rows = np.take(base, np.minimum(ids, base.shape[0] - 1), axis=0)
+        rows = np.take(base, np.minimum(ids, base.shape[0] - 1), axis=0, out=out, mode="clip")
         for i in np.flatnonzero(self.edited[ids]):
             row = self.edited_row(ids[i], version, base_version)
             if row is not None:
@@ -354,10 +354,7 @@ class KnowledgeBase:
         only, planned exactly as a persistent edit of the same ops would be."""
         v = self.resolve_version(version, tag)
         t = self.table(name, v)
-        ids, words = split_tokens(token_ids)
-        ids = t.check_ids(ids + [t.id_of(w, v, "tokens") for w in words], v)
-        if len(ids) == 0:
-            raise InvalidArgument("token_ids: the request names no tokens")
+        ids = self._requested_ids(t, token_ids, v)
         layer_idx = t.check_layers(layers)
         unique_ids, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
         order = np.argsort(first, kind="stable")  # first-occurrence order
@@ -370,6 +367,28 @@ class KnowledgeBase:
         if layer_idx is not None:
             rows = rows[:, layer_idx]
         return LookupResult(rows=rows, unique_ids=unique_ids, inverse=inverse, version=v, dtype=t.dtype)
+
+    def lookup_in_order(self, name, token_ids, out_for, version=None) -> LookupResult | None:
+        """Rows of every layer of tokens (ids or words) at a version in request order, duplicates
+        included, gathered straight into ``out_for(shape, dtype)`` (a shared reply buffer: no
+        intermediate copy, nothing for the client to reorder); None when out_for returns None."""
+        v = self.resolve_version(version)
+        t = self.table(name, v)
+        ids = self._requested_ids(t, token_ids, v)
+        out = out_for((len(ids), t.num_layers, t.dim), storage_dtype(t.dtype))
+        if out is None:
+            return None
+        t.gather(ids, v, out=out)
+        return LookupResult(rows=out, unique_ids=ids, inverse=np.arange(len(ids)), version=v, dtype=t.dtype,
+                            ordered=True)
+
+    @staticmethod
+    def _requested_ids(t, token_ids, v) -> np.ndarray:
+        ids, words = split_tokens(token_ids)
+        ids = t.check_ids(ids + [t.id_of(w, v, "tokens") for w in words], v)
+        if len(ids) == 0:
+            raise InvalidArgument("token_ids: the request names no tokens")
+        return ids
 
     def _apply_overrides(self, t, v, unique_ids, rows, overrides):
         writes = self.plan(t.name, overrides, v)

@@ -73,10 +73,16 @@ class LookupResult:
     inverse: np.ndarray  # (n_request,) int64: request position -> row of `rows`
     version: int
     dtype: str
+    ordered: bool = False  # rows are one per request position already (inverse is the identity)
 
     def in_request_order(self) -> np.ndarray:
-        """float32 rows (n_request, n_layers, dim) aligned with the request."""
+        """float32 rows (n_request, n_layers, dim) aligned with the request (a fresh array)."""
         return to_float32(self.rows, self.dtype)[self.inverse]
+
+    def request_rows(self) -> np.ndarray:
+        """Rows (n_request, n_layers, dim) in the storage dtype aligned with the request: `rows`
+        itself, no copy, when the server wrote them in request order."""
+        return self.rows if self.ordered else self.rows[self.inverse]
 
 
 def split_tokens(tokens):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from clients.client import MemoryClient
+from editing.rows import RowOp
 from memsvc import shared_buffers
 from memsvc.shared_buffers import HEADER_BYTES, KEY_BYTES, SHM_DIR, ReplyBuffer, available
 from memsvc.v1 import knowledge_pb2 as pb
@@ -57,18 +58,25 @@ def test_small_replies_come_inline_big_ones_through_the_buffer(server, monkeypat
 
 
 def test_rows_through_shared_memory_equal_an_ordinary_reply(clients):
+    """Every layer without overrides: the server gathers the rows into the buffer in request order
+    (duplicates included, edited rows too); chosen layers: de-duplicated rows, as inline."""
     shared, inline = clients
     assert shared.reply_buffers is not None and inline.reply_buffers is None  # loopback: on by default
-    for tokens, layers in ((["Spain", "Germany", "Spain"], None), (list(range(64)), [2, 0]), ([5], [1])):
+    shared.edit("stem", [RowOp("set", token="Germany", vector=np.full(8, 0.5))])  # a delta row over the base
+    for tokens, layers in ((["Spain", "Germany", "Spain"], None), (list(range(64)), [2, 0]), ([5], [1]),
+                           ([WORDS.index("Germany"), 3, WORDS.index("Germany")], None)):
         a, b = shared.lookup("stem", tokens, layers), inline.lookup("stem", tokens, layers)
         assert in_shared_memory(a.rows) and not in_shared_memory(b.rows)
-        np.testing.assert_array_equal(a.rows, b.rows)
-        assert (a.unique_ids.tolist(), a.inverse.tolist(), a.version, a.dtype) == \
-            (b.unique_ids.tolist(), b.inverse.tolist(), b.version, b.dtype)
+        assert a.ordered == (layers is None) and not b.ordered
+        np.testing.assert_array_equal(a.request_rows(), b.request_rows())
+        if a.ordered:
+            assert a.request_rows() is a.rows  # nothing to reorder, no copy
+        assert (a.unique_ids[a.inverse].tolist(), a.version, a.dtype) == (b.unique_ids[b.inverse].tolist(), b.version, b.dtype)
+        assert len(a.rows) == (len(tokens) if a.ordered else len(b.rows))
         assert not a.rows.flags.writeable
-    future = shared.lookup_future("stem", ["Paris", "Berlin"])
-    assert in_shared_memory(future.result().rows)
-    np.testing.assert_array_equal(future.result().rows, inline.lookup("stem", ["Paris", "Berlin"]).rows)
+    future = shared.lookup_future("stem", ["Paris", "Berlin", "Paris"])
+    assert in_shared_memory(future.result().rows) and future.result().ordered
+    np.testing.assert_array_equal(future.result().rows, inline.lookup("stem", ["Paris", "Berlin", "Paris"]).request_rows())
     assert shared.reply_buffers is not None  # never fell back
 
 
@@ -89,11 +97,15 @@ def test_held_rows_keep_their_buffer_while_later_lookups_run(clients):
     assert len(mine()) == held  # the buffer came back and was reused, no new one
 
 
-def test_a_reply_too_big_for_the_buffer_comes_inline_and_the_pool_grows(server):
+def test_the_pool_grows_for_big_requests_and_after_a_reply_too_big_for_it(server):
     address, _ = server
     with MemoryClient(address) as client:
         client.lookup("stem", [0])
         client.reply_buffers.initial_size = 16  # smaller than one row (3 layers x 8 x fp16 = 48 bytes)
+        sized = client.lookup("stem", list(range(10)))  # the client knows the row size: it grows first
+        assert in_shared_memory(sized.rows) and client.reply_buffers.initial_size >= sized.rows.nbytes
+        client.reply_buffers.initial_size = 16
+        client.row_bytes[("stem", ())] = 1  # as if the rows were 1 byte: it cannot size the buffer
         big = client.lookup("stem", list(range(10)))
         assert not in_shared_memory(big.rows)
         assert client.reply_buffers is not None and client.reply_buffers.initial_size >= big.rows.nbytes
@@ -134,7 +146,7 @@ def test_server_writes_only_with_the_buffer_key_and_refuses_bad_names(server):
 
     request.reply_buffer.key = victim.key
     reply = stub.Lookup(request)
-    assert reply.rows_in_buffer and reply.rows.data == b""
+    assert reply.rows_in_buffer and reply.rows_in_request_order and reply.rows.data == b""
     assert bytes(victim.map[HEADER_BYTES:HEADER_BYTES + 48]) != before[HEADER_BYTES:HEADER_BYTES + 48]
 
     for name, field in (("../etc/passwd", "reply_buffer.name"), ("memsvc-a/b", "reply_buffer.name")):

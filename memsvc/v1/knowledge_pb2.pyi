@@ -148,18 +148,20 @@ class SharedBuffer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., key: _Optional[bytes] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
-    __slots__ = ("rows", "unique_token_ids", "inverse", "version", "rows_in_buffer")
+    __slots__ = ("rows", "unique_token_ids", "inverse", "version", "rows_in_buffer", "rows_in_request_order")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     UNIQUE_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     INVERSE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROWS_IN_BUFFER_FIELD_NUMBER: _ClassVar[int]
+    ROWS_IN_REQUEST_ORDER_FIELD_NUMBER: _ClassVar[int]
     rows: Tensor
     unique_token_ids: _containers.RepeatedScalarFieldContainer[int]
     inverse: _containers.RepeatedScalarFieldContainer[int]
     version: int
     rows_in_buffer: bool
-    def __init__(self, rows: _Optional[_Union[Tensor, _Mapping]] = ..., unique_token_ids: _Optional[_Iterable[int]] = ..., inverse: _Optional[_Iterable[int]] = ..., version: _Optional[int] = ..., rows_in_buffer: _Optional[bool] = ...) -> None: ...
+    rows_in_request_order: bool
+    def __init__(self, rows: _Optional[_Union[Tensor, _Mapping]] = ..., unique_token_ids: _Optional[_Iterable[int]] = ..., inverse: _Optional[_Iterable[int]] = ..., version: _Optional[int] = ..., rows_in_buffer: _Optional[bool] = ..., rows_in_request_order: _Optional[bool] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ("table", "at")
