@@ -99,7 +99,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
         self._check_size(request.table, v, len(ids), len(request.layers))
         buffer = request.reply_buffer
         if request.HasField("reply_buffer") and not request.layers and not request.overrides:  # the decode hot path
-            result = self.kb.lookup_in_order(request.table, ids, version=v, out_for=lambda shape, dtype: self.shared_buffers.view(
+            result = self.kb.lookup_in_order(request.table, np.array(ids, dtype=np.int64), version=v, out_for=lambda shape, dtype: self.shared_buffers.view(
                 buffer.name, buffer.key, buffer.size, shape, dtype))
             if result is not None:
                 return convert.lookup_to_wire(result, rows_in_buffer=True)
