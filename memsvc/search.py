@@ -799,7 +799,9 @@ class IndexManager:
 
     def _log_queries(self, where, q, v):
         with self._lock:
-            log = self._logs.setdefault(where, QueryLog(self.config.query_log_size, q.shape[1]))
+            log = self._logs.get(where)
+            if log is None:  # not setdefault: that would allocate a log (and its rng) on every search
+                log = self._logs[where] = QueryLog(self.config.query_log_size, q.shape[1])
         log.add(q, v)
         # Persist now and then, in the background (close() saves the rest): a save per 1024
         # queries in the request path (np.savez of up to 2 MB, ~40 ms on a busy disk) was 15% of
@@ -844,10 +846,11 @@ class IndexManager:
                 ids, dist = self._worker.search((info.name, info.created, info.version), self._index_dir(info), q, fetch, params)
             else:
                 ids, dist = index.search(q, fetch, params=params)
-        keep = ~np.isin(ids, stale)
-        fresh = stale[src.alive(stale, v)]
-        exact = exact_search(q, fresh, src.rows(fresh, v), k, info.metric) if len(fresh) else empty_hits(len(q))
-        ids, dist = merge_topk(np.where(keep, ids, -1), dist, *exact, k)
+        if len(stale) or ids.shape[1] != k:  # else the index's k best are the answer as they are
+            keep = ~np.isin(ids, stale)
+            fresh = stale[src.alive(stale, v)]
+            exact = exact_search(q, fresh, src.rows(fresh, v), k, info.metric) if len(fresh) else empty_hits(len(q))
+            ids, dist = merge_topk(np.where(keep, ids, -1), dist, *exact, k)
         if len(stale) - len(entry.unindexed) > self.config.refresh_rows and not entry.refreshing:
             entry.refreshing = True
             threading.Thread(target=self._refresh_quietly, args=(info.name,), name=f"refresh-{info.name}", daemon=True).start()
