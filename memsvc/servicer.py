@@ -99,8 +99,8 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
         self._check_size(request.table, v, len(ids), len(request.layers))
         buffer = request.reply_buffer
         if request.HasField("reply_buffer") and not request.layers and not request.overrides:  # the decode hot path
-            result = self.kb.lookup_in_order(request.table, np.array(ids, dtype=np.int64), version=v, out_for=lambda shape, dtype: self.shared_buffers.view(
-                buffer.name, buffer.key, buffer.size, shape, dtype))
+            in_buffer = lambda shape, dtype: self.shared_buffers.view(buffer.name, buffer.key, buffer.size, shape, dtype)
+            result = self.kb.lookup_in_order(request.table, np.array(ids, dtype=np.int64), in_buffer, version=v)
             if result is not None:
                 return convert.lookup_to_wire(result, rows_in_buffer=True)
         overrides = [convert.row_op_from_pb(op, f"overrides[{i}]") for i, op in enumerate(request.overrides)]
