@@ -321,9 +321,9 @@ class SimHashIndex:
 
     def _regress_packed(self, queries, beta, mask):
         """`regress` over `self.packed`, query by query. From `SPLIT_KEYS` keys up the slots are
-        cut in two ranges at a multiple of 64 (whole bitset words) and each range is sampled whole (`_sample_packed`:
-        its share of the bucket walk, then the scoring of its retrieved rows) by this thread and
-        `_scorer` at once: random reads wait on memory latency, two cores keep twice the reads in
+        cut in two ranges at a multiple of 64 (whole bitset words) and each range is sampled whole
+        (`_sample_packed`: its share of the bucket walk, then the scoring of its retrieved rows) by
+        this thread and `_scorer` at once: random reads wait on memory latency, two cores keep twice the reads in
         flight, and the ranges share nothing (own bitset words, own part of the slot buffer), so
         one hand-off per query covers both phases. The halves merge exactly through their
         max-shifted sums. (Finer ranges taken in turn by both threads were slower: 8 ranges 4.6 ms
