@@ -3,7 +3,8 @@ in-process (indexes.ann.build_index + index.search), on the same rows, side by s
 
 Rows are a clustered synthetic table (indexes/synthetic.py) stored as float16 in one bank layer;
 the in-process index is built over exactly those float16 rows widened to float32. Queries come in
-batches of 64 (one request per batch), k = 10. Recall@10 is |found ∩ exact top-10| / 10 against
+batches of 64 (one request per batch, down the client's open SearchStream; "unary ratio" is the
+same searches as unary Search calls), k = 10. Recall@10 is |found ∩ exact top-10| / 10 against
 brute force (faiss knn). Target (issue 5): service QPS >= 0.7x in-process at batch 64, equal recall.
 Both sides search with the same threads: faiss (OpenMP) and diskannpy use every core in this
 process and in the server (its diskann search worker included), and neither is niced.
@@ -143,21 +144,24 @@ def main(config: BenchConfig):
     table, figures = [], {}
     with tempfile.TemporaryDirectory() as tmp, memsvc_server(rows16[:, None, :], tmp) as address, \
             MemoryClient(address) as client:
-        search = SearchClient(client)
+        search, unary = SearchClient(client), SearchClient(client, stream=False)
         for kind in config.kinds:
             index = build_index(IndexConfig(kind=kind, progress=False), ids, rows32)
             search.create(kind, TABLE, 0, {"kind": kind}, wait=True)
-            local, remote = [], []
-            for _ in range(config.rounds):  # alternate, so that load on the machine hits both alike
+            local, remote, remote_unary = [], [], []
+            for _ in range(config.rounds):  # alternate, so that load on the machine hits all alike
                 local.append(timed_qps(lambda b: index.search(b, config.k)[0], batches, config.seconds / config.rounds))
-                remote.append(timed_qps(lambda b: search.search(TABLE, 0, queries=b, k=config.k, index=kind).ids,
-                                        batches, config.seconds / config.rounds))
-            (local_qps, local_found), (remote_qps, remote_found) = (
-                (float(np.median([q for q, _ in runs])), runs[0][1]) for runs in (local, remote))
+                for runs, client_kind in ((remote, search), (remote_unary, unary)):
+                    runs.append(timed_qps(lambda b: client_kind.search(TABLE, 0, queries=b, k=config.k, index=kind).ids,
+                                          batches, config.seconds / config.rounds))
+            (local_qps, local_found), (remote_qps, remote_found), (unary_qps, _) = (
+                (float(np.median([q for q, _ in runs])), runs[0][1]) for runs in (local, remote, remote_unary))
             row = dict(kind=kind, local_qps=local_qps, service_qps=remote_qps, ratio=remote_qps / local_qps,
+                       unary_ratio=unary_qps / local_qps,
                        local_recall=recall(local_found, truth), service_recall=recall(remote_found, truth))
             table.append(row)
             figures[f"{kind}_service_over_inprocess_qps_b{config.batch}"] = round(row["ratio"], 3)
+            figures[f"{kind}_unary_service_over_inprocess_qps_b{config.batch}"] = round(row["unary_ratio"], 3)
             figures[f"{kind}_recall_service_minus_inprocess"] = round(row["service_recall"] - row["local_recall"], 4)
             del index
 
@@ -171,9 +175,10 @@ def main(config: BenchConfig):
         building = lookup_latencies(client, 0, until=lambda: search.describe("building").state != "BUILDING")
 
     print(f"\nANN search, {config.rows} rows x {config.dim} (float16 bank layer), batch {config.batch}, k {config.k}")
-    print(f"{'kind':<9} {'in-process q/s':>15} {'service q/s':>12} {'ratio':>6} {'recall in-proc':>15} {'recall service':>15}")
+    print(f"{'kind':<9} {'in-process q/s':>15} {'service q/s':>12} {'ratio':>6} {'unary ratio':>12} "
+          f"{'recall in-proc':>15} {'recall service':>15}")
     for r in table:
-        print(f"{r['kind']:<9} {r['local_qps']:>15.0f} {r['service_qps']:>12.0f} {r['ratio']:>6.2f} "
+        print(f"{r['kind']:<9} {r['local_qps']:>15.0f} {r['service_qps']:>12.0f} {r['ratio']:>6.2f} {r['unary_ratio']:>12.2f} "
               f"{r['local_recall']:>15.4f} {r['service_recall']:>15.4f}")
     print("\nsingle-token Lookup latency through the same server")
     print(f"  alone                          {pct(alone)}")

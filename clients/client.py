@@ -77,7 +77,8 @@ class MemoryClient:
             shared_memory = is_loopback(address.rsplit(":", 1)[0].strip("[]")) and shared_buffers.available()
         self.reply_buffers = shared_buffers.ReplyBuffers() if shared_memory else None
         self.row_bytes = {}  # (table, layers) -> bytes of one token's rows, from the last inline reply
-        self.lookup_stream = LookupStream(self.stub.LookupStream, self.metadata, timeout, address) if stream_lookups else None
+        self.streams = []  # every OpenStream of this client (closed with it)
+        self.lookup_stream = self.open_stream(self.stub.LookupStream) if stream_lookups else None
 
     def _call(self, method, request, stub=None):
         """One RPC (on ``stub``, default the KnowledgeService one) with errors as memsvc exceptions."""
@@ -91,9 +92,15 @@ class MemoryClient:
                 raise FailedPrecondition(f"server: cannot reach memsvc at {self.address} ({e.details()})") from None
             raise ERROR_OF.get(e.code(), MemsvcError)(e.details()) from None
 
+    def open_stream(self, method) -> "OpenStream":
+        """An OpenStream over the stream-stream ``method`` of this channel, closed with the client."""
+        stream = OpenStream(method, self.metadata, self.timeout, self.address)
+        self.streams.append(stream)
+        return stream
+
     def close(self):
-        if self.lookup_stream is not None:
-            self.lookup_stream.close()
+        for stream in self.streams:
+            stream.close()
         if self.reply_buffers is not None:
             self.reply_buffers.close()
         self.channel.close()
@@ -248,17 +255,18 @@ class MemoryClient:
         return [convert.row_change_from_pb(c) for c in reply.changes]
 
 
-class LookupStream:
-    """One open LookupStream, opened on first use: one lookup at a time, replies in order. After
-    an error (which ends a stream) the next call opens a new one. A lookup not answered within
-    ``timeout`` seconds cancels the stream (a watchdog thread checks a few times per timeout) and
-    raises FailedPrecondition, as a unary call's deadline would."""
+class OpenStream:
+    """One open stream of a method served as its unary twin per message (LookupStream,
+    SearchStream), opened on first use: one call at a time, replies in order. After an error
+    (which ends a stream) the next call opens a new one. A call not answered within ``timeout``
+    seconds cancels the stream (a watchdog thread checks a few times per timeout) and raises
+    FailedPrecondition, as a unary call's deadline would."""
 
     def __init__(self, method, metadata, timeout: float | None, address: str):
         self.method, self.metadata, self.timeout, self.address = method, metadata, timeout, address
         self.lock = threading.Lock()
         self.requests = self.replies = None
-        self.sent_at = None  # monotonic time the lookup in flight was sent
+        self.sent_at = None  # monotonic time the call in flight was sent
         self.overdue, self.closed = threading.Event(), threading.Event()
         self.watchdog = None
 
@@ -268,7 +276,7 @@ class LookupStream:
                 self.requests = queue.SimpleQueue()
                 self.replies = self.method(iter(self.requests.get, None), metadata=self.metadata)
             if self.timeout is not None and self.watchdog is None:
-                self.watchdog = threading.Thread(target=self._watch, daemon=True, name="memsvc-lookup-watchdog")
+                self.watchdog = threading.Thread(target=self._watch, daemon=True, name="memsvc-stream-watchdog")
                 self.watchdog.start()
             self.overdue.clear()
             self.sent_at = time.monotonic()

@@ -15,7 +15,7 @@ import numpy as np
 from clients.client import MemoryClient, _ref
 from memsvc.convert import stored_tensor, tensor_to_pb
 from memsvc.search import SearchResult, wait_for_build
-from memsvc.search_servicer import info_from_pb
+from memsvc.search_servicer import SERVICE, info_from_pb
 from memsvc.types import split_tokens
 from memsvc.v1 import search_pb2 as spb
 from memsvc.v1 import search_pb2_grpc as spb_grpc
@@ -28,9 +28,14 @@ def _rows(flat, shape) -> list:
 
 
 class SearchClient:
-    def __init__(self, client: MemoryClient):
+    def __init__(self, client: MemoryClient, stream: bool = True):
+        """``stream``: ``search`` sends its requests down one open SearchStream (a message costs
+        ~0.25 ms less than a unary call here; ``client.timeout`` applies to each search)."""
         self.client = client
         self.stub = spb_grpc.SearchServiceStub(client.channel)
+        self.stream = client.open_stream(client.channel.stream_stream(
+            f"/{SERVICE}/SearchStream", request_serializer=spb.SearchRequest.SerializeToString,
+            response_deserializer=spb.SearchResponse.FromString)) if stream else None
 
     def _call(self, method, request):
         return self.client._call(method, request, stub=self.stub)
@@ -45,7 +50,8 @@ class SearchClient:
                                     head=None if head is None else int(head))
         if queries is not None:
             request.queries.CopyFrom(tensor_to_pb(np.ascontiguousarray(queries, dtype=np.float32)))
-        reply = self._call("Search", request)
+        reply = (self.client._translated(self.stream.call, request) if self.stream is not None
+                 else self._call("Search", request))
         distances = stored_tensor(reply.distances)
         ids = np.array(reply.ids, dtype=np.int64).reshape(distances.shape)
         return SearchResult(ids=ids, distances=distances, tokens=_rows(reply.tokens, distances.shape), version=reply.version,

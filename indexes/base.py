@@ -313,13 +313,15 @@ class Index:
         return params
 
     def _finish(self, slots: np.ndarray, dist: np.ndarray, k: int):
-        """Drop masked and padded slots, keep the k closest, map slots to ids, pad, convert."""
+        """Drop masked and padded slots, keep the k closest, map slots to ids, pad, convert. A
+        backend's hits come sorted, padding last: with nothing masked or appended they stay so."""
         valid = slots >= 0
         valid[valid] = self._live[slots[valid]]
         dist = np.where(valid, dist, np.inf).astype(np.float32)
         ids = np.where(valid, self._ids[np.maximum(slots, 0)], -1)
-        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-        ids, dist = np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
+        if self._dead_main or slots.shape[1] != k:  # masked rows amid the hits, or fresh hits beside them
+            order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+            ids, dist = np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
         if ids.shape[1] < k:
             pad = k - ids.shape[1]
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)

@@ -236,7 +236,7 @@ class BankLayer:
         return commits_since(self.t, version)
 
     def names(self, ids, version) -> list:
-        return [[self.t.words[i] if i >= 0 else "" for i in row] for row in ids.tolist()]
+        return self.t.word_array()[ids].tolist()
 
     def query_rows(self, tokens, version) -> np.ndarray:
         ids, words = split_tokens(tokens)

@@ -41,6 +41,9 @@ def _version(ref):
 
 
 class SearchServicer(spb_grpc.SearchServiceServicer):
+    """SearchService, except SearchStream: server.StreamOfUnaryCalls serves each of its messages
+    as a Search call."""
+
     def __init__(self, manager: IndexManager):
         self.manager = manager
 
@@ -70,9 +73,3 @@ class SearchServicer(spb_grpc.SearchServiceServicer):
     def DescribeIndex(self, request, context):
         return info_to_pb(self.manager.describe(request.name))
 
-
-def add_to_server(kb, server) -> IndexManager:
-    """Attach an IndexManager over ``kb`` (its indexes reload now) and serve it."""
-    manager = IndexManager(kb)
-    spb_grpc.add_SearchServiceServicer_to_server(SearchServicer(manager), server)
-    return manager

@@ -16,10 +16,13 @@ from memsvc import mosaic_servicer, search_servicer
 from memsvc.auth import AuthInterceptor, check_exposure, load_keys
 from memsvc.errors import InvalidArgument
 from memsvc.metrics import Metrics, MetricsInterceptor, ServingState, start_http
+from memsvc.search import IndexManager
 from memsvc.servicer import ErrorInterceptor, KnowledgeServicer, UnaryInterceptor
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
+from memsvc.v1 import search_pb2 as spb
+from memsvc.v1 import search_pb2_grpc as spb_grpc
 
 LOG = logging.getLogger("memsvc.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
@@ -55,9 +58,12 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
     measured = [MetricsInterceptor(metrics)] if metrics else []
     checked = [UnparsableRequestInterceptor(), ErrorInterceptor()]
     servicer = KnowledgeServicer(kb, config)
-    lookup = grpc.unary_unary_rpc_method_handler(servicer.Lookup, request_deserializer=pb.LookupRequest.FromString,
-                                                 response_serializer=pb.LookupResponse.SerializeToString)
-    streams = StreamOfUnaryCalls({f"/{SERVICE}/LookupStream": (f"/{SERVICE}/Lookup", lookup)}, measured + checked)
+    searcher = search_servicer.SearchServicer(IndexManager(kb))
+    streams = StreamOfUnaryCalls({
+        f"/{SERVICE}/LookupStream": (f"/{SERVICE}/Lookup", _unary(servicer.Lookup, pb.LookupRequest, pb.LookupResponse)),
+        f"/{search_servicer.SERVICE}/SearchStream": (f"/{search_servicer.SERVICE}/Search",
+                                                     _unary(searcher.Search, spb.SearchRequest, spb.SearchResponse)),
+    }, measured + checked)
     interceptors = measured + ([AuthInterceptor(keys)] if keys else []) + [streams] + checked
     options = [("grpc.max_send_message_length", config.max_message_bytes),
                ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -66,7 +72,8 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
                          interceptors=interceptors, options=options)
     pb_grpc.add_KnowledgeServiceServicer_to_server(servicer, server)
     mosaic_servicer.add_to_server(kb, server)
-    indexes = search_servicer.add_to_server(kb, server)
+    spb_grpc.add_SearchServiceServicer_to_server(searcher, server)
+    indexes = searcher.manager
     if metrics is not None:
         metrics.track_store(lambda: kb.version, indexes.list)
     state = state or ServingState(health.HealthServicer(), ("", SERVICE))
@@ -82,9 +89,14 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
     return server, port, state, indexes
 
 
+def _unary(behaviour, request_type, response_type):
+    return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=request_type.FromString,
+                                               response_serializer=response_type.SerializeToString)
+
+
 class StreamOfUnaryCalls(grpc.ServerInterceptor):
     """Serves a streaming method as one call of its unary twin per message (LookupStream ->
-    Lookup): ``twins`` maps the stream's full name to (the unary's full name, its servicer
+    Lookup, SearchStream -> Search): ``twins`` maps the stream's full name to (the unary's full name, its servicer
     handler), and each message goes through ``per_message`` interceptors' wraps (metrics,
     parsing, errors) exactly as a unary call does. The interceptors outside this one (auth) see
     the stream once, when it opens. An error ends the stream with its status."""

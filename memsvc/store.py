@@ -76,6 +76,7 @@ class TableState:
         self.removed_in = np.zeros(0, dtype=np.int64)
         self.history = {}  # token id -> ([commit ids], [full rows (L, d) storage dtype])
         self.edited = np.zeros(0, dtype=bool)
+        self._word_array = np.array([""], dtype=object)  # see word_array()
 
     def add_tokens(self, words, added_in):
         start = len(self.words)
@@ -86,6 +87,15 @@ class TableState:
         self.added_in = np.concatenate([self.added_in, np.full(n, added_in, dtype=np.int64)])
         self.removed_in = np.concatenate([self.removed_in, np.full(n, NEVER, dtype=np.int64)])
         self.edited = np.concatenate([self.edited, np.zeros(n, dtype=bool)])
+
+    def word_array(self) -> np.ndarray:
+        """Words by token id with '' at index -1, so that ``word_array()[ids]`` names an array of
+        hits (padding -1 included) in one numpy take instead of a Python loop per id. Words are
+        only ever appended, so a copy of the right length is current."""
+        array = self._word_array
+        if len(array) != len(self.words) + 1:
+            array = self._word_array = np.array(self.words + [""], dtype=object)
+        return array
 
     def base_at(self, version):
         i = bisect.bisect_right([b for b, _ in self.bases], version) - 1

@@ -1,5 +1,6 @@
 """ANN search over banks (memsvc/search.py): exact-correct across edits, injections, reverts,
 old versions, compaction + gc and restarts; the query log; bad input; gRPC and CLI end to end."""
+import grpc
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -8,7 +9,8 @@ from clients.client import MemoryClient
 from clients.search import SearchClient
 from editing.rows import RowOp
 from memsvc.cli import cli
-from memsvc.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange, ResourceExhausted
+from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError, NotFound, OutOfRange,
+                           ResourceExhausted)
 from memsvc.search import IndexManager, SearchConfig
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import WORDS, small_bank
@@ -223,6 +225,32 @@ def test_grpc_and_cli_end_to_end(server):
     assert "tok" in run("index", "list")
     assert "dropped index tok" in run("index", "drop", "tok")
     assert "Error: index:" in run("index", "drop", "tok", ok=False)
+
+
+def test_search_stream_answers_like_search_and_an_error_ends_it_with_the_same_status(server):
+    address, _ = server
+    with MemoryClient(address) as client:
+        streamed, unary = SearchClient(client), SearchClient(client, stream=False)
+        streamed.create("hn", "stem", 1, {"kind": "hnsw"}, wait=True)
+        queries = client.read_rows("stem", [3, 9, 3])[:, 1]
+        for kw in (dict(tokens=["Paris", "Berlin"], k=4), dict(queries=queries, k=3, index="hn"), dict(tokens=[5], k=2)):
+            a, b = streamed.search("stem", 1, **kw), unary.search("stem", 1, **kw)
+            np.testing.assert_array_equal(a.ids, b.ids)
+            np.testing.assert_array_equal(a.distances, b.distances)
+            assert a.tokens == b.tokens and (a.index, a.version) == (b.index, b.version)
+        for bad, field in [(dict(k=0), "k:"), (dict(tokens=["Atlantis"]), "Atlantis"), (dict(index="nope"), "index:")]:
+            kw = {"tokens": ["Paris"], "k": 2, **bad}
+            with pytest.raises(MemsvcError) as unary_error:
+                unary.search("stem", 1, **kw)
+            with pytest.raises(type(unary_error.value), match=field) as stream_error:
+                streamed.search("stem", 1, **kw)
+            assert str(stream_error.value) == str(unary_error.value)
+            assert streamed.search("stem", 1, tokens=["Paris"], k=1).tokens == [["Paris"]]  # a new stream
+    with grpc.insecure_channel(address) as channel:
+        garbage = channel.stream_stream("/memsvc.v1.SearchService/SearchStream")(iter([b"\x0f\x00"]))
+        with pytest.raises(grpc.RpcError) as e:
+            next(garbage)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid /memsvc.v1.SearchService/Search" in e.value.details()
 
 
 # ---------------------------------------------------------------- mosaic stores: search a (layer, head)'s keys

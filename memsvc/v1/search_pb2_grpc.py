@@ -39,6 +39,11 @@ class SearchServiceStub:
                 request_serializer=memsvc_dot_v1_dot_search__pb2.SearchRequest.SerializeToString,
                 response_deserializer=memsvc_dot_v1_dot_search__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchStream = channel.stream_stream(
+                '/memsvc.v1.SearchService/SearchStream',
+                request_serializer=memsvc_dot_v1_dot_search__pb2.SearchRequest.SerializeToString,
+                response_deserializer=memsvc_dot_v1_dot_search__pb2.SearchResponse.FromString,
+                _registered_method=True)
         self.CreateIndex = channel.unary_unary(
                 '/memsvc.v1.SearchService/CreateIndex',
                 request_serializer=memsvc_dot_v1_dot_search__pb2.CreateIndexRequest.SerializeToString,
@@ -66,6 +71,15 @@ class SearchServiceServicer:
 
     def Search(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchStream(self, request_iterator, context):
+        """Search as a stream: one reply per request, in order, each served exactly like a Search call.
+        A client searching in a loop keeps one open: a message costs less than a call (as
+        KnowledgeService.LookupStream). An error ends the stream with its status.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -100,6 +114,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
+                    request_deserializer=memsvc_dot_v1_dot_search__pb2.SearchRequest.FromString,
+                    response_serializer=memsvc_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SearchStream,
                     request_deserializer=memsvc_dot_v1_dot_search__pb2.SearchRequest.FromString,
                     response_serializer=memsvc_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
             ),
@@ -149,6 +168,33 @@ class SearchService:
             request,
             target,
             '/memsvc.v1.SearchService/Search',
+            memsvc_dot_v1_dot_search__pb2.SearchRequest.SerializeToString,
+            memsvc_dot_v1_dot_search__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/memsvc.v1.SearchService/SearchStream',
             memsvc_dot_v1_dot_search__pb2.SearchRequest.SerializeToString,
             memsvc_dot_v1_dot_search__pb2.SearchResponse.FromString,
             options,
