@@ -3,7 +3,7 @@
     >>> with redis_server() as r:      # a redis.Redis client on the private instance
     ...     r.set("k", b"v")
 
-Installs Debian's redis-server with apt-get when it is missing, and stops the instance on exit.
+Installs Debian's redis-server with apt-get when it is missing (ensure_debian_tool), and stops the instance on exit.
 """
 import logging
 import shutil
@@ -16,16 +16,17 @@ from contextlib import contextmanager
 LOG = logging.getLogger("bench.redis_server")
 
 
-def ensure_redis_server() -> str:
-    """Path of redis-server, installing the Debian package first if needed."""
-    path = shutil.which("redis-server")
+def ensure_debian_tool(tool: str, *packages: str) -> str:
+    """Path of ``tool``, installing the Debian ``packages`` (default: one named like it) first if needed."""
+    path = shutil.which(tool)
     if path:
         return path
-    LOG.info("redis-server missing: apt-get install -y redis-server")
-    if subprocess.run(["apt-get", "install", "-y", "redis-server"], capture_output=True).returncode != 0:
+    install = ["apt-get", "install", "-y", *(packages or (tool,))]
+    LOG.info("%s missing: %s", tool, " ".join(install))
+    if subprocess.run(install, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update"], check=True, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "redis-server"], check=True, capture_output=True)
-    return shutil.which("redis-server")
+        subprocess.run(install, check=True, capture_output=True)
+    return shutil.which(tool)
 
 
 def free_port() -> int:
@@ -41,7 +42,7 @@ def redis_server(timeout: float = 10.0):
 
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir:
-        proc = subprocess.Popen([ensure_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
+        proc = subprocess.Popen([ensure_debian_tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
                                  "--save", "", "--appendonly", "no", "--dir", workdir,
                                  "--protected-mode", "yes", "--daemonize", "no"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
