@@ -96,9 +96,9 @@ def _unary(behaviour, request_type, response_type):
 
 class StreamOfUnaryCalls(grpc.ServerInterceptor):
     """Serves a streaming method as one call of its unary twin per message (LookupStream ->
-    Lookup, SearchStream -> Search): ``twins`` maps the stream's full name to (the unary's full name, its servicer
-    handler), and each message goes through ``per_message`` interceptors' wraps (metrics,
-    parsing, errors) exactly as a unary call does. The interceptors outside this one (auth) see
+    Lookup, SearchStream -> Search): ``twins`` maps the stream's full name to (the unary's full
+    name, its servicer handler), and each message goes through ``per_message`` interceptors'
+    wraps (metrics, parsing, errors) exactly as a unary call does. The interceptors outside this one (auth) see
     the stream once, when it opens. An error ends the stream with its status."""
 
     def __init__(self, twins: dict, per_message: list):
