@@ -175,6 +175,17 @@ def measure(backends, batches, config) -> dict:
     return {name: (calls * len(ids) / sum(t), float(np.median(t))) for name, t in times.items()}
 
 
+def checked_measure(backends, rows, config, size, unchecked=()) -> tuple:
+    """(measure() of the backends on Zipf batches of ``size``, the batches), after checking each
+    backend's rows for the first batch against np.take (except the ``unchecked`` ones)."""
+    batches = zipf_batches(config, size)
+    expected = np.take(rows, batches[0], axis=0)
+    for name, gather in backends.items():
+        if name not in unchecked and not np.array_equal(gather(batches[0]), expected):
+            raise AssertionError(f"{name} returned different rows for a batch of {size}")
+    return measure(backends, batches, config), batches
+
+
 def main(config: BenchConfig):
     rows = make_bank(config)
     mb = rows[0].nbytes / 1e6
@@ -191,12 +202,7 @@ def main(config: BenchConfig):
                     "redis_dedup": redis_gather(r, config.layers, config.dim, dedupe=True), "numpy": numpy_gather(rows),
                     "floor": floor}
         for size in tqdm(config.batches, desc="batches", leave=False):
-            batches = zipf_batches(config, size)
-            expected = np.take(rows, batches[0], axis=0)
-            for name, gather in backends.items():
-                if name != "floor" and not np.array_equal(gather(batches[0]), expected):
-                    raise AssertionError(f"{name} returned different rows for a batch of {size}")
-            results[size] = measure(backends, batches, config)
+            results[size], batches = checked_measure(backends, rows, config, size, unchecked=("floor",))
             results[size]["unique"] = np.mean([len(np.unique(b)) / size for b in batches])
     report(results, config, mb)
 

@@ -24,8 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from bench.lookup import (TABLE, BenchConfig, grpc_gather, load_redis, make_bank, measure,  # noqa: E402
-                          memsvc_server, redis_gather, zipf_batches)
+from bench.lookup import (TABLE, BenchConfig, checked_measure, grpc_gather, load_redis, make_bank,  # noqa: E402
+                          memsvc_server, redis_gather)
 from bench.redis_server import ensure_debian_tool, free_port, redis_server  # noqa: E402
 from clients.client import MemoryClient  # noqa: E402
 
@@ -64,12 +64,7 @@ def main(config: BenchConfig):
                 backends = {"memsvc": grpc_gather(client), "native": grpc_gather(native_client),
                             "redis": redis_gather(r, config.layers, config.dim, dedupe=False)}
                 for size in config.batches:
-                    batches = zipf_batches(config, size)
-                    expected = np.take(rows, batches[0], axis=0)
-                    for name, gather in backends.items():
-                        if not np.array_equal(gather(batches[0]), expected):
-                            raise AssertionError(f"{name} returned different rows for a batch of {size}")
-                    results[size] = measure(backends, batches, config)
+                    results[size], _ = checked_measure(backends, rows, config, size)
         finally:
             native.kill()
     print(f"\n{'batch':>6} | {'memsvc p50':>11} {'native p50':>11} {'Redis p50':>10} | "
