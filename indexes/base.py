@@ -60,13 +60,14 @@ class IndexConfig:
     opq_iterations: int = 20  # faiss default 50: 2.5x the build time (minutes at 200k on 2 cores)
     opq_train_rows: int = 16384  # OPQ training sample (64 per centroid); faiss default 65536
     use_gpu: bool = True  # use GPU faiss / torch when one is present
-    # learned PQ: OPQ/PQ trained on rows resampled to the query distribution, then fine-tuned
-    # with a ListNet ranking loss (indexes/learned_pq.py)
-    lpq_init: str = "opq"  # "opq" or "pq"
+    # learned PQ: a coarse cell + residual PQ in pq_m * pq_nbits bits, trained on rows resampled
+    # to the query distribution, then fine-tuned with a ListNet ranking loss (indexes/learned_pq.py)
+    lpq_coarse_bits: int = 8  # of the code's bits, these name the cell; pq_m residual codes share the rest
+    lpq_train_rows: int = 65536  # query-matched training sample (16384: -0.6 points at 200k)
     lpq_neighbours: int = 50  # a row's weight counts the training queries with it in their top-k
-    lpq_floor: float = 0.1  # weight of rows no training query reaches, x the mean weight
-    lpq_epochs: int = 10  # ListNet adds 0-0.4 points after the resampled OPQ (measured, 50k)
-    lpq_lr: float = 2e-4  # 1e-3 lost 2 points on held-out queries after the resampled OPQ
+    lpq_prior_queries: int = 200  # a uniform prior over rows weighs as much as this many queries
+    lpq_epochs: int = 10  # ListNet adds 0.05-0.15 points after the query-matched training
+    lpq_lr: float = 2e-4  # 1e-3: +0.1 at 200k; lost 2 points held-out on the one-level code
     lpq_candidates: int = 100  # list length per training query (exact + ADC hard negatives)
     lpq_temperature: float = 1.0  # x the per-query gap d10 - d1; 0.05 and 0.3 measured worse
     lpq_recon_weight: float = 0.1  # keeps codebooks good for encoding rows added later
@@ -79,15 +80,22 @@ class IndexConfig:
             raise InvalidArgument(f"config.metric: {self.metric!r} is not one of {', '.join(METRICS)}")
         if self.kind == "diskann_disk" and self.metric == "ip":
             raise InvalidArgument("config.metric: diskann_disk supports l2 and cosine, not ip")
-        if self.kind == "learned_pq" and self.pq_nbits != 8:
-            raise InvalidArgument("config.pq_nbits: learned_pq needs 8-bit codes")
-        if self.lpq_init not in ("opq", "pq"):
-            raise InvalidArgument(f"config.lpq_init: {self.lpq_init!r} is not opq or pq")
+        if self.kind == "learned_pq" and (not self.pq_m or self.lpq_coarse_bits % self.pq_m
+                                          or not 1 <= self.lpq_residual_bits <= 16):
+            raise InvalidArgument(
+                f"config.lpq_coarse_bits: {self.lpq_coarse_bits} must be a multiple of pq_m "
+                f"({self.pq_m}) that leaves each of the pq_m residual codes 1 to 16 bits of the "
+                f"code's pq_m * pq_nbits = {self.pq_m * self.pq_nbits}")
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type in (int, float) and value < 0:
                 raise InvalidArgument(f"config.{f.name}: must be >= 0, got {value}")
         return self
+
+    @property
+    def lpq_residual_bits(self) -> int:
+        """learned_pq: bits of each residual PQ code once the coarse cell has its share."""
+        return self.pq_nbits - self.lpq_coarse_bits // max(self.pq_m, 1)
 
     @classmethod
     def from_dict(cls, d: dict) -> "IndexConfig":

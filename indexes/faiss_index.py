@@ -29,7 +29,8 @@ class FaissIndex(Index):
 
     @property
     def search_params(self):
-        return {"hnsw": ("ef_search",), "ivfpq": ("nprobe",)}.get(self.config.kind, ())
+        return {"hnsw": ("ef_search",), "ivfpq": ("nprobe",),
+                "learned_pq": ("nprobe",)}.get(self.config.kind, ())
 
     def factory(self, n: int) -> str:
         c = self.config
@@ -37,9 +38,9 @@ class FaissIndex(Index):
         opq = f"OPQ{c.pq_m},{pq}"
         # 4*sqrt(n) lists, with >= 39 training points per list (faiss's k-means minimum)
         nlist = c.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        learned = f"OPQ{c.pq_m},IVF{2 ** c.lpq_coarse_bits},PQ{c.pq_m}x{c.lpq_residual_bits}"
         return {"exact": "Flat", "hnsw": f"HNSW{c.hnsw_m}", "ivfpq": f"IVF{nlist},{pq}",
-                "pq": pq, "opq": opq,
-                "learned_pq": opq if c.lpq_init == "opq" else pq}[c.kind]
+                "pq": pq, "opq": opq, "learned_pq": learned}[c.kind]
 
     def _build(self, vectors, sample=None, **train):
         """Train on `sample` (default: the rows themselves), then add the rows."""
@@ -60,9 +61,14 @@ class FaissIndex(Index):
             # faiss trains PQ codes for polysemous (Hamming) filtering by default: ~25x the training
             # time for a search mode we never use.
             inner.do_polysemous_training = False
+        sample = vectors if sample is None else sample
         with quiet():  # k-means warns on stderr when the sample is small
-            self._index.train(vectors if sample is None else sample)
+            self._pretrain(sample)
+            self._index.train(sample)
         self._add(np.arange(len(vectors)), vectors)
+
+    def _pretrain(self, sample):
+        """Fit what faiss's own train() would fit to the wrong data (learned_pq); none here."""
 
     def _add(self, slots, vectors):
         for rows in chunks(len(vectors), 20_000, f"{self.config.kind} add", self.config.progress):
@@ -73,7 +79,7 @@ class FaissIndex(Index):
         c, kind = self.config, self.config.kind
         if kind == "hnsw":  # efSearch below k would cut the result list short
             knobs = faiss.SearchParametersHNSW(efSearch=max(params.get("ef_search", c.ef_search), k))
-        elif kind == "ivfpq":
+        elif kind in ("ivfpq", "learned_pq"):
             knobs = faiss.SearchParametersIVF(nprobe=params.get("nprobe", c.nprobe))
         else:
             knobs = None

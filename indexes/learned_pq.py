@@ -1,46 +1,52 @@
-"""Learned product quantisation: OPQ/PQ fitted to where the queries are, served by faiss ADC.
+"""Learned product quantisation: a two-level PQ code fitted to where the queries are, served by
+faiss ADC.
 
-OPQ (Ge et al., 2013) fits a rotation R and codebooks C to *reconstruct rows*, every row alike.
-What search needs is that the asymmetric distance
+OPQ (Ge et al., 2013) fits a rotation and codebooks to *reconstruct rows*, every row alike. What
+search needs is that the asymmetric distance ranks rows like the exact distance does for the
+queries the index actually serves, and those come from a different distribution than the rows
+(issue #5). At 64x compression (8 bytes for 128 float32) that costs structure, not just training:
 
-    d_adc(q, x) = sum_m || (R q)_m - C_m[code_m(x)] ||^2          (ip: -sum_m <(R q)_m, C_m[...]>)
+**The code.** The same 64 bits as OPQ's PQ8x8 are spent as one coarse byte (a k-means cell over
+the whole vector, 2^lpq_coarse_bits cells) and eight 7-bit PQ codes of the row's residual from its
+cell centre, after an OPQ rotation R fitted to those residuals (faiss OPQ + IndexIVFPQ: the coarse
+code is the inverted list a row sits in, so it is stored by position, not in the code):
 
-*ranks* rows like the exact distance does, for the queries the index actually serves, and those
-come from a different distribution than the rows (issue #5). Two steps, both on a sample of
-logged queries:
+    x_hat = coarse[list(x)] + concat_m C_m[code_m(x)]        (in the rotated space: R x ~ x_hat)
+    d_adc(q, x) = |R q - x_hat|^2                             (ip: -<R q, x_hat>)
 
-1. **Query-matched training sample.** Rows are resampled with probability proportional to how many
-   training queries have them in their exact top-`lpq_neighbours` (plus a floor), and faiss OPQ is
-   trained on that sample: centroids move to the regions the queries ask about, at the expense of
-   regions nobody queries. All rows are then encoded as usual. This step carries the gain
-   (measured +2 to +3 points recall@10 at 8 bytes on the synthetic table, 50k rows).
-2. **ListNet fine-tuning** (Cao et al., 2007) with the codes fixed: over a candidate list per
-   training query (its exact top-K plus the ADC top-K, i.e. the hard negatives), minimise the
-   cross-entropy between softmax(-d_exact / T) and softmax(-d_adc / T), where T is the per-query
-   gap between the 1st and 10th exact distance times `lpq_temperature`. A small reconstruction
-   term keeps R and C good for encoding rows added later. Measured: 0 to +0.4 points after step 1
-   at lr 2e-4; at lr 1e-3 it overfits the training queries and loses ~2 points held-out.
-R and C are then written back into the faiss index.
+A PQ sub-space of 16 dims with 256 centroids cannot even tell 1000 clusters apart; the coarse byte
+names the region first and the residual codes spend their bits inside it. Searching `nprobe` cells
+(default 16) scores the rows of the cells nearest the query; nprobe = 2^lpq_coarse_bits scores
+every row, as OPQ does.
 
-**Where it stands (issue #5 target: >= OPQ + 3 points at 64x).** On the synthetic table
-(indexes/synthetic.py, 8 bytes/row, 2000 training and 1000 held-out queries) the gain shrinks with
-the table: +2.6 to +3.3 points at 6k x 32 (4 bytes; the test), +2 to +3 at 50k, +1.6 at 100k, and
-none at 200k (0.341 vs OPQ 0.343). At 200k, lpq_neighbours 10/50/200 and lpq_floor 0.02/0.1/1.0
-all land within -0.5..+0.2 points of OPQ before fine-tuning. Tried at 100k-200k and dropped, since
-none beat OPQ on held-out queries (scripts were throw-away; numbers from those runs):
+**Training on the queries.** Both levels (and R) are trained on rows resampled to where the
+queries are (`query_matched_sample`): row i is drawn with probability ~ (training queries with row
+i in their exact top-`lpq_neighbours`) + a uniform prior worth `lpq_prior_queries` queries. Coarse
+cells and residual centroids move to the regions the queries ask about, at the expense of regions
+nobody queries. Then **ListNet fine-tuning** (Cao et al., 2007) of the residual codebooks with the
+codes fixed: over a candidate list per training query (its exact top-K plus its ADC top-K, the
+hard negatives), minimise the cross-entropy between softmax(-d_exact / T) and softmax(-d_adc / T),
+T = the query's gap between its 1st and 10th exact distance x `lpq_temperature`, plus a small
+reconstruction term that keeps the codebooks good for encoding rows added later. The codebooks
+are then written back into the faiss index.
 
-- query-weighted encoding: re-assign every row's codes (coordinate descent over sub-spaces) to
-  minimise r^T W r, r = R x - decoded, with W the second moment of (query - neighbour)
-  displacements of the training queries' top-10. A global W is nearly isotropic here (eigenvalues
-  0.08 to 0.45): -0.6 to -0.9 points. Per-cell W (k-means cells, shrunk to the global W) is badly
-  estimated from ~8 queries a cell: -5 to -10 points, and -1 to -6 even when W came from the
-  held-out queries themselves. Reason: the ADC error of a row is 2 (q - x).r + |r|^2, and at 8
-  bytes |r|^2 (mean 7.7) is as large as the whole displacement energy (trace W = 17), so anything
-  that grows |r|^2 to shape r loses more than it gains.
-- rank-aware encoding: minimise E_q[(2 (q - x).r + |r|^2 - rho)^2] (a common inflation rho of
-  all ADC distances does not change the ranking, only its spread does): rho = 0 matches OPQ
-  (0.450 vs 0.450 at 100k); equalising |r|^2 across rows (rho = mean |r|^2) lost 1.5 points.
-- weighted Lloyd steps over all rows (weights = reverse-kNN counts) after the resampled OPQ: 0.
+**Measured** (recall@10 on held-out queries at 8 bytes/row, every row scored; `bench/ann.py --n
+200000 --kinds exact,pq,opq,learned_pq`): synthetic 200k x 128 table (indexes/synthetic.py, 2000
+training, 1000 held-out queries): OPQ 0.343, learned PQ 0.415 (+7.2 points). Of that, the
+two-level code trained on the rows alike gives 0.373-0.377; the query-matched sample +4, the
+fine-tuning +0.05..0.15. SIFT 5k, 2-fold over its 100 real queries (50 training queries a fold):
+OPQ 0.419, learned 0.430. The residual rotation is worth +2.5 on SIFT and -0.6 on the synthetic
+table. The prior: on SIFT P = 5 (the old fixed floor, 0.1 x the mean count) gave 0.370 and
+P = 50 0.411; at 200k, P = 2000 lost 1 point against P = 200. nprobe 16 gives the recall of
+nprobe 256 at 5.8x the QPS, and 1.4x OPQ's.
+
+History: the first version kept OPQ's PQ8x8 code and only trained it on queries: +2..3 points at
+50k rows, +0.8 at 200k; query-weighted re-encoding, per-cell metrics, rank-aware encoding and
+weighted Lloyd steps all lost to OPQ on held-out queries there, because at 16 dims a byte the
+quantisation residual is as large as the whole query-neighbour displacement. Also measured at 200k
+and dropped: PQ6x10 over 132 rotated dims 0.276; a faiss residual quantiser RQ7x8 with a 1-byte
+norm 0.348; OPQ itself trained harder (65536 rows, 50 iterations) 0.350; a per-centroid bias of
+lambda x the cell's mean residual energy in the ADC (Jegou et al.'s unbiased estimator) -0.1..-1.6.
 """
 
 import faiss
@@ -52,41 +58,46 @@ from indexes.base import exact_knn
 from indexes.faiss_index import FaissIndex
 
 
-def read_pq(index):
-    """(rotation (d, d), codebooks (m, ksub, dsub), codes (n, m)) of a faiss [OPQ+]PQ index."""
-    if isinstance(index, faiss.IndexPreTransform):
-        transform = faiss.downcast_VectorTransform(index.chain.at(0))
-        rotation = faiss.vector_to_array(transform.A).reshape(transform.d_out, transform.d_in)
-        pq_index = faiss.downcast_index(index.index)
-    else:
-        rotation, pq_index = np.eye(index.d, dtype=np.float32), index
-    pq = pq_index.pq
+def read_codes(index):
+    """(rotation (d, d), coarse centres (nlist, d), residual codebooks (m, ksub, dsub), list of
+    each row (n,), residual codes (n, m)) of a faiss OPQ + IndexIVFPQ, rows in insertion order;
+    everything after the rotation lives in the rotated space."""
+    transform = faiss.downcast_VectorTransform(index.chain.at(0))
+    rotation = faiss.vector_to_array(transform.A).reshape(transform.d_out, transform.d_in)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))  # IndexIVFPQ
+    pq, invlists = ivf.pq, ivf.invlists
+    coarse = ivf.quantizer.reconstruct_n(0, ivf.nlist)
     codebooks = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
-    codes = faiss.vector_to_array(pq_index.codes).reshape(pq_index.ntotal, pq.M)
-    return rotation, codebooks, codes
+    lists, codes = np.empty(ivf.ntotal, np.int64), np.empty((ivf.ntotal, pq.M), np.int64)
+    for cell in range(ivf.nlist):
+        size = invlists.list_size(cell)
+        if size == 0:
+            continue
+        rows = faiss.rev_swig_ptr(invlists.get_ids(cell), size).copy()
+        packed = faiss.rev_swig_ptr(invlists.get_codes(cell), size * pq.code_size)
+        lists[rows] = cell
+        codes[rows] = faiss.unpack_bitstrings(packed.reshape(size, pq.code_size), pq.M, pq.nbits)
+    return rotation, coarse, codebooks, lists, codes
 
 
-def write_pq(index, rotation: np.ndarray, codebooks: np.ndarray):
-    """Put a fine-tuned rotation and codebooks back; the stored codes stay as they are."""
-    if isinstance(index, faiss.IndexPreTransform):
-        transform = faiss.downcast_VectorTransform(index.chain.at(0))
-        faiss.copy_array_to_vector(rotation.astype(np.float32).ravel(), transform.A)
-        transform.is_orthonormal = False  # no longer a pure rotation
-        pq_index = faiss.downcast_index(index.index)
-    else:
-        pq_index = index
-    faiss.copy_array_to_vector(codebooks.astype(np.float32).ravel(), pq_index.pq.centroids)
+def write_codebooks(index, codebooks: np.ndarray):
+    """Put fine-tuned residual codebooks back; the stored codes stay as they are."""
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))  # IndexIVFPQ
+    faiss.copy_array_to_vector(codebooks.astype(np.float32).ravel(), ivf.pq.centroids)
+    ivf.precompute_table()  # faiss's per-cell distance terms depend on the codebooks
 
 
-def adc_distances(queries, rotation, codebooks, codes, space: str):
-    """d_adc for each (query, candidate): queries (B, d), codes (B, K, m) -> (B, K)."""
-    B, m = len(queries), codebooks.shape[0]
-    q = (queries @ rotation.T).view(B, m, -1)  # (B, m, dsub)
-    table = -torch.einsum("bmd,mkd->bmk", q, codebooks)  # (B, m, ksub): -<q_m, c_mk>
-    if space == "l2":  # |q_m - c|^2 = |q_m|^2 - 2<q_m, c> + |c|^2
-        table = (q * q).sum(-1, keepdim=True) + 2 * table + (codebooks**2).sum(-1)
-    picked = torch.gather(table, 2, codes.permute(0, 2, 1))  # (B, m, K): table[b, j, code]
-    return picked.sum(1)  # (B, K)
+def decode(coarse_rows, codebooks, codes):
+    """x_hat = coarse[list] + concat_m C_m[code_m]: coarse_rows (..., d), codes (..., m)."""
+    m = codebooks.shape[0]
+    return coarse_rows + codebooks[torch.arange(m), codes].flatten(-2)  # (..., m, dsub) -> (..., d)
+
+
+def exact_distances(queries, rows, space: str):
+    """queries (B, d), rows (B, K, d) -> (B, K), smaller = closer."""
+    if space == "l2":
+        return ((rows - queries.unsqueeze(1)) ** 2).sum(-1)
+    return -(rows * queries.unsqueeze(1)).sum(-1)
 
 
 def listnet_loss(d_adc, d_exact, mask, temperature):
@@ -97,10 +108,10 @@ def listnet_loss(d_adc, d_exact, mask, temperature):
     return -(target * log_pred.masked_fill(~mask, 0)).sum(1).mean()
 
 
-def candidate_lists(index, vectors, queries, k: int, space: str):
+def candidate_lists(index, vectors, queries, k: int, space: str, nprobe: int):
     """Per query: exact top-k then ADC top-k not already listed -> (positions (Q, 2k), mask)."""
     exact_pos, _ = exact_knn(queries, vectors, k, space)
-    _, adc_pos = index.search(queries, k)
+    _, adc_pos = index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
     lists = np.full((len(queries), 2 * k), -1, np.int64)
     for i, (exact_row, adc_row) in enumerate(zip(exact_pos, adc_pos)):
         extra = adc_row[~np.isin(adc_row, exact_row) & (adc_row >= 0)]
@@ -109,66 +120,72 @@ def candidate_lists(index, vectors, queries, k: int, space: str):
 
 
 def finetune(index, vectors, queries, config, space: str):
-    """Fine-tune the index's rotation and codebooks in place (see module docstring)."""
+    """Fine-tune the index's residual codebooks in place (see module docstring)."""
     torch.manual_seed(config.seed)
-    rotation, codebooks, codes = read_pq(index)
-    lists, mask = candidate_lists(index, vectors, queries, config.lpq_candidates, space)
-    # work in units of the data's spread so that one learning rate fits every dataset
+    rotation, coarse, codebooks, lists, codes = read_codes(index)
+    cand, mask = candidate_lists(index, vectors, queries, config.lpq_candidates, space,
+                                 config.nprobe)
+    # in the rotated space (distances unchanged), in units of the data's spread so that one
+    # learning rate fits every dataset
     unit = float(vectors.std())
-    x, q_all = torch.from_numpy(vectors / unit), torch.from_numpy(queries / unit)
-    codes_t = torch.from_numpy(codes.astype(np.int64))
-    cand = torch.from_numpy(np.maximum(lists, 0))
+    x, q_all = (torch.from_numpy(a @ rotation.T / unit) for a in (vectors, queries))
+    base = torch.from_numpy(coarse / unit)[torch.from_numpy(lists)]  # (n, d) cell centre per row
+    codes_t, cand, mask = torch.from_numpy(codes), torch.from_numpy(np.maximum(cand, 0)), \
+        torch.from_numpy(mask)
     d_exact_all = torch.cat([exact_distances(q_all[b], x[cand[b]], space)  # (Q, K) targets
                              for b in torch.arange(len(q_all)).split(256)])
-    cand_codes, mask_t = codes_t[cand], torch.from_numpy(mask)  # (Q, K, m), (Q, K)
-    R = torch.nn.Parameter(torch.from_numpy(rotation.copy()))
     C = torch.nn.Parameter(torch.from_numpy(codebooks / unit))
-    recon_rows = torch.randperm(len(x))[:4096]
-    rows, row_codes = x[recon_rows], codes_t[recon_rows]  # (S, d), (S, m)
+    sample = torch.randperm(len(x))[:4096]
 
-    def reconstruction_error():  # mean |R x - C[code(x)]|^2 over a fixed sample of rows
-        decoded = C[torch.arange(C.shape[0]), row_codes]  # (S, m, dsub)
-        return ((rows @ R.T - decoded.flatten(1)) ** 2).sum(1).mean()
+    def reconstruction_error():  # mean |x - x_hat|^2 over a fixed sample of rows
+        return ((x[sample] - decode(base[sample], C, codes_t[sample])) ** 2).sum(1).mean()
 
     with torch.no_grad():
         recon0 = reconstruction_error()
-    optimizer = torch.optim.Adam([R, C], lr=config.lpq_lr)
+    optimizer = torch.optim.Adam([C], lr=config.lpq_lr)
     for _ in tqdm(range(config.lpq_epochs), desc="learned_pq", disable=not config.progress):
         for batch in torch.randperm(len(q_all)).split(128):
-            d_adc = adc_distances(q_all[batch], R, C, cand_codes[batch], space)  # (B, K)
-            loss = listnet_loss(d_adc, d_exact_all[batch], mask_t[batch], config.lpq_temperature)
+            rows = cand[batch]  # (B, K)
+            d_adc = exact_distances(q_all[batch], decode(base[rows], C, codes_t[rows]), space)
+            loss = listnet_loss(d_adc, d_exact_all[batch], mask[batch], config.lpq_temperature)
             loss = loss + config.lpq_recon_weight * reconstruction_error() / recon0
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    write_pq(index, R.detach().numpy(), C.detach().numpy() * unit)
-
-
-def exact_distances(queries, rows, space: str):
-    """queries (B, d), rows (B, K, d) -> (B, K), smaller = closer."""
-    if space == "l2":
-        return ((rows - queries.unsqueeze(1)) ** 2).sum(-1)
-    return -(rows * queries.unsqueeze(1)).sum(-1)
+    write_codebooks(index, C.detach().numpy() * unit)
 
 
 def query_matched_sample(vectors, queries, config, space: str):
-    """Rows resampled to where the queries are: (config.opq_train_rows, d) float32.
+    """Rows resampled to where the queries are: (config.lpq_train_rows, d) float32.
 
-    Row i is drawn with probability ~ r_i + floor * mean(r), where r_i counts the training queries
-    that have row i among their exact top-`lpq_neighbours` (its reverse-kNN count). The floor
-    keeps every region covered, for rows no sampled query reached and rows added later.
+    Row i is drawn with probability ~ r_i + P k / n, where r_i counts the training queries that
+    have row i among their exact top-k (k = `lpq_neighbours`; its reverse-kNN count) and the
+    second term is a uniform prior worth P = `lpq_prior_queries` queries. A few logged queries
+    barely move the sample (they are a poor guess of where the next ones land: trained on 50
+    SIFT queries with P = 5, recall@10 fell from 0.430 to 0.370); thousands dominate it. The prior also keeps
+    every region covered, for rows no query reached and rows added later.
     """
     pos, _ = exact_knn(queries, vectors, config.lpq_neighbours, space)
     hits = np.bincount(pos.ravel(), minlength=len(vectors)).astype(np.float64)
-    weight = hits + config.lpq_floor * hits.mean()
+    weight = hits + config.lpq_prior_queries * pos.shape[1] / len(vectors)
     rng = np.random.default_rng(config.seed)
-    picked = rng.choice(len(vectors), size=config.opq_train_rows, p=weight / weight.sum())
+    picked = rng.choice(len(vectors), size=config.lpq_train_rows, p=weight / weight.sum())
     return vectors[picked]
 
 
 class LearnedPQIndex(FaissIndex):
-    """kind "learned_pq": a faiss [OPQ+]PQ index trained on rows resampled to the query
-    distribution, whose R and C are then fine-tuned for ranking."""
+    """kind "learned_pq": a faiss OPQ + IVF + residual PQ index (one coarse byte + 7-bit residual
+    codes at 8 bytes/row) trained on rows resampled to the query distribution, whose residual
+    codebooks are then fine-tuned for ranking."""
+
+    def _pretrain(self, sample):
+        """OPQ's rotation fitted to the residuals from the coarse cells, which the PQ codes hold
+        (faiss's own OPQ training would fit it to the rows)."""
+        cells = faiss.Kmeans(self.dim, 2 ** self.config.lpq_coarse_bits, niter=20,
+                             seed=self.config.seed + 1)
+        cells.train(sample)
+        residuals = sample - cells.centroids[cells.index.search(sample, 1)[1][:, 0]]
+        faiss.downcast_VectorTransform(self._index.chain.at(0)).train(residuals)
 
     def _build(self, vectors, train_queries=None, **train):
         queries = self._prepare("train_queries", train_queries)

@@ -182,7 +182,7 @@ def test_bad_input_names_the_field_and_writes_nothing(kb, manager):
 
 def test_failed_build_is_reported_and_droppable(kb):
     m = IndexManager(kb, QUICK)
-    info = m.create("big", "stem", 0, {"kind": "learned_pq", "pq_m": 3}, wait=True)  # 8 % 3 != 0
+    info = m.create("big", "stem", 0, {"kind": "pq", "pq_m": 3}, wait=True)  # 8 % 3 != 0
     assert info.state == "FAILED" and info.error
     with pytest.raises(FailedPrecondition, match="index"):
         m.search("stem", 0, tokens=["France"], index="big")
