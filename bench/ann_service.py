@@ -6,6 +6,10 @@ the in-process index is built over exactly those float16 rows widened to float32
 batches of 64 (one request per batch, down the client's open SearchStream; "unary ratio" is the
 same searches as unary Search calls), k = 10. Recall@10 is |found ∩ exact top-10| / 10 against
 brute force (faiss knn). Target (issue 5): service QPS >= 0.7x in-process at batch 64, equal recall.
+"floor ratio": the same index kind built over the same rows in a bare Python gRPC server of its own
+(bench.lookup.serve_messages: raw float32 batch in, raw ids + distances out, no versions, names,
+checks or interceptors), searched down one open stream, so the table shows how much of the gap
+any Python gRPC server pays and how much is memsvc's.
 Both sides search with the same threads: faiss (OpenMP) and diskannpy use every core in this
 process and in the server (its diskann search worker included), and neither is niced.
 
@@ -33,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from bench.lookup import TABLE, memsvc_server  # noqa: E402
+from bench.lookup import TABLE, grpc_floor, memsvc_server, serve_messages  # noqa: E402
 from clients.client import MemoryClient  # noqa: E402
 from clients.search import SearchClient  # noqa: E402
 from indexes.ann import IndexConfig, build_index  # noqa: E402
@@ -134,6 +138,17 @@ def stall(config: BenchConfig):
                       f"diskann_search_ms_b{config.batch}": round(search_ms, 3)}))
 
 
+def _index_serve(port, kind, rows_path, k):
+    """The floor's server: build_index over the rows, answer each batch with its hits, nothing else."""
+    rows = np.load(rows_path)
+    index = build_index(IndexConfig(kind=kind, progress=False), np.arange(len(rows), dtype=np.int64), rows)
+
+    def answer(message):
+        ids, dist = index.search(np.frombuffer(message, np.float32).reshape(-1, rows.shape[1]), k)
+        return ids.tobytes() + dist.tobytes()
+    serve_messages(port, answer)
+
+
 def main(config: BenchConfig):
     rows, queries = clustered_table(config.rows, config.dim, config.batch * config.batches, seed=config.seed)
     rows16 = rows.astype(np.float16)
@@ -145,23 +160,32 @@ def main(config: BenchConfig):
     with tempfile.TemporaryDirectory() as tmp, memsvc_server(rows16[:, None, :], tmp) as address, \
             MemoryClient(address) as client:
         search, unary = SearchClient(client), SearchClient(client, stream=False)
+        rows_path = Path(tmp) / "rows32.npy"
+        np.save(rows_path, rows32)
         for kind in config.kinds:
             index = build_index(IndexConfig(kind=kind, progress=False), ids, rows32)
             search.create(kind, TABLE, 0, {"kind": kind}, wait=True)
-            local, remote, remote_unary = [], [], []
-            for _ in range(config.rounds):  # alternate, so that load on the machine hits all alike
-                local.append(timed_qps(lambda b: index.search(b, config.k)[0], batches, config.seconds / config.rounds))
-                for runs, client_kind in ((remote, search), (remote_unary, unary)):
-                    runs.append(timed_qps(lambda b: client_kind.search(TABLE, 0, queries=b, k=config.k, index=kind).ids,
-                                          batches, config.seconds / config.rounds))
-            (local_qps, local_found), (remote_qps, remote_found), (unary_qps, _) = (
-                (float(np.median([q for q, _ in runs])), runs[0][1]) for runs in (local, remote, remote_unary))
+            local, remote, remote_unary, bare = [], [], [], []
+            with grpc_floor(_index_serve, (kind, rows_path, config.k), ready_seconds=3600) as floor:
+                def floor_ids(b):
+                    return np.frombuffer(floor(b.tobytes()), np.int64, count=b.size // config.dim * config.k)
+                for _ in range(config.rounds):  # alternate, so that load on the machine hits all alike
+                    local.append(timed_qps(lambda b: index.search(b, config.k)[0], batches, config.seconds / config.rounds))
+                    for runs, call in ((remote, search.search), (remote_unary, unary.search)):
+                        runs.append(timed_qps(lambda b: call(TABLE, 0, queries=b, k=config.k, index=kind).ids,
+                                              batches, config.seconds / config.rounds))
+                    bare.append(timed_qps(lambda b: floor_ids(b).reshape(-1, config.k), batches,
+                                          config.seconds / config.rounds))
+            (local_qps, local_found), (remote_qps, remote_found), (unary_qps, _), (floor_qps, floor_found) = (
+                (float(np.median([q for q, _ in runs])), runs[0][1]) for runs in (local, remote, remote_unary, bare))
             row = dict(kind=kind, local_qps=local_qps, service_qps=remote_qps, ratio=remote_qps / local_qps,
-                       unary_ratio=unary_qps / local_qps,
-                       local_recall=recall(local_found, truth), service_recall=recall(remote_found, truth))
+                       unary_ratio=unary_qps / local_qps, floor_ratio=floor_qps / local_qps,
+                       local_recall=recall(local_found, truth), service_recall=recall(remote_found, truth),
+                       floor_recall=recall(floor_found, truth))
             table.append(row)
             figures[f"{kind}_service_over_inprocess_qps_b{config.batch}"] = round(row["ratio"], 3)
             figures[f"{kind}_unary_service_over_inprocess_qps_b{config.batch}"] = round(row["unary_ratio"], 3)
+            figures[f"{kind}_bare_grpc_over_inprocess_qps_b{config.batch}"] = round(row["floor_ratio"], 3)
             figures[f"{kind}_recall_service_minus_inprocess"] = round(row["service_recall"] - row["local_recall"], 4)
             del index
 
@@ -175,11 +199,11 @@ def main(config: BenchConfig):
         building = lookup_latencies(client, 0, until=lambda: search.describe("building").state != "BUILDING")
 
     print(f"\nANN search, {config.rows} rows x {config.dim} (float16 bank layer), batch {config.batch}, k {config.k}")
-    print(f"{'kind':<9} {'in-process q/s':>15} {'service q/s':>12} {'ratio':>6} {'unary ratio':>12} "
-          f"{'recall in-proc':>15} {'recall service':>15}")
+    print(f"{'kind':<9} {'in-process q/s':>15} {'service q/s':>12} {'ratio':>6} {'unary ratio':>12} {'floor ratio':>12} "
+          f"{'recall in-proc':>15} {'recall service':>15} {'recall floor':>13}")
     for r in table:
         print(f"{r['kind']:<9} {r['local_qps']:>15.0f} {r['service_qps']:>12.0f} {r['ratio']:>6.2f} {r['unary_ratio']:>12.2f} "
-              f"{r['local_recall']:>15.4f} {r['service_recall']:>15.4f}")
+              f"{r['floor_ratio']:>12.2f} {r['local_recall']:>15.4f} {r['service_recall']:>15.4f} {r['floor_recall']:>13.4f}")
     print("\nsingle-token Lookup latency through the same server")
     print(f"  alone                          {pct(alone)}")
     print(f"  during batch-64 {busy_kind:<7} search {pct(searching)}")

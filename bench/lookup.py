@@ -100,28 +100,35 @@ def memsvc_server(rows, workdir):
         stop_server(proc)
 
 
-def _echo_serve(port):
+def serve_messages(port, answer):
+    """A bare Python gRPC server (the process's main loop): `answer(message bytes) -> reply bytes`
+    for each message of one stream method, /bench.Echo/Stream."""
     server = grpc.server(futures.ThreadPoolExecutor(4))
-    answer = grpc.stream_stream_rpc_method_handler(lambda requests, context: (b"x" * 64 for _ in requests))
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Stream": answer})])
+    handler = grpc.stream_stream_rpc_method_handler(lambda requests, context: (answer(m) for m in requests))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Stream": handler})])
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     server.wait_for_termination()
 
 
+def _echo_serve(port):
+    serve_messages(port, lambda message: b"x" * 64)
+
+
 @contextmanager
-def grpc_floor():
-    """A gather-shaped callable timing one message on an open stream to a do-nothing gRPC server."""
+def grpc_floor(serve=_echo_serve, args=(), ready_seconds=30):
+    """call(message bytes) -> reply bytes: one message on an open stream to the bare gRPC server
+    `serve(port, *args)` in its own process (default: a do-nothing echo answering 64 bytes)."""
     port = free_port()
-    proc = multiprocessing.get_context("spawn").Process(target=_echo_serve, args=(port,), daemon=True)
+    proc = multiprocessing.get_context("spawn").Process(target=serve, args=(port, *args), daemon=True)
     proc.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    grpc.channel_ready_future(channel).result(timeout=30)
+    grpc.channel_ready_future(channel).result(timeout=ready_seconds)
     outbox = queue.SimpleQueue()
     replies = channel.stream_stream("/bench.Echo/Stream")(iter(outbox.get, None))
 
-    def call(ids):
-        outbox.put(b"ids")
+    def call(message):
+        outbox.put(message)
         return next(replies)
     try:
         yield call
@@ -200,7 +207,7 @@ def main(config: BenchConfig):
         backends = {"grpc": grpc_gather(client), "grpc_unary": grpc_gather(unary), "grpc_inline": grpc_gather(inline),
                     "redis": redis_gather(r, config.layers, config.dim, dedupe=False),
                     "redis_dedup": redis_gather(r, config.layers, config.dim, dedupe=True), "numpy": numpy_gather(rows),
-                    "floor": floor}
+                    "floor": lambda ids: floor(b"ids")}
         for size in tqdm(config.batches, desc="batches", leave=False):
             results[size], batches = checked_measure(backends, rows, config, size, unchecked=("floor",))
             results[size]["unique"] = np.mean([len(np.unique(b)) / size for b in batches])
