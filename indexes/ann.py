@@ -49,5 +49,9 @@ def load_index(path) -> Index:
     if meta.get("format") != FORMAT_VERSION:
         raise FailedPrecondition(f"path: index format {meta.get('format')} at {path}, "
                                  f"this code reads {FORMAT_VERSION}; rebuild the index")
-    config = IndexConfig.from_dict(meta["config"])
+    try:
+        config = IndexConfig.from_dict(meta["config"])
+    except InvalidArgument as e:  # e.g. a learned_pq index of the one-level code (lpq_init, lpq_floor)
+        raise FailedPrecondition(f"path: the index at {path} was written with settings this code "
+                                 f"does not read ({e}); drop and create it again") from None
     return CLASS_OF_KIND[config.kind].load(path, meta)

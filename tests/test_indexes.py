@@ -1,6 +1,7 @@
 """The ANN index library (indexes/): recall on real SIFT data, add/remove, persistence, input
 checks, and the diskannpy quirks we build around (single-query results, C++ stdout)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from indexes.ann import IndexConfig, build_index, load_index
 from indexes.base import exact_knn
 from indexes.synthetic import clustered_table
-from memsvc.errors import InvalidArgument, NotFound
+from memsvc.errors import FailedPrecondition, InvalidArgument, NotFound
 
 REPO = Path(__file__).resolve().parents[1]
 SIFT = REPO.parent / "shared" / "data" / "sift5k"  # ../shared beside the checkout
@@ -231,7 +232,7 @@ def test_learned_pq_beats_opq_on_held_out_queries():
     assert learned.stats()["factory"] == "OPQ4,IVF256,PQ4x6"
 
 
-def test_learned_pq_serves_the_fine_tuned_codebooks():
+def test_learned_pq_serves_the_fine_tuned_codebooks(tmp_path):
     """faiss's ADC distances are those of the decoded rows after fine-tuning (codes read back
     from the inverted lists, codebooks written back, faiss's per-cell tables recomputed)."""
     import faiss
@@ -253,6 +254,16 @@ def test_learned_pq_serves_the_fine_tuned_codebooks():
     found, dist = index.search(held_out, 10, params={"nprobe": 16})  # every one of the 16 cells
     expected = ((held_out[:, None, :] - decoded[found]) ** 2).sum(-1)
     np.testing.assert_allclose(dist, expected, rtol=1e-4, atol=1e-4)
+    index.save(tmp_path / "ix")
+    again = load_index(tmp_path / "ix").search(held_out, 10, params={"nprobe": 16})
+    np.testing.assert_array_equal(again[0], found)
+    np.testing.assert_array_equal(again[1], dist)
+    # an index saved with settings this code no longer reads (the one-level code's) says so
+    meta = json.loads((tmp_path / "ix" / "config.json").read_text())
+    meta["config"]["lpq_init"] = "opq"
+    (tmp_path / "ix" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(FailedPrecondition, match="unknown field.*lpq_init.*drop and create it again"):
+        load_index(tmp_path / "ix")
     # the fine-tuning moved the codebooks away from the k-means ones it started from
     untuned = build_index(IndexConfig(**{**config.__dict__, "lpq_epochs": 0}), np.arange(len(rows)),
                           rows, train_queries=queries[:200])
