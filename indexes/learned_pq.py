@@ -130,8 +130,8 @@ def finetune(index, vectors, queries, config, space: str):
     unit = float(vectors.std())
     x, q_all = (torch.from_numpy(a @ rotation.T / unit) for a in (vectors, queries))
     base = torch.from_numpy(coarse / unit)[torch.from_numpy(lists)]  # (n, d) cell centre per row
-    codes_t, cand, mask = torch.from_numpy(codes), torch.from_numpy(np.maximum(cand, 0)), \
-        torch.from_numpy(mask)
+    codes_t, mask = torch.from_numpy(codes), torch.from_numpy(mask)
+    cand = torch.from_numpy(np.maximum(cand, 0))  # (Q, K) row positions; padding masked
     d_exact_all = torch.cat([exact_distances(q_all[b], x[cand[b]], space)  # (Q, K) targets
                              for b in torch.arange(len(q_all)).split(256)])
     C = torch.nn.Parameter(torch.from_numpy(codebooks / unit))
