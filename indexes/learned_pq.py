@@ -129,7 +129,7 @@ def finetune(index, vectors, queries, config, space: str):
     # learning rate fits every dataset
     unit = float(vectors.std())
     x, q_all = (torch.from_numpy(a @ rotation.T / unit) for a in (vectors, queries))
-    base = torch.from_numpy(coarse / unit)[torch.from_numpy(lists)]  # (n, d) cell centre per row
+    centres, cell = torch.from_numpy(coarse / unit), torch.from_numpy(lists)  # (nlist, d), (n,)
     codes_t, mask = torch.from_numpy(codes), torch.from_numpy(mask)
     cand = torch.from_numpy(np.maximum(cand, 0))  # (Q, K) row positions; padding masked
     d_exact_all = torch.cat([exact_distances(q_all[b], x[cand[b]], space)  # (Q, K) targets
@@ -138,7 +138,7 @@ def finetune(index, vectors, queries, config, space: str):
     sample = torch.randperm(len(x))[:4096]
 
     def reconstruction_error():  # mean |x - x_hat|^2 over a fixed sample of rows
-        return ((x[sample] - decode(base[sample], C, codes_t[sample])) ** 2).sum(1).mean()
+        return ((x[sample] - decode(centres[cell[sample]], C, codes_t[sample])) ** 2).sum(1).mean()
 
     with torch.no_grad():
         recon0 = reconstruction_error()
@@ -146,7 +146,7 @@ def finetune(index, vectors, queries, config, space: str):
     for _ in tqdm(range(config.lpq_epochs), desc="learned_pq", disable=not config.progress):
         for batch in torch.randperm(len(q_all)).split(128):
             rows = cand[batch]  # (B, K)
-            d_adc = exact_distances(q_all[batch], decode(base[rows], C, codes_t[rows]), space)
+            d_adc = exact_distances(q_all[batch], decode(centres[cell[rows]], C, codes_t[rows]), space)
             loss = listnet_loss(d_adc, d_exact_all[batch], mask[batch], config.lpq_temperature)
             loss = loss + config.lpq_recon_weight * reconstruction_error() / recon0
             optimizer.zero_grad()
