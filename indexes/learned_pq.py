@@ -162,8 +162,8 @@ def query_matched_sample(vectors, queries, config, space: str):
     have row i among their exact top-k (k = `lpq_neighbours`; its reverse-kNN count) and the
     second term is a uniform prior worth P = `lpq_prior_queries` queries. A few logged queries
     barely move the sample (they are a poor guess of where the next ones land: trained on 50
-    SIFT queries with P = 5, recall@10 fell from 0.430 to 0.370); thousands dominate it. The prior also keeps
-    every region covered, for rows no query reached and rows added later.
+    SIFT queries with P = 5, recall@10 fell from 0.430 to 0.370); thousands dominate it. The
+    prior also keeps every region covered, for rows no query reached and rows added later.
     """
     pos, _ = exact_knn(queries, vectors, config.lpq_neighbours, space)
     hits = np.bincount(pos.ravel(), minlength=len(vectors)).astype(np.float64)

@@ -221,8 +221,8 @@ def test_learned_pq_beats_opq_on_held_out_queries():
     opq = build_index(IndexConfig(kind="opq", **config), ids, rows)
     learned = build_index(IndexConfig(kind="learned_pq", **config), ids, rows,
                           train_queries=train)
-    not_query_matched = build_index(IndexConfig(kind="learned_pq", lpq_prior_queries=10**9, **config), ids,
-                                    rows, train_queries=train)
+    not_query_matched = build_index(IndexConfig(kind="learned_pq", lpq_prior_queries=10**9, **config),
+                                    ids, rows, train_queries=train)
     opq_recall = recall(opq.search(held_out, 10)[0], truth)
     learned_recall = recall(learned.search(held_out, 10)[0], truth)
     assert learned_recall >= opq_recall + 0.056
@@ -241,8 +241,9 @@ def test_learned_pq_serves_the_fine_tuned_codebooks(tmp_path):
     from indexes.learned_pq import decode, read_codes
 
     rows, queries = clustered_table(3000, 16, 300, clusters=30, rank=8, seed=1)
-    config = IndexConfig(kind="learned_pq", pq_m=4, lpq_coarse_bits=4, lpq_train_rows=8192, opq_iterations=4,
-                         lpq_epochs=3, lpq_lr=1e-2, progress=False, seed=0, num_threads=1)
+    config = IndexConfig(kind="learned_pq", pq_m=4, lpq_coarse_bits=4, lpq_train_rows=8192,
+                         opq_iterations=4, lpq_epochs=3, lpq_lr=1e-2, progress=False, seed=0,
+                         num_threads=1)
     index = build_index(config, np.arange(len(rows)), rows, train_queries=queries[:200])
     rotation, coarse, codebooks, lists, codes = read_codes(index._index)
     np.testing.assert_allclose(rotation @ rotation.T, np.eye(16), atol=1e-5)
