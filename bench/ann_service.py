@@ -3,9 +3,11 @@ in-process (indexes.ann.build_index + index.search), on the same rows, side by s
 
 Rows are a clustered synthetic table (indexes/synthetic.py) stored as float16 in one bank layer;
 the in-process index is built over exactly those float16 rows widened to float32. Queries come in
-batches of 64 (one request per batch, down the client's open SearchStream; "unary ratio" is the
-same searches as unary Search calls), k = 10. Recall@10 is |found ∩ exact top-10| / 10 against
-brute force (faiss knn). Target (issue 5): service QPS >= 0.7x in-process at batch 64, equal recall.
+batches of 64 (one request per batch, down the client's open SearchStream), k = 10. "ratio": the
+service answering ids and distances, as index.search does (names=False, what an inference worker
+asks); "named ratio": the same with every hit's token name; "unary ratio": ids and distances as
+unary Search calls. Recall@10 is |found ∩ exact top-10| / 10 against brute force (faiss knn).
+Target (issue 5): service QPS >= 0.7x in-process at batch 64, equal recall.
 "floor ratio": the same index kind built over the same rows in a bare Python gRPC server of its own
 (bench.lookup.serve_messages: raw float32 batch in, raw ids + distances out, no versions, names,
 checks or interceptors), searched down one open stream, so the table shows how much of the gap
@@ -165,27 +167,27 @@ def main(config: BenchConfig):
         for kind in config.kinds:
             index = build_index(IndexConfig(kind=kind, progress=False), ids, rows32)
             search.create(kind, TABLE, 0, {"kind": kind}, wait=True)
-            local, remote, remote_unary, bare = [], [], [], []
             with grpc_floor(_index_serve, (kind, rows_path, config.k), ready_seconds=3600) as floor:
                 def floor_ids(b):
                     return np.frombuffer(floor(b.tobytes()), np.int64, count=b.size // config.dim * config.k)
+
+                def through(client, names):
+                    return lambda b: client.search(TABLE, 0, queries=b, k=config.k, index=kind, names=names).ids
+                sides = {"local": lambda b: index.search(b, config.k)[0], "service": through(search, False),
+                         "named": through(search, True), "unary": through(unary, False),
+                         "floor": lambda b: floor_ids(b).reshape(-1, config.k)}
+                runs = {side: [] for side in sides}
                 for _ in range(config.rounds):  # alternate, so that load on the machine hits all alike
-                    local.append(timed_qps(lambda b: index.search(b, config.k)[0], batches, config.seconds / config.rounds))
-                    for runs, call in ((remote, search.search), (remote_unary, unary.search)):
-                        runs.append(timed_qps(lambda b: call(TABLE, 0, queries=b, k=config.k, index=kind).ids,
-                                              batches, config.seconds / config.rounds))
-                    bare.append(timed_qps(lambda b: floor_ids(b).reshape(-1, config.k), batches,
-                                          config.seconds / config.rounds))
-            (local_qps, local_found), (remote_qps, remote_found), (unary_qps, _), (floor_qps, floor_found) = (
-                (float(np.median([q for q, _ in runs])), runs[0][1]) for runs in (local, remote, remote_unary, bare))
-            row = dict(kind=kind, local_qps=local_qps, service_qps=remote_qps, ratio=remote_qps / local_qps,
-                       unary_ratio=unary_qps / local_qps, floor_ratio=floor_qps / local_qps,
-                       local_recall=recall(local_found, truth), service_recall=recall(remote_found, truth),
-                       floor_recall=recall(floor_found, truth))
+                    for side, call in sides.items():
+                        runs[side].append(timed_qps(call, batches, config.seconds / config.rounds))
+            qps = {side: float(np.median([q for q, _ in r])) for side, r in runs.items()}
+            row = dict(kind=kind, local_qps=qps["local"], service_qps=qps["service"],
+                       **{f"{side}_ratio": qps[side] / qps["local"] for side in ("service", "named", "unary", "floor")},
+                       **{f"{side}_recall": recall(runs[side][0][1], truth) for side in ("local", "service", "floor")})
             table.append(row)
-            figures[f"{kind}_service_over_inprocess_qps_b{config.batch}"] = round(row["ratio"], 3)
-            figures[f"{kind}_unary_service_over_inprocess_qps_b{config.batch}"] = round(row["unary_ratio"], 3)
-            figures[f"{kind}_bare_grpc_over_inprocess_qps_b{config.batch}"] = round(row["floor_ratio"], 3)
+            for side, what in (("service", "service"), ("named", "named_service"), ("unary", "unary_service"),
+                               ("floor", "bare_grpc")):
+                figures[f"{kind}_{what}_over_inprocess_qps_b{config.batch}"] = round(row[f"{side}_ratio"], 3)
             figures[f"{kind}_recall_service_minus_inprocess"] = round(row["service_recall"] - row["local_recall"], 4)
             del index
 
@@ -199,11 +201,12 @@ def main(config: BenchConfig):
         building = lookup_latencies(client, 0, until=lambda: search.describe("building").state != "BUILDING")
 
     print(f"\nANN search, {config.rows} rows x {config.dim} (float16 bank layer), batch {config.batch}, k {config.k}")
-    print(f"{'kind':<9} {'in-process q/s':>15} {'service q/s':>12} {'ratio':>6} {'unary ratio':>12} {'floor ratio':>12} "
-          f"{'recall in-proc':>15} {'recall service':>15} {'recall floor':>13}")
+    print(f"{'kind':<9} {'in-process q/s':>15} {'service q/s':>12} {'ratio':>6} {'named ratio':>12} {'unary ratio':>12} "
+          f"{'floor ratio':>12} {'recall in-proc':>15} {'recall service':>15} {'recall floor':>13}")
     for r in table:
-        print(f"{r['kind']:<9} {r['local_qps']:>15.0f} {r['service_qps']:>12.0f} {r['ratio']:>6.2f} {r['unary_ratio']:>12.2f} "
-              f"{r['floor_ratio']:>12.2f} {r['local_recall']:>15.4f} {r['service_recall']:>15.4f} {r['floor_recall']:>13.4f}")
+        print(f"{r['kind']:<9} {r['local_qps']:>15.0f} {r['service_qps']:>12.0f} {r['service_ratio']:>6.2f} "
+              f"{r['named_ratio']:>12.2f} {r['unary_ratio']:>12.2f} {r['floor_ratio']:>12.2f} "
+              f"{r['local_recall']:>15.4f} {r['service_recall']:>15.4f} {r['floor_recall']:>13.4f}")
     print("\nsingle-token Lookup latency through the same server")
     print(f"  alone                          {pct(alone)}")
     print(f"  during batch-64 {busy_kind:<7} search {pct(searching)}")

@@ -41,13 +41,14 @@ class SearchClient:
         return self.client._call(method, request, stub=self.stub)
 
     def search(self, table, layer=0, queries=None, tokens=(), k=10, index=None, params=None,
-               version=None, tag=None, metric=None, head=None) -> SearchResult:
+               version=None, tag=None, metric=None, head=None, names=True) -> SearchResult:
         """The k nearest tokens of each query vector (n, d) or token (its row in `layer`); of a
-        mosaic store, the k nearest pairs of (layer, `head`) (ids and labels)."""
+        mosaic store, the k nearest pairs of (layer, `head`) (ids and labels). ``names=False``:
+        ids and distances only (tokens and labels stay empty; the server skips naming them)."""
         ids, words = split_tokens(tokens)
         request = spb.SearchRequest(table=table, layer=int(layer), token_ids=ids, tokens=words, k=int(k),
                                     index=index or "", params=params or {}, at=_ref(version, tag), metric=metric or "",
-                                    head=None if head is None else int(head))
+                                    head=None if head is None else int(head), ids_only=not names)
         if queries is not None:
             request.queries.CopyFrom(tensor_to_pb(np.ascontiguousarray(queries, dtype=np.float32)))
         reply = (self.client._translated(self.stream.call, request) if self.stream is not None

@@ -324,9 +324,13 @@ class Index:
         """Drop masked and padded slots, keep the k closest, map slots to ids, pad, convert. A
         backend's hits come sorted, padding last: with nothing masked or appended they stay so."""
         valid = slots >= 0
-        valid[valid] = self._live[slots[valid]]
-        dist = np.where(valid, dist, np.inf).astype(np.float32)
-        ids = np.where(valid, self._ids[np.maximum(slots, 0)], -1)
+        if self._dead_main:  # else every slot a backend or the fresh buffer returns is live
+            valid[valid] = self._live[slots[valid]]
+        if valid.all():  # the usual case: two array operations instead of five
+            dist, ids = dist.astype(np.float32, copy=False), self._ids[slots]
+        else:
+            dist = np.where(valid, dist, np.inf).astype(np.float32)
+            ids = np.where(valid, self._ids[np.maximum(slots, 0)], -1)
         if self._dead_main or slots.shape[1] != k:  # masked rows amid the hits, or fresh hits beside them
             order = np.argsort(dist, axis=1, kind="stable")[:, :k]
             ids, dist = np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
@@ -334,7 +338,7 @@ class Index:
             pad = k - ids.shape[1]
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
             dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
-        return ids.astype(np.int64), self._to_metric(dist)
+        return ids.astype(np.int64, copy=False), self._to_metric(dist)
 
     def _to_metric(self, dist: np.ndarray) -> np.ndarray:
         """Backend distances -> the configured metric (cosine rows are unit vectors)."""

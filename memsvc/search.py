@@ -42,8 +42,10 @@ import atexit
 import bisect
 import json
 import logging
+import math
 import os
 import pickle
+import random
 import re
 import shutil
 import subprocess
@@ -110,13 +112,13 @@ class IndexInfo:
 class SearchResult:
     ids: np.ndarray  # (n, k) int64 token ids (mosaic: pair ids), -1 padding
     distances: np.ndarray  # (n, k) float32, +inf padding; smaller is closer
-    tokens: list  # banks: n lists of k words ('' for padding); [] for mosaic stores
+    tokens: list  # banks: n lists of k words ('' for padding); [] for mosaic stores or names=False
     version: int  # the version read
     index: str  # the index used; '' = exact search over the whole layer
     index_version: int  # iv of that index
     lag_rows: int  # rows searched exactly because they changed since iv
     metric: str
-    labels: list = field(default_factory=list)  # mosaic stores: n lists of k pair labels; [] for banks
+    labels: list = field(default_factory=list)  # mosaic stores: n lists of k pair labels; [] for banks or names=False
 
 
 def where_of(table, layer, head=None) -> tuple:
@@ -306,13 +308,26 @@ class MosaicGroup:
 # ---------------------------------------------------------------- query log
 
 class QueryLog:
-    """A uniform sample of the queries one (table, layer) received, with the version each read
-    (reservoir sampling, Vitter's algorithm R): what learned PQ trains on."""
+    """A uniform sample of the queries one (table, layer) received, with the version each read:
+    what learned PQ trains on.
+
+    Reservoir sampling with skips (Li's algorithm L). Give every query a uniform random key; the
+    sample is the `size` queries with the smallest keys and W is the largest key in it. A later
+    query enters when its key is below W, so the gap to the next one that enters is geometric,
+
+        gap = floor(log u / log(1 - W))             u ~ U(0, 1]
+        W  <- W * u'^(1 / size)                     after it enters (u' ~ U(0, 1])
+
+    and a search pays a few scalar draws, not a random number per query (algorithm R drew 64
+    for a batch of 64: 0.1 ms of a search, issue 5). Which queries hold the smallest keys is
+    independent of W, and W after n queries ~ Beta(size, n - size + 1): a reloaded log draws it
+    afresh, so the saved file needs no more than the sample."""
 
     def __init__(self, size, dim, seed=0):
         self.size, self.seen = size, 0
         self._queries, self._versions = np.empty((size, dim), np.float32), np.empty(size, np.int64)
-        self._rng = np.random.default_rng(seed)
+        self._rng = random.Random(seed)
+        self._w = self._gap = 0  # set when the sample fills: W, and the queries to pass before the next enters
         self._lock = threading.Lock()
 
     @property
@@ -328,11 +343,21 @@ class QueryLog:
             fill = min(self.seen, self.size)
             take = min(len(queries), self.size - fill)
             self._queries[fill:fill + take], self._versions[fill:fill + take] = queries[:take], version
-            seen = self.seen + take + np.arange(len(queries) - take)  # each later query takes a random
-            slot = self._rng.integers(0, seen + 1)  # slot with probability size / (seen + 1)
-            hit = slot < self.size
-            self._queries[slot[hit]], self._versions[slot[hit]] = queries[take:][hit], version
+            if take and self.seen + take == self.size:  # full now: W of `size` keys, the first gap
+                self._w = self._rng.betavariate(self.size, 1)
+                self._draw_gap()
+            i = take + self._gap
+            while self._w and i < len(queries):  # query i enters, in a random slot (W > 0: full)
+                slot = self._rng.randrange(self.size)
+                self._queries[slot], self._versions[slot] = queries[i], version
+                self._w *= (1.0 - self._rng.random()) ** (1 / self.size)
+                self._draw_gap()
+                i += 1 + self._gap
+            self._gap = i - len(queries) if fill + take == self.size else 0
             self.seen += len(queries)
+
+    def _draw_gap(self):
+        self._gap = int(math.log(1.0 - self._rng.random()) / math.log1p(-self._w)) if self._w < 1 else 0
 
     def save(self, path):
         with self._lock:  # copy under the lock, write outside it: adds never wait on the disk
@@ -340,12 +365,15 @@ class QueryLog:
         np.savez(path, queries=queries, versions=versions, seen=seen)
 
     @classmethod
-    def load(cls, path, size):
+    def load(cls, path, size, seed=0):
         with np.load(path) as f:
-            log = cls(size, f["queries"].shape[1])
+            log = cls(size, f["queries"].shape[1], seed)
             n = min(size, len(f["queries"]))
             log._queries[:n], log._versions[:n] = f["queries"][:n], f["versions"][:n]
             log.seen = n if n < size else int(f["seen"])
+        if log.seen >= size > 0:
+            log._w = log._rng.betavariate(size, log.seen - size + 1)
+            log._draw_gap()
         return log
 
 
@@ -714,6 +742,8 @@ class IndexManager:
         """D(a, b) of a source (BankLayer or MosaicGroup), cached (versions never change); split
         at a bank's compactions so each full-layer compare runs once."""
         lo, hi = min(a, b), max(a, b)
+        if lo == hi:  # an index searched at its own version: the usual case, no work
+            return np.empty(0, np.int64)
         cuts = [lo] + src.cuts(lo, hi) + [hi]
         parts = []
         for x, y in zip(cuts, cuts[1:]):
@@ -735,13 +765,14 @@ class IndexManager:
     # ------------------------------------------------ search
 
     def search(self, table, layer=0, queries=None, tokens=(), k=10, index=None, params=None,
-               version=None, tag=None, metric=None, head=None) -> SearchResult:
+               version=None, tag=None, metric=None, head=None, names=True) -> SearchResult:
         """The k nearest rows of each query in `table`'s `layer` at a version (default head): a
         bank's tokens, or (with `head`, default 0) the pairs of a mosaic store's (layer, head).
 
         Queries are vectors (n, d) or, for a bank, tokens (words or ids: their rows in that layer
         at that version). ``index``: a READY index by name; None picks a READY index of the same
-        rows with ``metric`` (if given), else searches exactly."""
+        rows with ``metric`` (if given), else searches exactly. ``names=False`` leaves tokens and
+        labels empty (ids and distances only)."""
         v = self.kb.resolve_version(version, tag)
         src = self._source(table, layer, head, v)
         k = self._check_k(k)
@@ -757,7 +788,7 @@ class IndexManager:
             ids, dist, iv, lag = *self._exact_all(src, v, q, k, metric), 0, 0
         else:
             ids, dist, iv, lag = self._search_index(entry, src, v, q, k, params)
-        names = src.names(ids, v)
+        names = src.names(ids, v) if names else []
         return SearchResult(ids=ids, distances=dist, tokens=names if src.kind == "bank" else [], version=v,
                             index=entry.info.name if entry else "", index_version=iv, lag_rows=lag, metric=metric,
                             labels=names if src.kind == "mosaic" else [])
@@ -838,7 +869,8 @@ class IndexManager:
                 self.kb.resolve_version(info.version)
             except NotFound:  # iv was garbage-collected (its tag deleted): answer exactly, still correct
                 return *self._exact_all(src, v, q, k, info.metric), info.version, -1
-            stale = np.union1d(self.changed(src, info.version, v), entry.unindexed)
+            stale = self.changed(src, info.version, v)
+            stale = np.union1d(stale, entry.unindexed) if len(entry.unindexed) else stale
             fetch = min(k + len(stale), len(index))
             if not fetch:
                 ids, dist = empty_hits(len(q))

@@ -52,7 +52,8 @@ class SearchServicer(spb_grpc.SearchServiceServicer):
         result = self.manager.search(request.table, request.layer, queries=queries,
                                      tokens=list(request.token_ids) or list(request.tokens), k=request.k,
                                      index=request.index or None, params=dict(request.params),
-                                     metric=request.metric or None, head=head_of(request), **_version(request.at))
+                                     metric=request.metric or None, head=head_of(request), names=not request.ids_only,
+                                     **_version(request.at))
         return spb.SearchResponse(ids=result.ids.ravel().tolist(), distances=convert.tensor_to_pb(result.distances),
                                   tokens=[w for row in result.tokens for w in row], version=result.version,
                                   index=result.index, index_version=result.index_version, lag_rows=result.lag_rows,

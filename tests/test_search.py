@@ -154,6 +154,27 @@ def test_query_log_is_a_bounded_sample():
     assert (log.queries[:, 0] == log.versions).all() and len(set(log.versions.tolist())) > 1
 
 
+def test_query_log_samples_every_query_alike_across_batches_and_a_reload(tmp_path):
+    """Each of 200 queries (batches of 7) lands in a 20-query sample with probability 0.1, early
+    and late ones alike, also when the log is saved and reloaded halfway (W drawn afresh)."""
+    from memsvc.search import QueryLog
+
+    n, size, trials = 200, 20, 1000
+    counts = np.zeros(n)
+    for trial in range(trials):
+        log = QueryLog(size, 1, seed=trial)
+        for start in range(0, n, 7):
+            if trial % 2 and start == 98:
+                log.save(tmp_path / "log.npz")
+                log = QueryLog.load(tmp_path / "log.npz", size, seed=trial)
+            log.add(np.arange(start, min(n, start + 7), dtype=np.float32)[:, None], start)
+        assert log.seen == n and sorted(set(log.queries[:, 0].tolist())) == sorted(log.queries[:, 0].tolist())
+        counts[log.queries[:, 0].astype(int)] += 1
+    share = counts / trials
+    assert share[:50].mean() == pytest.approx(0.1, abs=0.006) and share[-50:].mean() == pytest.approx(0.1, abs=0.006)
+    assert share[90:110].mean() == pytest.approx(0.1, abs=0.01)  # around the reload
+
+
 def test_bad_input_names_the_field_and_writes_nothing(kb, manager):
     def fails(error, field, fn):
         with pytest.raises(error, match=field):
@@ -238,6 +259,9 @@ def test_search_stream_answers_like_search_and_an_error_ends_it_with_the_same_st
             np.testing.assert_array_equal(a.ids, b.ids)
             np.testing.assert_array_equal(a.distances, b.distances)
             assert a.tokens == b.tokens and (a.index, a.version) == (b.index, b.version)
+            bare = streamed.search("stem", 1, **kw, names=False)  # ids and distances only
+            np.testing.assert_array_equal(bare.ids, a.ids)
+            assert bare.tokens == [] and bare.labels == [] and a.tokens[0][0] and (bare.index, bare.version) == (a.index, a.version)
         for bad, field in [(dict(k=0), "k:"), (dict(tokens=["Atlantis"]), "Atlantis"), (dict(index="nope"), "index:")]:
             kw = {"tokens": ["Paris"], "k": 2, **bad}
             with pytest.raises(MemsvcError) as unary_error:
@@ -372,6 +396,8 @@ def test_mosaic_search_through_grpc_cli_and_a_restart(tmp_path):
                 return r
 
             first = check()
+            bare = search.search("facts", 1, queries=QUERIES, k=5, head=2, names=False)
+            assert bare.ids.tolist() == first.ids.tolist() and bare.labels == [] and first.labels[0][0]
             mosaic.add("facts", 1, 2, QUERIES[:1], np.zeros((1, 4)), labels=["new"])  # v4
             assert check().labels[0][0] == "new"
             top = int(first.ids[1, 0])
