@@ -50,7 +50,7 @@ class SearchClient:
                                     index=index or "", params=params or {}, at=_ref(version, tag), metric=metric or "",
                                     head=None if head is None else int(head), ids_only=not names)
         if queries is not None:
-            request.queries.CopyFrom(tensor_to_pb(np.ascontiguousarray(queries, dtype=np.float32)))
+            tensor_to_pb(np.ascontiguousarray(queries, dtype=np.float32), out=request.queries)
         reply = (self.client._translated(self.stream.call, request) if self.stream is not None
                  else self._call("Search", request))
         distances = stored_tensor(reply.distances)

@@ -26,6 +26,7 @@ class FaissIndex(Index):
         super().__init__(config, dim)
         self._index = None
         self._gpu_index = None  # GPU clone for search, rebuilt lazily after adds
+        self._knob_cache = {}  # (SearchParameters class, knob values) -> the object (_knobs)
 
     @property
     def search_params(self):
@@ -78,13 +79,24 @@ class FaissIndex(Index):
     def _search(self, queries, k, params):
         c, kind = self.config, self.config.kind
         if kind == "hnsw":  # efSearch below k would cut the result list short
-            knobs = faiss.SearchParametersHNSW(efSearch=max(params.get("ef_search", c.ef_search), k))
+            knobs = self._knobs(faiss.SearchParametersHNSW, efSearch=max(params.get("ef_search", c.ef_search), k))
         elif kind in ("ivfpq", "learned_pq"):
-            knobs = faiss.SearchParametersIVF(nprobe=params.get("nprobe", c.nprobe))
+            knobs = self._knobs(faiss.SearchParametersIVF, nprobe=params.get("nprobe", c.nprobe))
         else:
             knobs = None
         dist, slots = self._searcher().search(queries, k, params=knobs)
         return slots, (dist if self.space == "l2" else -dist)
+
+    def _knobs(self, kind, **values):
+        """A SearchParameters object per knob setting, made once: searches only read them, and
+        building one through SWIG was ~80 us of a batch-64 search through the service (issue 5)."""
+        key = (kind, *values.items())
+        knobs = self._knob_cache.get(key)
+        if knobs is None:
+            if len(self._knob_cache) >= 64:  # bounded: each request may name other knobs
+                self._knob_cache.clear()
+            knobs = self._knob_cache[key] = kind(**values)
+        return knobs
 
     def _searcher(self):
         if self.config.kind not in self.gpu_kinds or not gpu_available(self.config):

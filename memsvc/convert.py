@@ -31,14 +31,15 @@ def tensor_to_pb(array: np.ndarray, dtype: str = "float32", out: pb.Tensor | Non
     return out
 
 
-def tensor_from_pb(t: pb.Tensor, field: str) -> np.ndarray:
-    """Tensor -> float32 array, validated (dtype, byte count, NaN/Inf); errors name ``field``."""
+def tensor_from_pb(t: pb.Tensor, field: str, check_finite: bool = True) -> np.ndarray:
+    """Tensor -> float32 array, validated (dtype, byte count, NaN/Inf unless the caller checks
+    them itself: ``check_finite=False``); errors name ``field``."""
     if t.dtype not in STORAGE:
         raise InvalidArgument(f"{field}.dtype: {t.dtype!r} is not one of {', '.join(STORAGE)}")
     if any(s < 0 for s in t.shape):
         raise InvalidArgument(f"{field}.shape: negative size in {list(t.shape)}")
     values = from_bytes(t.data, t.dtype, t.shape, field)
-    if not np.isfinite(values).all():
+    if check_finite and not np.isfinite(values).all():
         raise InvalidArgument(f"{field}: contains NaN or Inf")
     return values
 

@@ -214,7 +214,9 @@ class BankLayer:
     kind = "bank"
 
     def __init__(self, t, layer, chunk=4096):
-        self.t, self.layer, self.chunk = t, int(t.check_layers([layer], "layer")[0]), chunk
+        # a plain int in range needs no numpy (check_layers is ~40 us right after a search, issue 5)
+        usual = type(layer) is int and 0 <= layer < t.num_layers
+        self.t, self.layer, self.chunk = t, layer if usual else int(t.check_layers([layer], "layer")[0]), chunk
         self.dim, self.where = t.dim, where_of(t.name, self.layer)
         self.cache_key = (t.name, t.created_in, self.layer)  # D(a, b) of one table's lifetime
 
@@ -342,10 +344,11 @@ class QueryLog:
         with self._lock:
             fill = min(self.seen, self.size)
             take = min(len(queries), self.size - fill)
-            self._queries[fill:fill + take], self._versions[fill:fill + take] = queries[:take], version
-            if take and self.seen + take == self.size:  # full now: W of `size` keys, the first gap
-                self._w = self._rng.betavariate(self.size, 1)
-                self._draw_gap()
+            if take:
+                self._queries[fill:fill + take], self._versions[fill:fill + take] = queries[:take], version
+                if fill + take == self.size:  # full now: W of `size` keys, the first gap
+                    self._w = self._rng.betavariate(self.size, 1)
+                    self._draw_gap()
             i = take + self._gap
             while self._w and i < len(queries):  # query i enters, in a random slot (W > 0: full)
                 slot = self._rng.randrange(self.size)

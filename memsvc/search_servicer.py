@@ -48,16 +48,19 @@ class SearchServicer(spb_grpc.SearchServiceServicer):
         self.manager = manager
 
     def Search(self, request, context):
-        queries = convert.tensor_from_pb(request.queries, "queries") if request.HasField("queries") else None
+        # NaN and Inf: IndexManager.search checks its queries (once is enough on the hot path)
+        queries = convert.tensor_from_pb(request.queries, "queries", check_finite=False) if request.HasField("queries") else None
         result = self.manager.search(request.table, request.layer, queries=queries,
                                      tokens=list(request.token_ids) or list(request.tokens), k=request.k,
                                      index=request.index or None, params=dict(request.params),
                                      metric=request.metric or None, head=head_of(request), names=not request.ids_only,
                                      **_version(request.at))
-        return spb.SearchResponse(ids=result.ids.ravel().tolist(), distances=convert.tensor_to_pb(result.distances),
-                                  tokens=[w for row in result.tokens for w in row], version=result.version,
-                                  index=result.index, index_version=result.index_version, lag_rows=result.lag_rows,
-                                  metric=result.metric, labels=[x for row in result.labels for x in row])
+        reply = spb.SearchResponse(ids=result.ids.ravel().tolist(), tokens=[w for row in result.tokens for w in row],
+                                   version=result.version, index=result.index, index_version=result.index_version,
+                                   lag_rows=result.lag_rows, metric=result.metric,
+                                   labels=[x for row in result.labels for x in row])
+        convert.tensor_to_pb(result.distances, out=reply.distances)
+        return reply
 
     def CreateIndex(self, request, context):
         config = {**_json_object(request.config_json, "config_json"),

@@ -228,9 +228,11 @@ def test_grpc_and_cli_end_to_end(server):
         vectors = client.read_rows("stem", [5])[:, 2]
         assert search.search("stem", 2, queries=vectors, k=1).ids.tolist() in ([[5]], [[W40]])
         for bad, error in [(dict(k=0), InvalidArgument), (dict(k=10**6), ResourceExhausted),
-                           (dict(index="nope"), NotFound), (dict(queries=np.ones((1, 3))), InvalidArgument)]:
-            with pytest.raises(error):
-                search.search("stem", 2, **{"tokens": [] if "queries" in bad else ["Paris"], **bad})
+                           (dict(index="nope"), NotFound), (dict(queries=np.ones((1, 3))), InvalidArgument),
+                           (dict(queries=np.full_like(vectors, np.nan)), InvalidArgument),
+                           (dict(layer=np.int64(9)), OutOfRange)]:
+            with pytest.raises(error, match=f"^{next(iter(bad))}:"):
+                search.search("stem", bad.pop("layer", 2), **{"tokens": [] if "queries" in bad else ["Paris"], **bad})
         assert [i.name for i in search.list()] == ["tok"] and search.describe("tok").lag_rows == 1
 
     def run(*args, ok=True):
