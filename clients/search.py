@@ -54,7 +54,7 @@ class SearchClient:
         reply = (self.client._translated(self.stream.call, request) if self.stream is not None
                  else self._call("Search", request))
         distances = stored_tensor(reply.distances)
-        ids = np.array(reply.ids, dtype=np.int64).reshape(distances.shape)
+        ids = stored_tensor(reply.ids)
         return SearchResult(ids=ids, distances=distances, tokens=_rows(reply.tokens, distances.shape), version=reply.version,
                             index=reply.index, index_version=reply.index_version, lag_rows=reply.lag_rows,
                             metric=reply.metric, labels=_rows(reply.labels, distances.shape))

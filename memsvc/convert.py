@@ -45,8 +45,10 @@ def tensor_from_pb(t: pb.Tensor, field: str, check_finite: bool = True) -> np.nd
 
 
 def stored_tensor(t: pb.Tensor) -> np.ndarray:
-    """Tensor -> its storage array without conversion (zero-copy view of the bytes)."""
-    return np.frombuffer(t.data, dtype=storage_dtype(t.dtype)).reshape(tuple(t.shape))
+    """Tensor -> its storage array without conversion (zero-copy view of the bytes); besides the
+    table dtypes, "int64" (the ids of search hits)."""
+    dtype = np.dtype("<i8") if t.dtype == "int64" else storage_dtype(t.dtype)
+    return np.frombuffer(t.data, dtype=dtype).reshape(tuple(t.shape))
 
 
 # ---------------------------------------------------------------- row operations

@@ -2,6 +2,8 @@
 IndexInfo <-> protobuf conversions that the client shares."""
 import json
 
+import numpy as np
+
 from memsvc import convert
 from memsvc.errors import InvalidArgument
 from memsvc.search import IndexInfo, IndexManager
@@ -55,10 +57,11 @@ class SearchServicer(spb_grpc.SearchServiceServicer):
                                      index=request.index or None, params=dict(request.params),
                                      metric=request.metric or None, head=head_of(request), names=not request.ids_only,
                                      **_version(request.at))
-        reply = spb.SearchResponse(ids=result.ids.ravel().tolist(), tokens=[w for row in result.tokens for w in row],
+        reply = spb.SearchResponse(tokens=[w for row in result.tokens for w in row],
                                    version=result.version, index=result.index, index_version=result.index_version,
                                    lag_rows=result.lag_rows, metric=result.metric,
                                    labels=[x for row in result.labels for x in row])
+        convert.tensor_to_pb(result.ids.astype(np.int64, copy=False), "int64", out=reply.ids)
         convert.tensor_to_pb(result.distances, out=reply.distances)
         return reply
 

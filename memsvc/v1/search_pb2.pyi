@@ -53,7 +53,7 @@ class SearchResponse(_message.Message):
     LAG_ROWS_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
-    ids: _containers.RepeatedScalarFieldContainer[int]
+    ids: _knowledge_pb2.Tensor
     distances: _knowledge_pb2.Tensor
     tokens: _containers.RepeatedScalarFieldContainer[str]
     version: int
@@ -62,7 +62,7 @@ class SearchResponse(_message.Message):
     lag_rows: int
     metric: str
     labels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ids: _Optional[_Iterable[int]] = ..., distances: _Optional[_Union[_knowledge_pb2.Tensor, _Mapping]] = ..., tokens: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ..., index: _Optional[str] = ..., index_version: _Optional[int] = ..., lag_rows: _Optional[int] = ..., metric: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, ids: _Optional[_Union[_knowledge_pb2.Tensor, _Mapping]] = ..., distances: _Optional[_Union[_knowledge_pb2.Tensor, _Mapping]] = ..., tokens: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ..., index: _Optional[str] = ..., index_version: _Optional[int] = ..., lag_rows: _Optional[int] = ..., metric: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class IndexInfo(_message.Message):
     __slots__ = ("name", "table", "layer", "kind", "metric", "state", "stage", "progress", "version", "error", "count", "lag_commits", "lag_rows", "created", "train_queries_from", "config_json", "head")
