@@ -201,8 +201,8 @@ def main(config: BenchConfig):
         building = lookup_latencies(client, 0, until=lambda: search.describe("building").state != "BUILDING")
 
     print(f"\nANN search, {config.rows} rows x {config.dim} (float16 bank layer), batch {config.batch}, k {config.k}")
-    print(f"{'kind':<9} {'in-process q/s':>15} {'service q/s':>12} {'ratio':>6} {'named ratio':>12} {'unary ratio':>12} "
-          f"{'floor ratio':>12} {'recall in-proc':>15} {'recall service':>15} {'recall floor':>13}")
+    print(f"{'kind':<9} {'in-process q/s':>15} {'service q/s':>12} {'ratio':>6} {'named ratio':>12} "
+          f"{'unary ratio':>12} {'floor ratio':>12} {'recall in-proc':>15} {'recall service':>15} {'recall floor':>13}")
     for r in table:
         print(f"{r['kind']:<9} {r['local_qps']:>15.0f} {r['service_qps']:>12.0f} {r['service_ratio']:>6.2f} "
               f"{r['named_ratio']:>12.2f} {r['unary_ratio']:>12.2f} {r['floor_ratio']:>12.2f} "

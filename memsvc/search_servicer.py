@@ -51,7 +51,8 @@ class SearchServicer(spb_grpc.SearchServiceServicer):
 
     def Search(self, request, context):
         # NaN and Inf: IndexManager.search checks its queries (once is enough on the hot path)
-        queries = convert.tensor_from_pb(request.queries, "queries", check_finite=False) if request.HasField("queries") else None
+        queries = (convert.tensor_from_pb(request.queries, "queries", check_finite=False)
+                   if request.HasField("queries") else None)
         result = self.manager.search(request.table, request.layer, queries=queries,
                                      tokens=list(request.token_ids) or list(request.tokens), k=request.k,
                                      index=request.index or None, params=dict(request.params),

@@ -263,7 +263,8 @@ def test_search_stream_answers_like_search_and_an_error_ends_it_with_the_same_st
             assert a.tokens == b.tokens and (a.index, a.version) == (b.index, b.version)
             bare = streamed.search("stem", 1, **kw, names=False)  # ids and distances only
             np.testing.assert_array_equal(bare.ids, a.ids)
-            assert bare.tokens == [] and bare.labels == [] and a.tokens[0][0] and (bare.index, bare.version) == (a.index, a.version)
+            assert bare.tokens == [] and bare.labels == [] and a.tokens[0][0]
+            assert (bare.index, bare.version) == (a.index, a.version)
         for bad, field in [(dict(k=0), "k:"), (dict(tokens=["Atlantis"]), "Atlantis"), (dict(index="nope"), "index:")]:
             kw = {"tokens": ["Paris"], "k": 2, **bad}
             with pytest.raises(MemsvcError) as unary_error:
