@@ -5,6 +5,7 @@ class, so position i always holds slot i. Search knobs go through faiss SearchPa
 objects rather than mutating the index, so concurrent searches with different knobs are safe.
 """
 
+import functools
 import math
 from pathlib import Path
 
@@ -16,7 +17,14 @@ from indexes.quiet import quiet
 
 
 def gpu_available(config) -> bool:
-    return config.use_gpu and faiss.get_num_gpus() > 0
+    return config.use_gpu and faiss_gpus() > 0
+
+
+@functools.cache
+def faiss_gpus() -> int:
+    """GPUs faiss sees, asked once: the count does not change while a process runs, and every
+    search of a GPU-capable kind asks."""
+    return faiss.get_num_gpus()
 
 
 class FaissIndex(Index):

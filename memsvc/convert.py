@@ -36,7 +36,7 @@ def tensor_from_pb(t: pb.Tensor, field: str, check_finite: bool = True) -> np.nd
     them itself: ``check_finite=False``); errors name ``field``."""
     if t.dtype not in STORAGE:
         raise InvalidArgument(f"{field}.dtype: {t.dtype!r} is not one of {', '.join(STORAGE)}")
-    if any(s < 0 for s in t.shape):
+    if min(t.shape, default=0) < 0:
         raise InvalidArgument(f"{field}.shape: negative size in {list(t.shape)}")
     values = from_bytes(t.data, t.dtype, t.shape, field)
     if check_finite and not np.isfinite(values).all():

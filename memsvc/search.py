@@ -349,13 +349,15 @@ class QueryLog:
                 if fill + take == self.size:  # full now: W of `size` keys, the first gap
                     self._w = self._rng.betavariate(self.size, 1)
                     self._draw_gap()
-            i = take + self._gap
+            i, entered = take + self._gap, {}  # slot -> the query entering it (a later one wins)
             while self._w and i < len(queries):  # query i enters, in a random slot (W > 0: full)
-                slot = self._rng.randrange(self.size)
-                self._queries[slot], self._versions[slot] = queries[i], version
+                entered[int(self._rng.random() * self.size)] = i
                 self._w *= (1.0 - self._rng.random()) ** (1 / self.size)
                 self._draw_gap()
                 i += 1 + self._gap
+            if entered:  # one copy for all (a young log takes dozens a batch)
+                slots = list(entered)
+                self._queries[slots], self._versions[slots] = queries[list(entered.values())], version
             self._gap = i - len(queries) if fill + take == self.size else 0
             self.seen += len(queries)
 
