@@ -140,13 +140,18 @@ def stall(config: BenchConfig):
                       f"diskann_search_ms_b{config.batch}": round(search_ms, 3)}))
 
 
+def built_index(kind, rows_path):
+    """An index of `kind` over the rows saved at rows_path, ids 0..n-1 (the floor servers' own)."""
+    rows = np.load(rows_path)
+    return build_index(IndexConfig(kind=kind, progress=False), np.arange(len(rows), dtype=np.int64), rows)
+
+
 def _index_serve(port, kind, rows_path, k):
     """The floor's server: build_index over the rows, answer each batch with its hits, nothing else."""
-    rows = np.load(rows_path)
-    index = build_index(IndexConfig(kind=kind, progress=False), np.arange(len(rows), dtype=np.int64), rows)
+    index = built_index(kind, rows_path)
 
     def answer(message):
-        ids, dist = index.search(np.frombuffer(message, np.float32).reshape(-1, rows.shape[1]), k)
+        ids, dist = index.search(np.frombuffer(message, np.float32).reshape(-1, index.dim), k)
         return ids.tobytes() + dist.tobytes()
     serve_messages(port, answer)
 

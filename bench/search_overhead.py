@@ -29,12 +29,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from bench.ann_service import _index_serve  # noqa: E402
+from bench.ann_service import _index_serve, built_index  # noqa: E402
 from bench.lookup import TABLE, grpc_floor, serve_messages  # noqa: E402
 from clients.client import OpenStream  # noqa: E402
-from indexes.ann import IndexConfig, build_index  # noqa: E402
 from indexes.synthetic import clustered_table  # noqa: E402
 from memsvc.convert import tensor_to_pb  # noqa: E402
+from memsvc.search import IndexManager, SearchConfig  # noqa: E402
+from memsvc.search_servicer import SearchServicer  # noqa: E402
 from memsvc.spawn import spawn_server, stop_server  # noqa: E402
 from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
 from memsvc.v1 import search_pb2 as spb  # noqa: E402
@@ -44,8 +45,7 @@ SEARCH_STREAM = "/memsvc.v1.SearchService/SearchStream"
 
 def _proto_serve(port, kind, rows_path, k):
     """The floor's server speaking SearchRequest / SearchResponse: its own index over the rows."""
-    rows = np.load(rows_path)
-    index = build_index(IndexConfig(kind=kind, progress=False), np.arange(len(rows), dtype=np.int64), rows)
+    index = built_index(kind, rows_path)
 
     def answer(message):
         request = spb.SearchRequest.FromString(message)
@@ -59,9 +59,6 @@ def _proto_serve(port, kind, rows_path, k):
 
 def _servicer_serve(port, data):
     """memsvc's SearchServicer over the KB at `data` (its indexes loaded) in the bare server."""
-    from memsvc.search import IndexManager
-    from memsvc.search_servicer import SearchServicer
-
     searcher = SearchServicer(IndexManager(KnowledgeBase(StoreConfig(data_dir=data))))
     serve_messages(port, lambda message: searcher.Search(spb.SearchRequest.FromString(message), None).SerializeToString())
 
@@ -99,13 +96,11 @@ def main(args):
         requests.append(request.SerializeToString())
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as servers:
         tmp = Path(tmp)
-        from memsvc.search import IndexManager, SearchConfig
-
         with KnowledgeBase(StoreConfig(data_dir=tmp / "kb", create=True, durable=False)) as kb:
             kb.import_table(TABLE, rows16[:, None, :], [f"t{i}" for i in range(args.rows)], dtype="float16", progress=True)
             IndexManager(kb, SearchConfig(build_in_worker=False)).create(args.kind, TABLE, 0, {"kind": args.kind}, wait=True)
         np.save(tmp / "rows32.npy", rows16.astype(np.float32))
-        index = build_index(IndexConfig(kind=args.kind, progress=False), np.arange(args.rows), rows16.astype(np.float32))
+        index = built_index(args.kind, tmp / "rows32.npy")
         for layer in ("servicer", "memsvc"):
             shutil.copytree(tmp / "kb", tmp / layer)  # a KB per server process
         built = (args.kind, tmp / "rows32.npy", 10)

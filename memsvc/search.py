@@ -214,9 +214,7 @@ class BankLayer:
     kind = "bank"
 
     def __init__(self, t, layer, chunk=4096):
-        # a plain int in range needs no numpy (check_layers is ~40 us right after a search, issue 5)
-        usual = type(layer) is int and 0 <= layer < t.num_layers
-        self.t, self.layer, self.chunk = t, layer if usual else int(t.check_layers([layer], "layer")[0]), chunk
+        self.t, self.layer, self.chunk = t, int(t.check_layers([layer], "layer")[0]), chunk
         self.dim, self.where = t.dim, where_of(t.name, self.layer)
         self.cache_key = (t.name, t.created_in, self.layer)  # D(a, b) of one table's lifetime
 
@@ -346,9 +344,8 @@ class QueryLog:
             take = min(len(queries), self.size - fill)
             if take:
                 self._queries[fill:fill + take], self._versions[fill:fill + take] = queries[:take], version
-                if fill + take == self.size:  # full now: W of `size` keys, the first gap
-                    self._w = self._rng.betavariate(self.size, 1)
-                    self._draw_gap()
+                if fill + take == self.size:  # full now
+                    self._start_skipping(self.size)
             i, entered = take + self._gap, {}  # slot -> the query entering it (a later one wins)
             while self._w and i < len(queries):  # query i enters, in a random slot (W > 0: full)
                 entered[int(self._rng.random() * self.size)] = i
@@ -358,8 +355,13 @@ class QueryLog:
             if entered:  # one copy for all (a young log takes dozens a batch)
                 slots = list(entered)
                 self._queries[slots], self._versions[slots] = queries[list(entered.values())], version
-            self._gap = i - len(queries) if fill + take == self.size else 0
+            self._gap = i - len(queries)  # 0 while the sample is not full
             self.seen += len(queries)
+
+    def _start_skipping(self, seen):
+        """W of a full sample after `seen` queries, and the first gap."""
+        self._w = self._rng.betavariate(self.size, seen - self.size + 1)
+        self._draw_gap()
 
     def _draw_gap(self):
         self._gap = int(math.log(1.0 - self._rng.random()) / math.log1p(-self._w)) if self._w < 1 else 0
@@ -377,8 +379,7 @@ class QueryLog:
             log._queries[:n], log._versions[:n] = f["queries"][:n], f["versions"][:n]
             log.seen = n if n < size else int(f["seen"])
         if log.seen >= size > 0:
-            log._w = log._rng.betavariate(size, log.seen - size + 1)
-            log._draw_gap()
+            log._start_skipping(log.seen)
         return log
 
 

@@ -125,6 +125,8 @@ class TableState:
     def check_layers(self, layers, field="layers"):
         if layers is None or len(layers) == 0:
             return None
+        if all(type(x) is int and 0 <= x < self.num_layers for x in layers):  # the usual case, without
+            return np.array(layers, dtype=np.int64)  # numpy's compares (~40 us after a search, issue 5)
         arr = np.asarray(layers, dtype=np.int64)
         bad = arr[(arr < 0) | (arr >= self.num_layers)]
         if len(bad):
