@@ -24,6 +24,9 @@ Run: .venv/bin/python bench/ann_service.py              (20k rows x 128; ~2 min 
 
 --stall measures issue 5's "a slow diskannpy call must not stall lookups": Lookup latency from
 one client, alone and while a second client (its own channel) runs batch-64 diskann searches.
+--builds: Lookup latency alone and during diskann builds, with build workers at the server's
+priority (`memsvc serve --build-niceness 0`) and at the default niceness, two servers whose
+builds alternate (~3.5 min).
 """
 import argparse
 import json
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +144,36 @@ def stall(config: BenchConfig):
                       f"diskann_search_ms_b{config.batch}": round(search_ms, 3)}))
 
 
+def builds(config: BenchConfig):
+    """Lookup latency during index builds, build workers niced (the default) against not."""
+    rows, _ = clustered_table(config.rows, config.dim, config.batch, seed=config.seed)
+    rows16 = rows.astype(np.float16)[:, None, :]
+    niceness = {"build niceness 0": ("--build-niceness", "0"), "default niceness": ()}
+    runs = {name: dict(alone=[], during=[], seconds=[]) for name in niceness}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as servers:
+        clients = {name: servers.enter_context(MemoryClient(servers.enter_context(
+            memsvc_server(rows16, Path(tmp) / str(i), *args)))) for i, (name, args) in enumerate(niceness.items())}
+        for i in range(config.rounds // 2):
+            for name, client in clients.items():
+                search, run, start = SearchClient(client), runs[name], time.perf_counter()
+                search.create(f"b{i}", TABLE, 0, {"kind": "diskann", "complexity": 100})
+                run["during"].append(lookup_latencies(
+                    client, 0, until=lambda: search.describe(f"b{i}").state != "BUILDING"))
+                run["seconds"].append(time.perf_counter() - start)
+                run["alone"].append(lookup_latencies(client, config.seconds / config.rounds))
+    print(f"\nLookup during diskann builds, {config.rows} rows x {config.dim}, one client looking up in a loop")
+    figures = {}
+    for name, run in runs.items():
+        alone, during = np.concatenate(run["alone"]), np.concatenate(run["during"])
+        print(f"  {name:<17} alone          {pct(alone)}")
+        print(f"  {name:<17} during a build {pct(during)}  build {np.median(run['seconds']):.1f} s (median)")
+        key = name.replace(" ", "_")
+        figures.update({f"{key}_lookup_p99_ms_alone": round(float(np.percentile(alone, 99)), 3),
+                        f"{key}_lookup_p99_ms_during_build": round(float(np.percentile(during, 99)), 3),
+                        f"{key}_build_seconds": round(float(np.median(run["seconds"])), 2)})
+    print(json.dumps(figures))
+
+
 def built_index(kind, rows_path):
     """An index of `kind` over the rows saved at rows_path, ids 0..n-1 (the floor servers' own)."""
     rows = np.load(rows_path)
@@ -229,6 +263,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=BenchConfig.seconds)
     parser.add_argument("--kinds", default=",".join(BenchConfig.kinds))
     parser.add_argument("--stall", action="store_true", help="only Lookup latency alone and during diskann searches")
+    parser.add_argument("--builds", action="store_true", help="only Lookup latency during builds, niced or not")
     args = parser.parse_args()
     config = BenchConfig(rows=args.rows, dim=args.dim, seconds=args.seconds, kinds=tuple(args.kinds.split(",")))
-    (stall if args.stall else main)(config)
+    (stall if args.stall else builds if args.builds else main)(config)

@@ -88,12 +88,13 @@ def zipf_batches(config, size) -> list:
 
 
 @contextmanager
-def memsvc_server(rows, workdir):
-    """`memsvc serve` in its own process over a KB holding ``rows`` as table 'bank'; yields its address."""
+def memsvc_server(rows, workdir, *serve_args):
+    """`memsvc serve *serve_args` in its own process over a KB holding ``rows`` as table 'bank'
+    (in workdir/kb); yields its address."""
     data = Path(workdir) / "kb"
     with KnowledgeBase(StoreConfig(data_dir=data, create=True, durable=False)) as kb:
         kb.import_table(TABLE, rows, [f"t{i}" for i in range(len(rows))], dtype="float16", progress=True)
-    proc, address = spawn_server(data)
+    proc, address = spawn_server(data, *serve_args)
     try:
         yield address
     finally:

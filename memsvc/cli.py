@@ -94,7 +94,10 @@ def print_changes(changes, limit=50):
 @click.option("--metrics-port", type=int, default=None, help="HTTP /metrics, /healthz, /readyz on this port (0: any free).")
 @click.option("--drain-seconds", type=float, default=0.0, show_default=True,
               help="On SIGTERM, report NOT_SERVING this long before refusing calls.")
-def serve(data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls_key, metrics_port, drain_seconds):
+@click.option("--build-niceness", type=click.IntRange(0, 19), default=10, show_default=True,
+              help="How much nicer than the server index builds run (0: same priority as Lookups).")
+def serve(data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls_key, metrics_port, drain_seconds,
+          build_niceness):
     """Serve a knowledge base over gRPC (health checking and reflection included).
 
     On first run an empty --data is seeded with the demo model's knowledge base. Beyond
@@ -113,7 +116,7 @@ def serve(data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls_key,
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run(ServerConfig(data_dir=Path(data), host=host, port=port, seed_demo=not no_seed, api_keys_file=api_keys_file,
                      insecure=insecure, tls_cert=tls_cert, tls_key=tls_key, metrics_port=metrics_port,
-                     drain_seconds=drain_seconds))
+                     drain_seconds=drain_seconds, build_niceness=build_niceness))
 
 
 @cli.command(name="import")

@@ -16,7 +16,7 @@ from memsvc import mosaic_servicer, search_servicer
 from memsvc.auth import AuthInterceptor, check_exposure, load_keys
 from memsvc.errors import InvalidArgument
 from memsvc.metrics import Metrics, MetricsInterceptor, ServingState, start_http
-from memsvc.search import IndexManager
+from memsvc.search import IndexManager, SearchConfig
 from memsvc.servicer import ErrorInterceptor, KnowledgeServicer, UnaryInterceptor
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.v1 import knowledge_pb2 as pb
@@ -46,6 +46,7 @@ class ServerConfig:
     tls_key: Path | None = None
     metrics_port: int | None = None  # HTTP /metrics /healthz /readyz on this port (0: a free one)
     drain_seconds: float = 0.0  # on SIGTERM, answer NOT_SERVING this long before stopping (balancers)
+    build_niceness: int = SearchConfig.build_niceness  # index builds run this much nicer than the server
 
 
 def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | None = None,
@@ -58,7 +59,7 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
     measured = [MetricsInterceptor(metrics)] if metrics else []
     checked = [UnparsableRequestInterceptor(), ErrorInterceptor()]
     servicer = KnowledgeServicer(kb, config)
-    searcher = search_servicer.SearchServicer(IndexManager(kb))
+    searcher = search_servicer.SearchServicer(IndexManager(kb, SearchConfig(build_niceness=config.build_niceness)))
     streams = StreamOfUnaryCalls({
         f"/{SERVICE}/LookupStream": (f"/{SERVICE}/Lookup", _unary(servicer.Lookup, pb.LookupRequest, pb.LookupResponse)),
         f"/{search_servicer.SERVICE}/SearchStream": (f"/{search_servicer.SERVICE}/Search",

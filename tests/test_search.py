@@ -212,6 +212,27 @@ def test_failed_build_is_reported_and_droppable(kb):
     assert m.list() == [] and "index:big" not in kb.tags()
 
 
+def test_builds_run_in_a_worker_nicer_than_the_server(kb):
+    """A build is background work: its worker process runs `build_niceness` nicer, so Lookups
+    (a decode step waits on each) win the CPU from it."""
+    import os
+    import time
+
+    m = IndexManager(kb, SearchConfig(build_niceness=5))
+    m.create("tok", "stem", 0, {"kind": "exact"})
+    entry, seen = m._entries["tok"], set()
+    while entry.info.state == "BUILDING":
+        if entry.worker is not None:
+            try:
+                seen.add(os.getpriority(os.PRIO_PROCESS, entry.worker.pid))
+            except OSError:  # it exited between our look and the call
+                pass
+        time.sleep(0.002)
+    assert m.describe("tok").state == "READY"
+    assert min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5) in seen
+    m.close()
+
+
 def test_grpc_and_cli_end_to_end(server):
     address, _ = server
     with MemoryClient(address) as client:
