@@ -30,6 +30,7 @@ import json
 import logging
 import multiprocessing
 import queue
+import signal
 import sys
 import tempfile
 import time
@@ -109,6 +110,9 @@ def serve_messages(port, answer):
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Stream": handler})])
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
+    # SIGTERM (grpc_floor's exit) stops the server and returns, so the process exits through
+    # multiprocessing's finalizers: killed outright it leaves its semaphores to the resource tracker.
+    signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
     server.wait_for_termination()
 
 
