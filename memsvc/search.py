@@ -550,6 +550,8 @@ class IndexManager:
         self._log_saved = time.monotonic()  # when the query logs were last persisted
         self._log_saving = False
         self._log_save_lock = threading.Lock()
+        self._tasks: list[threading.Thread] = []  # builds and refreshes: close() ends them before the KB closes
+        self._closing = False
         self._load()
 
     # ------------------------------------------------ catalog
@@ -573,13 +575,21 @@ class IndexManager:
                     LOG.exception("cannot load index %s", entry.info.name)
                     entry.info = replace(entry.info, state=FAILED, error=f"cannot load: {e}")
             self._entries[entry.info.name] = entry
-        self._warm_worker()
+        self._warm_worker([e.info.kind for e in self._entries.values() if e.info.state == READY])
 
-    def _warm_worker(self):
-        """Start the search worker (imports, not indexes) before the first search needs it."""
-        if self.config.search_in_worker and any(e.info.state == READY and e.info.kind in GIL_HOLDING_KINDS
-                                                for e in list(self._entries.values())):
+    def _warm_worker(self, kinds):
+        """Start the search worker (imports, not indexes) before the first search of these kinds needs it."""
+        if self.config.search_in_worker and any(kind in GIL_HOLDING_KINDS for kind in kinds):
             self._worker.start()
+
+    def _start_task(self, target, args, name):
+        """A build or refresh in a thread of its own, which close() waits for."""
+        with self._lock:
+            self._tasks = [t for t in self._tasks if t.is_alive()]
+            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+            self._tasks.append(thread)
+        thread.start()
+        return thread
 
     def _index_dir(self, info: IndexInfo) -> Path:
         return self.root / info.name / f"v{info.version}"
@@ -606,7 +616,17 @@ class IndexManager:
             self.kb.tag(tag, version)
 
     def close(self):
-        """Save the query logs (indexes are saved as they change) and stop the search worker."""
+        """Before the KB closes: kill running build workers and wait for the build and refresh
+        threads (a killed build reloads as interrupted), save the query logs (indexes are saved as
+        they change) and stop the search worker."""
+        with self._lock:
+            self._closing = True
+            tasks = list(self._tasks)
+        for entry in list(self._entries.values()):
+            if entry.worker is not None:
+                entry.worker.kill()
+        for thread in tasks:
+            thread.join()
         self._worker.close()
         for where, log in list(self._logs.items()):
             self._save_log(where, log)
@@ -650,8 +670,7 @@ class IndexManager:
                              head=src.where[2] if src.kind == "mosaic" else None)
             entry = self._entries[name] = _Entry(info)
             self._save_meta(entry)
-        thread = threading.Thread(target=self._build, args=(entry,), name=f"build-{name}", daemon=True)
-        thread.start()
+        thread = self._start_task(self._build, (entry,), f"build-{name}")
         if wait:
             thread.join()
         return self.describe(name)
@@ -685,16 +704,18 @@ class IndexManager:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(folder / "index", final)
             index = load_index(final)
+            self._warm_worker([info.kind])
             with self._lock:
                 if entry.dropped:
                     shutil.rmtree(self.root / info.name, ignore_errors=True)
                     return
+                self._pin(info.name, info.version)  # READY is published last: a caller that saw it may close the KB
                 entry.index, entry.unindexed = index, ids[zero]
                 entry.info = replace(entry.info, state=READY, stage="ready", progress=1.0, count=stats["count"])
-                self._pin(info.name, info.version)
                 self._save_meta(entry)
-            self._warm_worker()
         except Exception as e:  # noqa: BLE001 - a failed build is reported by DescribeIndex
+            if self._closing:  # killed by close(): the saved BUILDING reloads as interrupted
+                return
             LOG.exception("index build %s failed", info.name)
             with self._lock:
                 entry.info = replace(entry.info, state=FAILED, stage="failed", error=str(e) or type(e).__name__)
@@ -900,7 +921,7 @@ class IndexManager:
             ids, dist = merge_topk(np.where(keep, ids, -1), dist, *exact, k)
         if len(stale) - len(entry.unindexed) > self.config.refresh_rows and not entry.refreshing:
             entry.refreshing = True
-            threading.Thread(target=self._refresh_quietly, args=(info.name,), name=f"refresh-{info.name}", daemon=True).start()
+            self._start_task(self._refresh_quietly, (info.name,), f"refresh-{info.name}")
         return ids, dist, info.version, len(stale)
 
     # ------------------------------------------------ refresh

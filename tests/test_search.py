@@ -233,6 +233,23 @@ def test_builds_run_in_a_worker_nicer_than_the_server(kb):
     m.close()
 
 
+def test_close_during_a_build_kills_it_and_a_reopened_manager_reports_it_interrupted(kb):
+    """Shutdown must not leave a build thread reading a closed KB (that crashed the process)."""
+    import time
+
+    m = IndexManager(kb)
+    m.create("tok", "stem", 0, {"kind": "hnsw"})
+    entry = m._entries["tok"]
+    while entry.worker is None or entry.worker.poll() is not None:
+        assert entry.info.state == "BUILDING", entry.info
+        time.sleep(0.002)
+    m.close()
+    assert entry.worker.returncode is not None and not any(t.is_alive() for t in m._tasks)
+    info = IndexManager(kb).describe("tok")
+    assert info.state == "FAILED" and "interrupted" in info.error
+    assert not (kb.root / "indexes" / "tok" / "build.tmp").exists()
+
+
 def test_grpc_and_cli_end_to_end(server):
     address, _ = server
     with MemoryClient(address) as client:
