@@ -27,7 +27,7 @@ test: $(STAMP)
 
 # Regenerate the committed gRPC stubs from proto/ (tests/test_proto.py fails when they are stale).
 proto: $(STAMP)
-	$(PY) -m memsvc.protogen
+	$(PY) -m memsvc.wire.protogen
 
 bench: $(STAMP)
 	$(PY) bench/lookup.py

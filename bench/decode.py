@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 from clients.backbone.model import InProcessBank, KVCache, ModelConfig, StemTransformer  # noqa: E402
 from clients.banks import LocalBank, RemoteBank  # noqa: E402
 from clients.client import MemoryClient  # noqa: E402
-from memsvc.dtypes import to_float32  # noqa: E402
-from memsvc.spawn import spawn_server, stop_server  # noqa: E402
+from memsvc.core.dtypes import to_float32  # noqa: E402
+from memsvc.server.spawn import spawn_server, stop_server  # noqa: E402
 from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
 
 LOG = logging.getLogger("bench.decode")

@@ -30,8 +30,8 @@ import torch
 
 from clients.backbone.demo import DemoCorpus, write_edit_records
 from editing.evaluate import fact_edit_records, format_table, load_records, plot_summary
-from memsvc.cli_edits import Editor, evaluate
-from memsvc.demo import MODEL_DIR, import_checkpoint
+from memsvc.cli.edits import Editor, evaluate
+from memsvc.cli.demo import MODEL_DIR, import_checkpoint
 from memsvc.store import KnowledgeBase, StoreConfig
 
 LOG = logging.getLogger("bench.edits")
@@ -78,8 +78,8 @@ def run_aliases(model_dir, n_entities, seed=0):
 
     from clients.banks import StoreBank
     from clients.client import MemoryClient
-    from memsvc.cli_model import PromptVocabulary, load_model
-    from memsvc.spawn import spawn_server, stop_server
+    from memsvc.cli.model import PromptVocabulary, load_model
+    from memsvc.server.spawn import spawn_server, stop_server
 
     torch.set_num_threads(1)  # tiny batches on a shared machine
     corpus = DemoCorpus()

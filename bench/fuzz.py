@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import memsvc.v1  # noqa: E402
 from bench.crash import TABLE, make_kb  # noqa: E402
-from memsvc.auth import WRITE, required_role  # noqa: E402
-from memsvc.spawn import spawn_server  # noqa: E402
+from memsvc.server.auth import WRITE, required_role  # noqa: E402
+from memsvc.server.spawn import spawn_server  # noqa: E402
 
 LOG = logging.getLogger("bench.fuzz")
 EXPECTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE,

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from bench.redis_server import free_port, redis_server  # noqa: E402
 from clients.client import MemoryClient  # noqa: E402
-from memsvc.spawn import spawn_server, stop_server  # noqa: E402
+from memsvc.server.spawn import spawn_server, stop_server  # noqa: E402
 from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
 
 LOG = logging.getLogger("bench.lookup")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from clients.backbone.model import ReadyRows
-from memsvc.dtypes import to_float32
+from memsvc.core.dtypes import to_float32
 
 
 class LFUCache:

@@ -17,11 +17,12 @@ import grpc
 import numpy as np
 
 from editing.rows import RowWrites
-from memsvc import convert, shared_buffers
-from memsvc.auth import bearer_metadata, is_loopback
-from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError,
+from memsvc.wire import knowledge as convert
+from memsvc.server import shared_buffers
+from memsvc.server.auth import bearer_metadata, is_loopback
+from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError,
                            NotFound, OutOfRange, ResourceExhausted)
-from memsvc.types import CommitResult, EditRequest, LookupResult, split_tokens
+from memsvc.core.values import CommitResult, EditRequest, LookupResult, split_tokens
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from editing.rows import RowOp, check_layers, plan_row_ops
-from memsvc.errors import InvalidArgument
+from memsvc.core.errors import InvalidArgument
 
 MODES = ("auto", "one_to_one", "average", "copy", "left_pad", "right_pad")
 

@@ -17,7 +17,7 @@ import json
 import random
 from dataclasses import dataclass, field, fields
 
-from memsvc.errors import InvalidArgument
+from memsvc.core.errors import InvalidArgument
 
 METRICS = ("reliability", "generalization", "locality", "other_facts")
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from editing.rows import RowOp, RowWrites, check_layers
-from memsvc.errors import InvalidArgument
+from memsvc.core.errors import InvalidArgument
 
 
 @dataclass

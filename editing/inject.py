@@ -18,7 +18,7 @@ source and the like tokens by word and id (ids are never reused, so they stay va
 import json
 from dataclasses import dataclass, field
 
-from memsvc.types import EditRequest
+from memsvc.core.values import EditRequest
 
 
 def inject_request(word, like_words=(), like_ids=()) -> EditRequest:

@@ -5,7 +5,7 @@ embedding-space analysis): a row set to Germany's should sit next to Germany, no
 """
 import numpy as np
 
-from memsvc.errors import InvalidArgument
+from memsvc.core.errors import InvalidArgument
 
 
 def nearest_tokens(vector, table_rows, k=5, exclude=()):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memsvc.errors import InvalidArgument
+from memsvc.core.errors import InvalidArgument
 
 OPS = ("set", "copy", "blend", "scale", "reset")
 

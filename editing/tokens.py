@@ -9,7 +9,7 @@ edit hits exactly the rows the model reads for that text.
     >>> v.id_of("Germany"), v.encode_entity("Spain Berlin"), v.add("Atlantis")
     (1, [0, 2], 3)
 """
-from memsvc.errors import InvalidArgument, NotFound, OutOfRange
+from memsvc.core.errors import InvalidArgument, NotFound, OutOfRange
 
 
 class Vocabulary:

@@ -14,7 +14,7 @@ from indexes.diskann_index import DiskannDisk, DiskannDynamic, DiskannMemory
 from indexes.exact import ExactIndex
 from indexes.faiss_index import FaissIndex
 from indexes.learned_pq import LearnedPQIndex
-from memsvc.errors import FailedPrecondition, InvalidArgument, NotFound
+from memsvc.core.errors import FailedPrecondition, InvalidArgument, NotFound
 
 __all__ = ["IndexConfig", "Index", "build_index", "load_index"]
 

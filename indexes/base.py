@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from memsvc.errors import InvalidArgument, NotFound
+from memsvc.core.errors import InvalidArgument, NotFound
 
 KINDS = ("exact", "diskann", "diskann_dynamic", "diskann_disk", "hnsw", "ivfpq", "pq", "opq",
          "learned_pq")

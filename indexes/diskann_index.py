@@ -153,7 +153,7 @@ class DiskannDynamic(DiskannMemory):
         self._rows = np.concatenate([self._rows, vectors])  # slots are appended in order
 
     def _insert(self, slots, vectors):
-        from memsvc.errors import ResourceExhausted
+        from memsvc.core.errors import ResourceExhausted
 
         capacity = self.config.max_vectors
         if self._in_graph + len(slots) > capacity and self._pending_deletes:

@@ -33,7 +33,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 from tqdm import tqdm
 
-from memsvc.errors import InvalidArgument
+from memsvc.core.errors import InvalidArgument
 
 
 @dataclass

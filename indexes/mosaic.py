@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from indexes.lsh import SimHashIndex
-from memsvc.errors import InvalidArgument
+from memsvc.core.errors import InvalidArgument
 
 
 @dataclass

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from memsvc.spawn import spawn_server as start_server  # noqa: F401  (used by tests)
-from memsvc.spawn import stop_server  # noqa: F401
+from memsvc.server.spawn import spawn_server as start_server  # noqa: F401  (used by tests)
+from memsvc.server.spawn import stop_server  # noqa: F401
 from memsvc.store import KnowledgeBase, StoreConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from clients.client import MemoryClient
 from editing.rows import RowOp
-from memsvc.auth import READ, WRITE, check_exposure, load_keys, required_role
+from memsvc.server.auth import READ, WRITE, check_exposure, load_keys, required_role
 from memsvc.cli import cli
-from memsvc.errors import FailedPrecondition, InvalidArgument, MemsvcError
+from memsvc.core.errors import FailedPrecondition, InvalidArgument, MemsvcError
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
@@ -51,7 +51,7 @@ def test_keys_come_from_the_file_and_the_environment(tmp_path):
     f = tmp_path / "keys.txt"
     f.write_text("# memsvc keys\nread  r1\nwrite w1  # the editors\n\nread shared\n")
     keys = load_keys(f, {"MEMSVC_READ_KEYS": "r2, r3", "MEMSVC_WRITE_KEYS": "shared"})
-    from memsvc.auth import digest
+    from memsvc.server.auth import digest
 
     assert {k: keys[digest(k)] for k in ["r1", "w1", "r2", "r3", "shared"]} == \
         {"r1": READ, "w1": WRITE, "r2": READ, "r3": READ, "shared": WRITE}

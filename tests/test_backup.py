@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from clients.client import MemoryClient
 from editing.rows import RowOp
-from memsvc.backup import backup, fsck, restore
+from memsvc.store.backup import backup, fsck, restore
 from memsvc.cli import cli
-from memsvc.errors import FailedPrecondition
+from memsvc.core.errors import FailedPrecondition
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import WORDS, small_bank, start_server, stop_server
 

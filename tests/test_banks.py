@@ -9,7 +9,7 @@ from clients.backbone.model import InProcessBank, generate
 from clients.banks import LFUCache, LocalBank, RemoteBank, StoreBank
 from clients.client import MemoryClient
 from editing.rows import RowOp
-from memsvc.demo import SHIPPED, import_checkpoint
+from memsvc.cli.demo import SHIPPED, import_checkpoint
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import start_server, stop_server
 

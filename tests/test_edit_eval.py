@@ -16,9 +16,9 @@ from clients.banks import StoreBank
 from editing.evaluate import (EditRecord, before_prompts, fact_edit_records, format_table, load_records,
                               score_record, summarize)
 from editing.fact import fit_fact, writes_to_ops
-from memsvc.cli_edits import Editor, entity_ops, evaluate
-from memsvc.demo import MODEL_DIR, import_checkpoint
-from memsvc.errors import InvalidArgument
+from memsvc.cli.edits import Editor, entity_ops, evaluate
+from memsvc.cli.demo import MODEL_DIR, import_checkpoint
+from memsvc.core.errors import InvalidArgument
 from memsvc.store import KnowledgeBase, StoreConfig
 
 MICRO_CORPUS = CorpusConfig(n_entities=8, n_languages=3, n_currencies=3, n_continents=2)

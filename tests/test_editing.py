@@ -17,7 +17,7 @@ from editing.entity import (
 from editing.neighbours import nearest_tokens
 from editing.rows import RowOp, plan_row_ops
 from editing.tokens import Vocabulary
-from memsvc.errors import InvalidArgument, NotFound, OutOfRange
+from memsvc.core.errors import InvalidArgument, NotFound, OutOfRange
 
 WORDS = ["Spain", "Germany", "United", "Kingdom", "New", "York", "City", "München", "東京"]
 NUM_LAYERS, DIM = 3, 4
@@ -309,7 +309,7 @@ def test_inject_request_round_trip_and_input_embeddings():
     import torch
 
     from editing.inject import InjectedToken, inject_request, input_embeddings, parse_inject_request
-    from memsvc.types import EditRequest
+    from memsvc.core.values import EditRequest
 
     request = inject_request("Espana", ["Spain", "Gaul"], [0, 5])
     assert request.subject == "Espana" and parse_inject_request(request) == {"source": "like", "like": ["Spain", "Gaul"], "like_ids": [0, 5]}

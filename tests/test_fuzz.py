@@ -5,7 +5,7 @@ import pytest
 
 from bench.crash import make_kb
 from bench.fuzz import FuzzTarget, fuzz, limit_memory, rpc_methods
-from memsvc.spawn import spawn_server
+from memsvc.server.spawn import spawn_server
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from clients.client import MemoryClient
 from editing.rows import RowOp
-from memsvc.dtypes import to_float32, to_storage
-from memsvc.errors import FailedPrecondition, InvalidArgument, NotFound
-from memsvc.types import EditRequest
+from memsvc.core.dtypes import to_float32, to_storage
+from memsvc.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from memsvc.core.values import EditRequest
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 from tests.conftest import WORDS, small_bank

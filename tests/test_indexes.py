@@ -12,7 +12,7 @@ import pytest
 from indexes.ann import IndexConfig, build_index, load_index
 from indexes.base import exact_knn
 from indexes.synthetic import clustered_table
-from memsvc.errors import FailedPrecondition, InvalidArgument, NotFound
+from memsvc.core.errors import FailedPrecondition, InvalidArgument, NotFound
 
 REPO = Path(__file__).resolve().parents[1]
 SIFT = REPO.parent / "shared" / "data" / "sift5k"  # ../shared beside the checkout

@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clients.client import MemoryClient
 from editing.rows import RowOp
-from memsvc.errors import FailedPrecondition, NotFound
-from memsvc.metrics import Metrics, ServingState, start_http
-from memsvc.server import SERVICE, ServerConfig, create_server
+from memsvc.core.errors import FailedPrecondition, NotFound
+from memsvc.server.metrics import Metrics, ServingState, start_http
+from memsvc.server.main import SERVICE, ServerConfig, create_server
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import WORDS, small_bank, start_server, stop_server
 

@@ -8,7 +8,7 @@ from indexes.lsh import (SimHashConfig, SimHashIndex, _log_inclusion, choose_tab
                          log_inclusion_table)
 from indexes.mosaic import (BetaPolicy, exact_topk, kernel_regression, lsh_regression, merge_results,
                             topk_regression)
-from memsvc.errors import InvalidArgument
+from memsvc.core.errors import InvalidArgument
 
 
 def unit(x):

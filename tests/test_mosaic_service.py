@@ -10,8 +10,8 @@ from clients.client import MemoryClient
 from clients.mosaic import MosaicClient
 from indexes.mosaic import BetaPolicy, kernel_regression
 from memsvc.cli import cli
-from memsvc.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
-from memsvc.mosaic import LshParams, merge
+from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from memsvc.store.mosaic import LshParams, merge
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import start_server, stop_server
 

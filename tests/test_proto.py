@@ -1,5 +1,5 @@
 """The committed gRPC stubs are exactly what proto/ generates (run `make proto` when this fails)."""
-from memsvc.protogen import ROOT, generate
+from memsvc.wire.protogen import ROOT, generate
 
 
 def test_committed_stubs_are_fresh(tmp_path):
@@ -17,9 +17,9 @@ def test_lookup_wire_bytes_are_an_ordinary_lookup_response():
     import numpy as np
     import pytest
 
-    from memsvc.convert import lookup_from_wire, lookup_to_wire
-    from memsvc.dtypes import storage_dtype
-    from memsvc.types import LookupResult
+    from memsvc.wire.knowledge import lookup_from_wire, lookup_to_wire
+    from memsvc.core.dtypes import storage_dtype
+    from memsvc.core.values import LookupResult
     from memsvc.v1 import knowledge_pb2 as pb
 
     for dtype in ("float32", "float16", "bfloat16"):

@@ -9,9 +9,9 @@ from clients.client import MemoryClient
 from clients.search import SearchClient
 from editing.rows import RowOp
 from memsvc.cli import cli
-from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError, NotFound, OutOfRange,
+from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError, NotFound, OutOfRange,
                            ResourceExhausted)
-from memsvc.search import IndexManager, SearchConfig
+from memsvc.search.manager import IndexManager, SearchConfig
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import WORDS, small_bank
 
@@ -145,7 +145,7 @@ def test_query_log_is_saved_in_the_background_not_in_the_search(kb, monkeypatch)
 
 
 def test_query_log_is_a_bounded_sample():
-    from memsvc.search import QueryLog
+    from memsvc.search.manager import QueryLog
 
     log = QueryLog(size=10, dim=2)
     for v in range(1, 6):
@@ -157,7 +157,7 @@ def test_query_log_is_a_bounded_sample():
 def test_query_log_samples_every_query_alike_across_batches_and_a_reload(tmp_path):
     """Each of 200 queries (batches of 7) lands in a 20-query sample with probability 0.1, early
     and late ones alike, also when the log is saved and reloaded halfway (W drawn afresh)."""
-    from memsvc.search import QueryLog
+    from memsvc.search.manager import QueryLog
 
     n, size, trials = 200, 20, 1000
     counts = np.zeros(n)
@@ -490,7 +490,7 @@ def test_search_worker_answers_like_the_index_in_process_and_restarts(tmp_path):
     """diskann searches run in a child process (SearchWorker): the same answers, errors mapped
     to memsvc's, and a killed worker is replaced on the next search."""
     from indexes.ann import IndexConfig, build_index
-    from memsvc.search import SearchWorker
+    from memsvc.search.manager import SearchWorker
 
     rows = small_bank(layers=1, dim=16)[:, 0]
     index = build_index(IndexConfig(kind="diskann", progress=False, graph_degree=16), np.arange(len(rows)) + 100, rows)

@@ -11,8 +11,8 @@ import pytest
 
 from clients.client import MemoryClient
 from editing.rows import RowOp
-from memsvc import shared_buffers
-from memsvc.shared_buffers import HEADER_BYTES, KEY_BYTES, SHM_DIR, ReplyBuffer, available
+from memsvc.server import shared_buffers
+from memsvc.server.shared_buffers import HEADER_BYTES, KEY_BYTES, SHM_DIR, ReplyBuffer, available
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 from tests.conftest import WORDS

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from editing.rows import RowOp
-from memsvc.dtypes import to_float32, to_storage
-from memsvc.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from memsvc.core.dtypes import to_float32, to_storage
+from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import ROOT, WORDS, small_bank
 

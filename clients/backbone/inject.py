@@ -158,7 +158,7 @@ def injection_report(model, bank, tokenizer, corpus: DemoCorpus, mosaic, name: s
 def main():
     import argparse
 
-    from memsvc.spawn import spawn_server, stop_server
+    from memsvc.server.spawn import spawn_server, stop_server
     from memsvc.store import KnowledgeBase, StoreConfig
 
     from clients.client import MemoryClient

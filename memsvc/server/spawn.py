@@ -6,7 +6,7 @@ import sys
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def spawn_server(data_dir, *args, env=None, log=None, preexec_fn=None):

@@ -8,7 +8,7 @@ import numpy as np
 
 from memsvc.store import KnowledgeBase, StoreConfig
 
-SHIPPED = Path(__file__).parent / "demo_data"  # a trained demo checkpoint shipped with memsvc
+SHIPPED = Path(__file__).resolve().parents[1] / "demo_data"  # a trained demo checkpoint shipped with memsvc
 MODEL_DIR = Path("models") / "demo"
 TABLE = "stem"
 

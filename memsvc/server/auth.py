@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from memsvc.errors import FailedPrecondition, InvalidArgument
+from memsvc.core.errors import FailedPrecondition, InvalidArgument
 
 READ, WRITE = "read", "write"
 RANK = {READ: 1, WRITE: 2}  # a write key may do everything a read key may

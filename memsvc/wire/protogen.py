@@ -6,7 +6,7 @@ regenerates them into a temporary folder and fails when the committed ones are s
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "proto"
 
 

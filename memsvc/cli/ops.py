@@ -1,7 +1,7 @@
 """Operations commands (backup, restore, fsck), registered on the `memsvc` group by memsvc/cli.py."""
 import click
 
-from memsvc.cli import cli
+from memsvc.cli.main import cli
 
 
 def data_option(f):
@@ -28,7 +28,7 @@ def backup(data, out):
     Example:
         memsvc backup --data ./memsvc-data --to kb-2026-01-31.tar
     """
-    from memsvc.backup import backup as run
+    from memsvc.store.backup import backup as run
 
     info = run(data, out, progress=True)
     click.echo(f"backed up version {info.head_version} to {info.path}: {info.files} files, {info.bytes / 1e6:.1f} MB")
@@ -44,7 +44,7 @@ def restore(backup_file, data):
     Example:
         memsvc restore kb-2026-01-31.tar --data ./restored
     """
-    from memsvc.backup import restore as run
+    from memsvc.store.backup import restore as run
 
     report = run(backup_file, data, progress=True)
     click.echo(f"restored {backup_file} into {data}")
@@ -61,7 +61,7 @@ def fsck(data):
     Example:
         memsvc fsck --data ./memsvc-data
     """
-    from memsvc.backup import fsck as run
+    from memsvc.store.backup import fsck as run
 
     report = run(data, progress=True)
     print_fsck(report)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memsvc.errors import InvalidArgument
+from memsvc.core.errors import InvalidArgument
 
 STEM_KEY = "stem_embeddings"
 

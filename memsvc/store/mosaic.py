@@ -42,8 +42,8 @@ import numpy as np
 
 from indexes.lsh import SimHashConfig, SimHashIndex, choose_tables
 from indexes.mosaic import BetaPolicy, kernel_regression, lsh_regression, merge_results, topk_regression
-from memsvc.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
-from memsvc.types import CommitResult, TableInfo
+from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from memsvc.core.values import CommitResult, TableInfo
 
 NEVER = 2**62  # removed_in of a live pair (as memsvc.store.NEVER)
 MODES = ("exact", "topk", "lsh")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from memsvc.cli import cli, open_store, print_dry_run, store_options, table_option
-from memsvc.errors import InvalidArgument
+from memsvc.cli.main import cli, open_store, print_dry_run, store_options, table_option
+from memsvc.core.errors import InvalidArgument
 
 
 def entity_ops(store, table, source, target, mode="auto", layers=(), version=None):
@@ -39,7 +39,7 @@ class Editor:
     def __init__(self, store, table, model_dir, version=None):
         import torch
 
-        from memsvc.cli_model import load_model
+        from memsvc.cli.model import load_model
 
         torch.set_num_threads(1)  # tiny batches: more threads only contend on a shared machine
         self.store, self.table = store, table
@@ -54,7 +54,7 @@ class Editor:
         return predict_next(self.model, StoreBank(self.store, self.table, self.version, list(ops)), self.tokenizer, prompts)
 
     def encode(self, prompt):
-        from memsvc.cli_model import encode_prompt
+        from memsvc.cli.model import encode_prompt
 
         return encode_prompt(self.tokenizer, prompt)
 
@@ -98,7 +98,7 @@ class Editor:
 
 def edit_entity_or_fact(store, table, entity, to, mode, fact, target, subject, layers, model_dir, author, message, dry_run):
     """`memsvc edit --entity A --to B` or `memsvc edit --fact PROMPT --target WORD` (see cli.edit)."""
-    from memsvc.types import EditRequest
+    from memsvc.core.values import EditRequest
 
     if entity:
         if not to or fact:
@@ -145,7 +145,7 @@ def eval_edits(records_file, data, server, table, kind, limit, commit, plot, mod
     import json
 
     from editing.evaluate import format_table, load_records, plot_summary
-    from memsvc.types import EditRequest
+    from memsvc.core.values import EditRequest
 
     records = load_records(records_file)[:limit]
     with open_store(data, server) as store:

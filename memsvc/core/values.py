@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memsvc.dtypes import to_float32
-from memsvc.errors import InvalidArgument
+from memsvc.core.dtypes import to_float32
+from memsvc.core.errors import InvalidArgument
 
 
 @dataclass

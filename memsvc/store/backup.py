@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from memsvc.dtypes import storage_dtype, to_float32
-from memsvc.errors import FailedPrecondition, InvalidArgument
+from memsvc.core.dtypes import storage_dtype, to_float32
+from memsvc.core.errors import FailedPrecondition, InvalidArgument
 
 FORMAT = "memsvc-backup/1"
 CATALOG = "catalog.db"

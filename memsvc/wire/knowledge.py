@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from editing.rows import RowOp
-from memsvc.dtypes import STORAGE, from_bytes, storage_dtype
-from memsvc.errors import InvalidArgument
-from memsvc.types import (CommitInfo, CommitResult, EditRequest, LookupResult, RowChange,
+from memsvc.core.dtypes import STORAGE, from_bytes, storage_dtype
+from memsvc.core.errors import InvalidArgument
+from memsvc.core.values import (CommitInfo, CommitResult, EditRequest, LookupResult, RowChange,
                           TableInfo)
 from memsvc.v1 import knowledge_pb2 as pb
 

@@ -5,10 +5,10 @@ import logging
 import grpc
 import numpy as np
 
-from memsvc import convert
-from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError,
+from memsvc.wire import knowledge as convert
+from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError,
                            NotFound, OutOfRange, ResourceExhausted)
-from memsvc.shared_buffers import SharedBuffers
+from memsvc.server.shared_buffers import SharedBuffers
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 

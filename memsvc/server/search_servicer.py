@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 
-from memsvc import convert
-from memsvc.errors import InvalidArgument
-from memsvc.search import IndexInfo, IndexManager
+from memsvc.wire import knowledge as convert
+from memsvc.core.errors import InvalidArgument
+from memsvc.search.manager import IndexInfo, IndexManager
 from memsvc.v1 import search_pb2 as spb
 from memsvc.v1 import search_pb2_grpc as spb_grpc
 

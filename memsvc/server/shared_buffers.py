@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from memsvc import convert
-from memsvc.errors import InvalidArgument
+from memsvc.wire import knowledge as convert
+from memsvc.core.errors import InvalidArgument
 
 SHM_DIR = Path("/dev/shm")
 NAME = re.compile(r"memsvc-[A-Za-z0-9_-]{1,93}")

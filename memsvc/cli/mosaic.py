@@ -4,8 +4,8 @@ import click
 import numpy as np
 
 from indexes.mosaic import BetaPolicy
-from memsvc.cli import cli, open_store, store_options
-from memsvc.mosaic import LshParams, load_pair_arrays, save_pair_arrays
+from memsvc.cli.main import cli, open_store, store_options
+from memsvc.store.mosaic import LshParams, load_pair_arrays, save_pair_arrays
 
 
 def mosaic_of(store):

@@ -6,8 +6,8 @@ from contextlib import contextmanager
 import click
 import numpy as np
 
-from memsvc.cli import cli, open_store, store_options, table_option
-from memsvc.errors import InvalidArgument
+from memsvc.cli.main import cli, open_store, store_options, table_option
+from memsvc.core.errors import InvalidArgument
 
 
 @contextmanager
@@ -19,7 +19,7 @@ def open_search(data, server):
 
             yield SearchClient(store)
         else:
-            from memsvc.search import IndexManager
+            from memsvc.search.manager import IndexManager
 
             manager = IndexManager(store)
             yield manager
@@ -132,7 +132,7 @@ def create(name, data, server, table, layer, head, kind, metric, settings, versi
         raise InvalidArgument("--no-wait: only with --server (a local build ends with the command)")
     from tqdm import tqdm
 
-    from memsvc.search import place
+    from memsvc.search.manager import place
 
     with open_search(data, server) as searcher:
         config = {**parse_settings(settings, "set"), "kind": kind, "metric": metric}

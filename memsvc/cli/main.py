@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from memsvc.errors import InvalidArgument, MemsvcError
+from memsvc.core.errors import InvalidArgument, MemsvcError
 
 
 class MemsvcGroup(click.Group):
@@ -110,8 +110,8 @@ def serve(data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls_key,
     """
     import logging
 
-    from memsvc.server import ServerConfig
-    from memsvc.server import serve as run
+    from memsvc.server.main import ServerConfig
+    from memsvc.server.main import serve as run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run(ServerConfig(data_dir=Path(data), host=host, port=port, seed_demo=not no_seed, api_keys_file=api_keys_file,
@@ -136,7 +136,7 @@ def import_(bank_file, vocab_file, data, table, dtype, num_layers, message):
         memsvc import model.safetensors --vocab tokenizer.json --table stem --layers 4
         memsvc import rows.npy --vocab words.txt --table bank --dtype float16
     """
-    from memsvc.importers import load_bank, load_vocab
+    from memsvc.store.importers import load_bank, load_vocab
 
     rows, file_dtype = load_bank(bank_file, num_layers)
     vocab = load_vocab(vocab_file)
@@ -157,7 +157,7 @@ def export(out, data, server, table, version):
     Example:
         memsvc export bank.safetensors --table stem --version 3
     """
-    from memsvc.importers import export_bank
+    from memsvc.store.importers import export_bank
 
     with open_store(data, server) as store:
         info = store.describe(table, version)
@@ -249,7 +249,7 @@ def edit(data, server, table, token, entity, to, mode, fact, target, subject, mo
     from editing.rows import RowOp
 
     if entity or fact:
-        from memsvc.cli_edits import edit_entity_or_fact
+        from memsvc.cli.edits import edit_entity_or_fact
 
         with open_store(data, server) as store:
             return edit_entity_or_fact(store, table, entity, to, mode, fact, target, subject, layers,
@@ -448,9 +448,3 @@ def gc(data, retention):
         stats = kb.gc(retention_seconds=retention)
     click.echo(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in stats.items()))
 
-
-from memsvc import cli_ops  # noqa: E402,F401  registers backup/restore/fsck
-from memsvc import cli_model  # noqa: E402,F401  registers train-demo, generate
-from memsvc import cli_mosaic  # noqa: E402,F401  registers mosaic create/add/remove/query/list/export
-from memsvc import cli_search  # noqa: E402,F401  registers search, index create/drop/list
-from memsvc import cli_edits  # noqa: E402,F401  registers eval-edits

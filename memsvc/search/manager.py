@@ -60,10 +60,10 @@ from pathlib import Path
 
 import numpy as np
 
-from memsvc.dtypes import to_float32
-from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, NotFound,
+from memsvc.core.dtypes import to_float32
+from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, NotFound,
                            ResourceExhausted)
-from memsvc.types import split_tokens
+from memsvc.core.values import split_tokens
 
 LOG = logging.getLogger("memsvc.search")
 BUILDING, READY, FAILED = "BUILDING", "READY", "FAILED"
@@ -297,7 +297,7 @@ class MosaicGroup:
         return np.unique(self.pairs.ids[self.pairs.alive(a) != self.pairs.alive(b)])
 
     def commits_since(self, version) -> int:
-        from memsvc.mosaic import NEVER  # removed_in of a live pair
+        from memsvc.store.mosaic import NEVER  # removed_in of a live pair
 
         p = self.pairs
         return len(np.union1d(p.added_in[p.added_in > version], p.removed_in[(p.removed_in > version) & (p.removed_in < NEVER)]))
@@ -391,7 +391,7 @@ class QueryLog:
 
 # ---------------------------------------------------------------- builds (run in a worker process)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 _WORKERS: set = set()  # build processes still running, killed when the server exits
 atexit.register(lambda: [proc.kill() for proc in list(_WORKERS)])
 
@@ -413,7 +413,7 @@ def build_in_worker(folder, entry, niceness=0) -> dict:
     """build_and_save in a fresh interpreter, `niceness` nicer than the server: no fork of a
     threaded gRPC server, no re-import of the caller's __main__, and a crash fails the build
     instead of the server."""
-    code = ("import os, sys, json; os.nice(int(sys.argv[2])); from memsvc.search import build_and_save; "
+    code = ("import os, sys, json; os.nice(int(sys.argv[2])); from memsvc.search.manager import build_and_save; "
             "print(json.dumps(build_and_save(sys.argv[1])))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder), str(int(niceness))], stdout=subprocess.PIPE,
@@ -479,7 +479,7 @@ class SearchWorker:
 
     def _ensure(self):
         if self._proc is None or self._proc.poll() is not None:
-            code = f"from memsvc.search import serve_searches; serve_searches(niceness={self.niceness})"
+            code = f"from memsvc.search.manager import serve_searches; serve_searches(niceness={self.niceness})"
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
             self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
             _WORKERS.add(self._proc)
@@ -487,7 +487,7 @@ class SearchWorker:
 
     def search(self, key, path, queries, k, params):
         """index.search(queries, k, params=params) of the index saved at `path`, in the worker."""
-        from memsvc import errors
+        from memsvc.core import errors
 
         with self._lock:
             proc = self._ensure()

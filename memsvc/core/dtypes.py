@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from memsvc.errors import InvalidArgument
+from memsvc.core.errors import InvalidArgument
 
 STORAGE = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2")}
 

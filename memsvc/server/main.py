@@ -12,12 +12,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from memsvc import mosaic_servicer, search_servicer
-from memsvc.auth import AuthInterceptor, check_exposure, load_keys
-from memsvc.errors import InvalidArgument
-from memsvc.metrics import Metrics, MetricsInterceptor, ServingState, start_http
-from memsvc.search import IndexManager, SearchConfig
-from memsvc.servicer import ErrorInterceptor, KnowledgeServicer, UnaryInterceptor
+from memsvc.server import mosaic_servicer, search_servicer
+from memsvc.server.auth import AuthInterceptor, check_exposure, load_keys
+from memsvc.core.errors import InvalidArgument
+from memsvc.server.metrics import Metrics, MetricsInterceptor, ServingState, start_http
+from memsvc.search.manager import IndexManager, SearchConfig
+from memsvc.server.servicer import ErrorInterceptor, KnowledgeServicer, UnaryInterceptor
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
@@ -152,7 +152,7 @@ def open_kb(config: ServerConfig) -> KnowledgeBase:
     """Open the data directory, seeding the demo knowledge base on first run."""
     data = Path(config.data_dir)
     if config.seed_demo and not (data / "catalog.db").exists():
-        from memsvc.demo import seed_demo_kb
+        from memsvc.cli.demo import seed_demo_kb
 
         seed_demo_kb(data)
     return KnowledgeBase(StoreConfig(data_dir=data))

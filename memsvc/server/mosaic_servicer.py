@@ -4,10 +4,10 @@ codes in ErrorInterceptor (memsvc/servicer.py)."""
 import numpy as np
 
 from indexes.mosaic import BetaPolicy
-from memsvc.convert import commit_result_to_pb, stored_tensor, tensor_from_pb, tensor_to_pb
-from memsvc.errors import InvalidArgument
-from memsvc.mosaic import LshParams, MosaicInfo, MosaicResult
-from memsvc.servicer import _version
+from memsvc.wire.knowledge import commit_result_to_pb, stored_tensor, tensor_from_pb, tensor_to_pb
+from memsvc.core.errors import InvalidArgument
+from memsvc.store.mosaic import LshParams, MosaicInfo, MosaicResult
+from memsvc.server.servicer import _version
 from memsvc.v1 import mosaic_pb2 as mpb
 from memsvc.v1 import mosaic_pb2_grpc as mpb_grpc
 

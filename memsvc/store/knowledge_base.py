@@ -38,10 +38,10 @@ from tqdm import tqdm
 
 from editing.inject import inject_request
 from editing.rows import RowWrites, plan_row_ops
-from memsvc.dtypes import storage_dtype, to_float32, to_storage
-from memsvc.errors import (Conflict, FailedPrecondition, InvalidArgument, NotFound,
+from memsvc.core.dtypes import storage_dtype, to_float32, to_storage
+from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, NotFound,
                            OutOfRange)
-from memsvc.types import (CommitInfo, CommitResult, EditRequest, LookupResult, RowChange,
+from memsvc.core.values import (CommitInfo, CommitResult, EditRequest, LookupResult, RowChange,
                           TableInfo, split_tokens)
 
 LOG = logging.getLogger("memsvc.store")
@@ -259,7 +259,7 @@ class KnowledgeBase:
             cur = self.db.execute("select commit_id, token_id, layer, data from deltas where tbl=? order by commit_id", [t.name])
             self._replay(t, cur, dt)
             self.tables[t.name] = t
-        from memsvc.mosaic import MosaicStore  # here, not at the top: memsvc.mosaic builds on this module's KB
+        from memsvc.store.mosaic import MosaicStore  # here, not at the top: memsvc.mosaic builds on this module's KB
 
         self.mosaic = MosaicStore(self)  # the mosaic table kind: its own catalog tables, same commits
 

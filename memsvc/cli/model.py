@@ -3,8 +3,8 @@ from pathlib import Path
 
 import click
 
-from memsvc.cli import cli, open_store, store_options, table_option
-from memsvc.errors import InvalidArgument
+from memsvc.cli.main import cli, open_store, store_options, table_option
+from memsvc.core.errors import InvalidArgument
 
 
 @cli.command(name="train-demo")
@@ -21,7 +21,7 @@ def train_demo(data, preset, steps, table):
         memsvc train-demo --data ./demo-kb
         memsvc train-demo --data ./tiny-kb --preset tiny --table stem
     """
-    from memsvc.demo import MODEL_DIR, import_checkpoint, train_into
+    from memsvc.cli.demo import MODEL_DIR, import_checkpoint, train_into
 
     metrics = train_into(data, preset, steps)
     with open_store(data, None, create=True) as kb:

@@ -1,0 +1,1 @@
+"""ANN indexes beside the tables: manager, catalog, builds, workers, query log."""

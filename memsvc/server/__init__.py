@@ -1,0 +1,1 @@
+"""The gRPC server: servicers (adapters), interceptors, auth, metrics, shared buffers, serve."""

@@ -1,0 +1,1 @@
+"""The Python face of proto/: conversions between memsvc.v1 messages and memsvc.core values."""
