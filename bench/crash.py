@@ -29,12 +29,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from clients.client import MemoryClient  # noqa: E402
-from editing.rows import RowOp  # noqa: E402
-from memsvc.store.backup import fsck  # noqa: E402
 from memsvc.core.dtypes import to_float32, to_storage  # noqa: E402
 from memsvc.core.errors import MemsvcError  # noqa: E402
+from memsvc.core.values import RowOp  # noqa: E402
 from memsvc.server.spawn import spawn_server  # noqa: E402
 from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
+from memsvc.store.backup import fsck  # noqa: E402
 
 LOG = logging.getLogger("bench.crash")
 ROOT = Path(__file__).resolve().parent.parent

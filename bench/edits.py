@@ -30,8 +30,8 @@ import torch
 
 from clients.backbone.demo import DemoCorpus, write_edit_records
 from editing.evaluate import fact_edit_records, format_table, load_records, plot_summary
-from memsvc.cli.edits import Editor, evaluate
 from memsvc.cli.demo import MODEL_DIR, import_checkpoint
+from memsvc.cli.edits import Editor, evaluate
 from memsvc.store import KnowledgeBase, StoreConfig
 
 LOG = logging.getLogger("bench.edits")

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from google.protobuf.descriptor import FieldDescriptor as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 

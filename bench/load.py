@@ -30,8 +30,8 @@ from bench.crash import TABLE, spawn_server  # noqa: E402
 from clients.client import MemoryClient  # noqa: E402
 from clients.mosaic import MosaicClient  # noqa: E402
 from clients.search import SearchClient  # noqa: E402
-from editing.rows import RowOp  # noqa: E402
 from memsvc.core.errors import MemsvcError  # noqa: E402
+from memsvc.core.values import RowOp  # noqa: E402
 from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
 
 LOG = logging.getLogger("bench.load")

@@ -23,7 +23,7 @@ from clients.client import MemoryClient
 from clients.mosaic import MosaicClient
 from indexes.lsh import SimHashConfig, SimHashIndex
 from indexes.mosaic import kernel_regression, lsh_regression, topk_regression
-from memsvc.store.mosaic import LshParams
+from memsvc.core.mosaic import LshParams
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import start_server, stop_server
 

@@ -24,8 +24,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from bench.lookup import (TABLE, BenchConfig, checked_measure, grpc_gather, load_redis, make_bank,  # noqa: E402
-                          memsvc_server, redis_gather)
+from bench.lookup import (  # noqa: E402
+    TABLE,
+    BenchConfig,
+    checked_measure,
+    grpc_gather,
+    load_redis,
+    make_bank,
+    memsvc_server,
+    redis_gather,
+)
 from bench.redis_server import ensure_debian_tool, free_port, redis_server  # noqa: E402
 from clients.client import MemoryClient  # noqa: E402
 

@@ -33,12 +33,12 @@ from bench.ann_service import _index_serve, built_index  # noqa: E402
 from bench.lookup import TABLE, grpc_floor, serve_messages  # noqa: E402
 from clients.client import OpenStream  # noqa: E402
 from indexes.synthetic import clustered_table  # noqa: E402
-from memsvc.wire.knowledge import tensor_to_pb  # noqa: E402
 from memsvc.search.manager import IndexManager, SearchConfig  # noqa: E402
 from memsvc.server.search_servicer import SearchServicer  # noqa: E402
 from memsvc.server.spawn import spawn_server, stop_server  # noqa: E402
 from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
 from memsvc.v1 import search_pb2 as spb  # noqa: E402
+from memsvc.wire.knowledge import tensor_to_pb  # noqa: E402
 
 SEARCH_STREAM = "/memsvc.v1.SearchService/SearchStream"
 

@@ -16,15 +16,22 @@ import time
 import grpc
 import numpy as np
 
-from editing.rows import RowWrites
-from memsvc.wire import knowledge as convert
-from memsvc.server import shared_buffers
-from memsvc.server.auth import bearer_metadata, is_loopback
-from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError,
-                           NotFound, OutOfRange, ResourceExhausted)
-from memsvc.core.values import CommitResult, EditRequest, LookupResult, split_tokens
+from memsvc.core.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    MemsvcError,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+)
+from memsvc.core.values import CommitResult, EditRequest, LookupResult, RowWrites, split_tokens
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
+from memsvc.wire import knowledge as convert
+from memsvc.wire import lookup as lookup_wire
+from memsvc.wire import reply_buffers
+from memsvc.wire.auth import bearer_metadata, is_loopback
 
 # Status codes back to the errors the store raises, so callers catch the same classes.
 ERROR_OF = {
@@ -58,7 +65,7 @@ class MemoryClient:
                  api_key: str | None = None, tls_ca: str | None = None, shared_memory: bool | None = None,
                  stream_lookups: bool = True):
         """``api_key`` is sent as ``authorization: Bearer <key>``; ``tls_ca`` (a PEM file) turns on TLS.
-        ``shared_memory``: Lookup rows come back through shared memory (memsvc/shared_buffers.py);
+        ``shared_memory``: Lookup rows come back through shared memory (memsvc/wire/reply_buffers.py);
         default on when the server's address is loopback. It turns itself off when the server
         cannot write into this host's buffers. ``stream_lookups``: ``lookup`` sends its requests
         down one open LookupStream (less per-call cost than unary calls; ``timeout`` applies to
@@ -68,15 +75,15 @@ class MemoryClient:
         self.metadata = bearer_metadata(api_key)
         self.channel = channel or open_channel(address, tls_ca)
         self.stub = pb_grpc.KnowledgeServiceStub(self.channel)
-        # Lookup replies are read straight from the wire bytes (convert.lookup_from_wire): the rows
+        # Lookup replies are read straight from the wire bytes (lookup_wire.lookup_from_wire): the rows
         # stay a zero-copy view of the reply or of the shared buffer.
         self.stub.Lookup = self.channel.unary_unary("/memsvc.v1.KnowledgeService/Lookup",
                                                     request_serializer=pb.LookupRequest.SerializeToString)
         self.stub.LookupStream = self.channel.stream_stream("/memsvc.v1.KnowledgeService/LookupStream",
                                                             request_serializer=pb.LookupRequest.SerializeToString)
         if shared_memory is None:
-            shared_memory = is_loopback(address.rsplit(":", 1)[0].strip("[]")) and shared_buffers.available()
-        self.reply_buffers = shared_buffers.ReplyBuffers() if shared_memory else None
+            shared_memory = is_loopback(address.rsplit(":", 1)[0].strip("[]")) and reply_buffers.available()
+        self.reply_buffers = reply_buffers.ReplyBuffers() if shared_memory else None
         self.row_bytes = {}  # (table, layers) -> bytes of one token's rows, from the last inline reply
         self.streams = []  # every OpenStream of this client (closed with it)
         self.lookup_stream = self.open_stream(self.stub.LookupStream) if stream_lookups else None
@@ -149,14 +156,14 @@ class MemoryClient:
     def _lookup_request(self, table, tokens, layers, version, tag, overrides):
         """(LookupRequest, (what its rows are: table and layers, the reply buffer pool, the buffer it
         names or None)). A buffer is named when the rows will be big enough for it to pay: below
-        shared_buffers.MIN_REPLY_BYTES rows in the reply are faster (and a table's first reply tells
+        reply_buffers.MIN_REPLY_BYTES rows in the reply are faster (and a table's first reply tells
         how big its rows are)."""
         ids, words = split_tokens(tokens)
         request = pb.LookupRequest(table=table, layers=[int(l) for l in layers or []], token_ids=ids, tokens=words,
                                    at=_ref(version, tag), overrides=[convert.row_op_to_pb(op) for op in overrides or []])
         rows_of, buffers = (table, tuple(request.layers)), self.reply_buffers
         needed = self.row_bytes.get(rows_of, 0) * (len(ids) + len(words))  # rows come one per position
-        if buffers is None or needed < shared_buffers.MIN_REPLY_BYTES:
+        if buffers is None or needed < reply_buffers.MIN_REPLY_BYTES:
             return request, (rows_of, None, None)
         if needed > buffers.initial_size:
             buffers.grow(needed)
@@ -166,7 +173,7 @@ class MemoryClient:
 
     def _lookup_reply(self, wait, rows_of, buffers, buffer) -> LookupResult:
         if buffer is None:
-            result = convert.lookup_from_wire(wait())
+            result = lookup_wire.lookup_from_wire(wait())
             self.row_bytes[rows_of] = result.rows[0].nbytes
             return result
         try:

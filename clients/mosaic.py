@@ -10,13 +10,13 @@ memsvc.mosaic.MosaicStore, so code and the CLI can hold either one.
 import numpy as np
 
 from clients.client import MemoryClient, _ref
-from memsvc.wire.knowledge import stored_tensor, tensor_to_pb
-from memsvc.store.mosaic import LshParams, MosaicResult, PairsResult, merge  # noqa: F401  (merge: re-exported)
 from memsvc.core.errors import InvalidArgument
-from memsvc.server.mosaic_servicer import MODE_CODES, MODE_NAMES, info_from_pb, policy_to_pb, result_from_pb
+from memsvc.core.mosaic import LshParams, MosaicResult, PairsResult, merge  # noqa: F401  (merge: re-exported)
 from memsvc.core.values import CommitResult
 from memsvc.v1 import mosaic_pb2 as mpb
 from memsvc.v1 import mosaic_pb2_grpc as mpb_grpc
+from memsvc.wire.knowledge import stored_tensor, tensor_to_pb
+from memsvc.wire.mosaic import MODE_CODES, MODE_NAMES, info_from_pb, policy_to_pb, result_from_pb
 
 
 def _pairs_result(msg: mpb.PairsCommit) -> PairsResult:

@@ -13,12 +13,12 @@ import json
 import numpy as np
 
 from clients.client import MemoryClient, _ref
-from memsvc.wire.knowledge import stored_tensor, tensor_to_pb
-from memsvc.search.manager import SearchResult, wait_for_build
-from memsvc.server.search_servicer import SERVICE, info_from_pb
+from memsvc.core.search import SearchResult, wait_for_build
 from memsvc.core.values import split_tokens
 from memsvc.v1 import search_pb2 as spb
 from memsvc.v1 import search_pb2_grpc as spb_grpc
+from memsvc.wire.knowledge import stored_tensor, tensor_to_pb
+from memsvc.wire.search import SERVICE, info_from_pb
 
 
 def _rows(flat, shape) -> list:

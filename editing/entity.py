@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from editing.rows import RowOp, check_layers, plan_row_ops
+from editing.rows import check_layers, plan_row_ops
 from memsvc.core.errors import InvalidArgument
+from memsvc.core.values import RowOp
 
 MODES = ("auto", "one_to_one", "average", "copy", "left_pad", "right_pad")
 

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from editing.rows import RowOp, RowWrites, check_layers
+from editing.rows import check_layers
 from memsvc.core.errors import InvalidArgument
+from memsvc.core.values import RowOp, RowWrites
 
 
 @dataclass

@@ -4,47 +4,10 @@ An edit is planned against a reader of the table's current rows, so it can be pr
 (dry run), committed by the store, or sent as a per-request override: all three use the same
 ``RowWrites``.
 """
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from memsvc.core.errors import InvalidArgument
-
-OPS = ("set", "copy", "blend", "scale", "reset")
-
-
-@dataclass
-class RowOp:
-    """One operation on one token's rows.
-
-    A token is named by ``token_id`` or by word (``token``); the store resolves words.
-    op:     set (vector), copy (from source token), blend (toward vector or source with alpha:
-            new = (1 - alpha) * current + alpha * source), scale (new = alpha * current),
-            reset (back to the base row).
-    layers: which layers (positions in the table's layer axis); empty means all.
-    vector: shape (d,) for every chosen layer, or (len(layers), d) one row per layer.
-    """
-
-    op: str
-    token_id: int | None = None
-    layers: list = field(default_factory=list)
-    vector: np.ndarray | None = None
-    source_token_id: int | None = None
-    alpha: float = 1.0
-    token: str | None = None  # the token by word, when token_id is None (resolved by the store)
-    source_token: str | None = None
-
-
-@dataclass
-class RowWrites:
-    """Rows to write: ``vectors[i]`` becomes row (token_ids[i], layers[i])."""
-
-    token_ids: np.ndarray  # (n,) int64
-    layers: np.ndarray  # (n,) int64
-    vectors: np.ndarray  # (n, d) float32
-
-    def __len__(self):
-        return len(self.token_ids)
+from memsvc.core.values import OPS, RowWrites
 
 
 def plan_row_ops(ops, read_rows, read_base_rows, num_layers, dim):

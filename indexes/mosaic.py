@@ -13,28 +13,12 @@ exactly (`merge_results`). Three modes share that contract:
 - LSH    `lsh_regression`: MagicPIG importance sampling through a `SimHashIndex` (indexes/lsh.py).
 """
 
-from dataclasses import dataclass
 
 import numpy as np
 
 from indexes.lsh import SimHashIndex
 from memsvc.core.errors import InvalidArgument
-
-
-@dataclass
-class BetaPolicy:
-    """β = β1·n^α + β0 for a store of n pairs ("Memory Mosaics at scale"); α = β1 = 0 is fixed β."""
-
-    beta0: float = 1.0
-    beta1: float = 0.0
-    alpha: float = 0.0
-
-    @classmethod
-    def fixed(cls, beta: float) -> "BetaPolicy":
-        return cls(beta0=beta)
-
-    def beta(self, n: int) -> float:
-        return self.beta1 * float(n) ** self.alpha + self.beta0
+from memsvc.core.mosaic import merge_results
 
 
 def _check(queries, keys, values):
@@ -68,21 +52,6 @@ def _softmax_average(logits, values):
     with np.errstate(divide="ignore"):
         lse = top + np.log(total)
     return o / np.where(total > 0, total, 1.0)[:, None], lse
-
-
-def merge_results(results):
-    """Exact merge of (o_s, lse_s, n_s) from disjoint shards: o = Σ_s exp(lse_s − L) o_s, L = logsumexp."""
-    results = list(results)
-    if not results:
-        raise InvalidArgument("merge_results needs at least one result")
-    lse = np.stack([r[1] for r in results])  # (S, m)
-    top = np.where(np.isfinite(lse.max(axis=0)), lse.max(axis=0), 0.0)
-    mass = np.exp(lse - top)  # (S, m); empty shards (lse = -inf) weigh 0
-    total = mass.sum(axis=0)
-    o = sum(w[:, None] * r[0] for w, r in zip(mass, results))
-    with np.errstate(divide="ignore"):
-        merged_lse = top + np.log(total)
-    return o / np.where(total > 0, total, 1.0)[:, None], merged_lse, sum(int(r[2]) for r in results)
 
 
 def kernel_regression(queries, keys, values, beta, *, block=65536):

@@ -11,10 +11,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from clients.client import MemoryClient
-from editing.rows import RowOp
-from memsvc.server.auth import READ, WRITE, check_exposure, load_keys, required_role
 from memsvc.cli import cli
 from memsvc.core.errors import FailedPrecondition, InvalidArgument, MemsvcError
+from memsvc.core.values import RowOp
+from memsvc.server.auth import READ, WRITE, check_exposure, load_keys, required_role
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc

@@ -7,7 +7,15 @@ import torch
 from tokenizers import Tokenizer
 
 from clients.backbone.checkpoint import load_checkpoint
-from clients.backbone.demo import RELATIONS, TEMPLATES, CorpusConfig, DemoCorpus, WordTokenizer, template_words, write_edit_records
+from clients.backbone.demo import (
+    RELATIONS,
+    TEMPLATES,
+    CorpusConfig,
+    DemoCorpus,
+    WordTokenizer,
+    template_words,
+    write_edit_records,
+)
 from clients.backbone.model import ModelConfig
 from clients.backbone.train import TrainConfig, entity_swap_effect, fact_accuracy, train_demo
 

@@ -9,13 +9,13 @@ import torch
 
 from clients.backbone.checkpoint import load_checkpoint
 from clients.backbone.demo import CorpusConfig, DemoCorpus
-from clients.backbone.inject import InjectConfig, injection_report, make_requests, request_prompts
 from clients.backbone.memory import MEMORY_FILE, InProcessMemory, StoreMemory, WithPairs, merge_reads
 from clients.backbone.model import ModelConfig, StemTransformer, generate
 from clients.backbone.train import TrainConfig, fact_accuracy, fact_pairs, predict_next, train_demo
 from clients.client import MemoryClient
 from clients.mosaic import MosaicClient
 from memsvc.store import KnowledgeBase, StoreConfig
+from research.inject import InjectConfig, injection_report, make_requests, request_prompts
 from tests.conftest import start_server, stop_server
 
 CORPUS = CorpusConfig(n_entities=8, n_languages=3, n_currencies=3, n_continents=2)

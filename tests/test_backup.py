@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from clients.client import MemoryClient
-from editing.rows import RowOp
-from memsvc.store.backup import backup, fsck, restore
 from memsvc.cli import cli
 from memsvc.core.errors import FailedPrecondition
+from memsvc.core.values import RowOp
 from memsvc.store import KnowledgeBase, StoreConfig
+from memsvc.store.backup import backup, fsck, restore
 from tests.conftest import WORDS, small_bank, start_server, stop_server
 
 

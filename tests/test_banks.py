@@ -8,8 +8,8 @@ from clients.backbone.checkpoint import load_checkpoint
 from clients.backbone.model import InProcessBank, generate
 from clients.banks import LFUCache, LocalBank, RemoteBank, StoreBank
 from clients.client import MemoryClient
-from editing.rows import RowOp
 from memsvc.cli.demo import SHIPPED, import_checkpoint
+from memsvc.core.values import RowOp
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import start_server, stop_server
 

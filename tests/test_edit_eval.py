@@ -13,11 +13,18 @@ from clients.backbone.demo import CorpusConfig, DemoCorpus
 from clients.backbone.model import ModelConfig, generate
 from clients.backbone.train import TrainConfig, train_demo
 from clients.banks import StoreBank
-from editing.evaluate import (EditRecord, before_prompts, fact_edit_records, format_table, load_records,
-                              score_record, summarize)
+from editing.evaluate import (
+    EditRecord,
+    before_prompts,
+    fact_edit_records,
+    format_table,
+    load_records,
+    score_record,
+    summarize,
+)
 from editing.fact import fit_fact, writes_to_ops
-from memsvc.cli.edits import Editor, entity_ops, evaluate
 from memsvc.cli.demo import MODEL_DIR, import_checkpoint
+from memsvc.cli.edits import Editor, entity_ops, evaluate
 from memsvc.core.errors import InvalidArgument
 from memsvc.store import KnowledgeBase, StoreConfig
 

@@ -15,7 +15,7 @@ from editing.entity import (
     plan_entity_edit,
 )
 from editing.neighbours import nearest_tokens
-from editing.rows import RowOp, plan_row_ops
+from editing.rows import plan_row_ops
 from editing.tokens import Vocabulary
 from memsvc.core.errors import InvalidArgument, NotFound, OutOfRange
 

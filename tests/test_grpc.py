@@ -11,10 +11,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from clients.client import MemoryClient
-from editing.rows import RowOp
 from memsvc.core.dtypes import to_float32, to_storage
 from memsvc.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from memsvc.core.values import EditRequest
+from memsvc.core.values import EditRequest, RowOp
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 from tests.conftest import WORDS, small_bank

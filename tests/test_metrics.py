@@ -14,10 +14,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from clients.client import MemoryClient
-from editing.rows import RowOp
 from memsvc.core.errors import FailedPrecondition, NotFound
-from memsvc.server.metrics import Metrics, ServingState, start_http
+from memsvc.core.values import RowOp
 from memsvc.server.main import SERVICE, ServerConfig, create_server
+from memsvc.server.metrics import Metrics, ServingState, start_http
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import WORDS, small_bank, start_server, stop_server
 

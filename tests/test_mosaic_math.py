@@ -4,11 +4,17 @@ import numpy as np
 import pytest
 
 from indexes import lsh
-from indexes.lsh import (SimHashConfig, SimHashIndex, _log_inclusion, choose_tables, inclusion_probability,
-                         log_inclusion_table)
-from indexes.mosaic import (BetaPolicy, exact_topk, kernel_regression, lsh_regression, merge_results,
-                            topk_regression)
+from indexes.lsh import (
+    SimHashConfig,
+    SimHashIndex,
+    _log_inclusion,
+    choose_tables,
+    inclusion_probability,
+    log_inclusion_table,
+)
+from indexes.mosaic import exact_topk, kernel_regression, lsh_regression, merge_results, topk_regression
 from memsvc.core.errors import InvalidArgument
+from memsvc.core.mosaic import BetaPolicy
 
 
 def unit(x):

@@ -8,10 +8,10 @@ from click.testing import CliRunner
 
 from clients.client import MemoryClient
 from clients.mosaic import MosaicClient
-from indexes.mosaic import BetaPolicy, kernel_regression
+from indexes.mosaic import kernel_regression
 from memsvc.cli import cli
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
-from memsvc.store.mosaic import LshParams, merge
+from memsvc.core.mosaic import BetaPolicy, LshParams, merge
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import start_server, stop_server
 

@@ -17,10 +17,10 @@ def test_lookup_wire_bytes_are_an_ordinary_lookup_response():
     import numpy as np
     import pytest
 
-    from memsvc.wire.knowledge import lookup_from_wire, lookup_to_wire
     from memsvc.core.dtypes import storage_dtype
     from memsvc.core.values import LookupResult
     from memsvc.v1 import knowledge_pb2 as pb
+    from memsvc.wire.lookup import lookup_from_wire, lookup_to_wire
 
     for dtype in ("float32", "float16", "bfloat16"):
         rows = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5).astype(storage_dtype(dtype))

@@ -7,10 +7,17 @@ from click.testing import CliRunner
 
 from clients.client import MemoryClient
 from clients.search import SearchClient
-from editing.rows import RowOp
 from memsvc.cli import cli
-from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError, NotFound, OutOfRange,
-                           ResourceExhausted)
+from memsvc.core.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    MemsvcError,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+)
+from memsvc.core.values import RowOp
 from memsvc.search.manager import IndexManager, SearchConfig
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import WORDS, small_bank

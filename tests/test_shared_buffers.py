@@ -1,4 +1,4 @@
-"""Lookup replies through shared memory (memsvc/shared_buffers.py), against a real server on
+"""Lookup replies through shared memory (memsvc/wire/reply_buffers.py, memsvc/server/shared_buffers.py), against a real server on
 loopback: the same rows as an ordinary reply, rows that stay valid while later lookups reuse the
 pool, growth, fallback, and a server that writes only into a buffer whose key it was given."""
 import gc
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from clients.client import MemoryClient
-from editing.rows import RowOp
-from memsvc.server import shared_buffers
-from memsvc.server.shared_buffers import HEADER_BYTES, KEY_BYTES, SHM_DIR, ReplyBuffer, available
+from memsvc.core.values import RowOp
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
+from memsvc.wire import reply_buffers
+from memsvc.wire.reply_buffers import HEADER_BYTES, KEY_BYTES, SHM_DIR, ReplyBuffer, available
 from tests.conftest import WORDS
 
 pytestmark = pytest.mark.skipif(not available(), reason="no writable /dev/shm on this host")
@@ -35,7 +35,7 @@ def in_shared_memory(rows) -> bool:
 @pytest.fixture(autouse=True)
 def any_reply_size(monkeypatch):
     """These rows are 48 bytes: let every reply use a buffer once the client knows the row size."""
-    monkeypatch.setattr(shared_buffers, "MIN_REPLY_BYTES", 1)
+    monkeypatch.setattr(reply_buffers, "MIN_REPLY_BYTES", 1)
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def clients(server):
 
 def test_small_replies_come_inline_big_ones_through_the_buffer(server, monkeypatch):
     address, _ = server
-    monkeypatch.setattr(shared_buffers, "MIN_REPLY_BYTES", 48 * 10)  # 10 rows of 3 x 8 fp16
+    monkeypatch.setattr(reply_buffers, "MIN_REPLY_BYTES", 48 * 10)  # 10 rows of 3 x 8 fp16
     with MemoryClient(address) as client:
         client.lookup("stem", ["Spain"])
         assert not in_shared_memory(client.lookup("stem", list(range(9))).rows)

@@ -6,9 +6,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from editing.rows import RowOp
 from memsvc.core.dtypes import to_float32, to_storage
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from memsvc.core.values import RowOp
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import ROOT, WORDS, small_bank
 
@@ -219,7 +219,7 @@ def test_a_crash_mid_commit_leaves_the_previous_head_intact(kb, point):
     kb.close()
     script = textwrap.dedent(f"""
         import numpy as np
-        from editing.rows import RowOp
+        from memsvc.core.values import RowOp
         from memsvc.store import KnowledgeBase, StoreConfig
         kb = KnowledgeBase(StoreConfig(data_dir={str(root)!r}))
         kb.edit("stem", [RowOp("set", token_id=t, vector=np.full(8, 5.0)) for t in range(10)], message="dies")

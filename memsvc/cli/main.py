@@ -110,11 +110,17 @@ def serve(data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls_key,
     """
     import logging
 
+    from memsvc.server.auth import check_exposure, load_keys
     from memsvc.server.main import ServerConfig
     from memsvc.server.main import serve as run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run(ServerConfig(data_dir=Path(data), host=host, port=port, seed_demo=not no_seed, api_keys_file=api_keys_file,
+    check_exposure(host, load_keys(api_keys_file), insecure)  # refuse before seeding anything
+    if not no_seed and not (Path(data) / "catalog.db").exists():
+        from memsvc.cli.demo import seed_demo_kb
+
+        seed_demo_kb(data)
+    run(ServerConfig(data_dir=Path(data), host=host, port=port, api_keys_file=api_keys_file,
                      insecure=insecure, tls_cert=tls_cert, tls_key=tls_key, metrics_port=metrics_port,
                      drain_seconds=drain_seconds, build_niceness=build_niceness))
 
@@ -246,7 +252,7 @@ def edit(data, server, table, token, entity, to, mode, fact, target, subject, mo
         memsvc edit --fact "the capital of Spain is" --target Berlin --dry-run
     """
     from editing.entity import parse_vector_arg
-    from editing.rows import RowOp
+    from memsvc.core.values import RowOp
 
     if entity or fact:
         from memsvc.cli.edits import edit_entity_or_fact

@@ -3,9 +3,9 @@
 import click
 import numpy as np
 
-from indexes.mosaic import BetaPolicy
 from memsvc.cli.main import cli, open_store, store_options
-from memsvc.store.mosaic import LshParams, load_pair_arrays, save_pair_arrays
+from memsvc.core.mosaic import BetaPolicy, LshParams
+from memsvc.store.mosaic import load_pair_arrays, save_pair_arrays
 
 
 def mosaic_of(store):

@@ -132,7 +132,7 @@ def create(name, data, server, table, layer, head, kind, metric, settings, versi
         raise InvalidArgument("--no-wait: only with --server (a local build ends with the command)")
     from tqdm import tqdm
 
-    from memsvc.search.manager import place
+    from memsvc.core.search import place
 
     with open_search(data, server) as searcher:
         config = {**parse_settings(settings, "set"), "kind": kind, "metric": metric}

@@ -10,7 +10,6 @@ environment (``MEMSVC_READ_KEYS`` / ``MEMSVC_WRITE_KEYS``, comma-separated). Onl
 of the keys are kept in memory, so a lookup never compares a secret byte by byte.
 """
 import hashlib
-import ipaddress
 import os
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import grpc
 
 from memsvc.core.errors import FailedPrecondition, InvalidArgument
+from memsvc.wire.auth import is_loopback
 
 READ, WRITE = "read", "write"
 RANK = {READ: 1, WRITE: 2}  # a write key may do everything a read key may
@@ -64,26 +64,11 @@ def load_keys(keys_file: Path | None = None, environ=os.environ) -> dict:
     return keys
 
 
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: assume it is reachable from outside
-
-
 def check_exposure(host: str, keys: dict, insecure: bool):
     """Secure by default: refuse to listen beyond loopback without keys unless told --insecure."""
     if not keys and not insecure and not is_loopback(host):
         raise FailedPrecondition(f"host: refusing to serve {host} without API keys; give --api-keys-file "
                                  f"(or {ENV_KEYS[WRITE]}) or pass --insecure")
-
-
-def bearer_metadata(api_key: str | None) -> tuple:
-    """The call metadata a client sends for ``api_key`` (none without a key)."""
-    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
 
 def _denied(handler, code, details):

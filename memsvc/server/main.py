@@ -12,20 +12,22 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from memsvc.core.errors import InvalidArgument
+from memsvc.search.manager import IndexManager, SearchConfig
 from memsvc.server import mosaic_servicer, search_servicer
 from memsvc.server.auth import AuthInterceptor, check_exposure, load_keys
-from memsvc.core.errors import InvalidArgument
 from memsvc.server.metrics import Metrics, MetricsInterceptor, ServingState, start_http
-from memsvc.search.manager import IndexManager, SearchConfig
 from memsvc.server.servicer import ErrorInterceptor, KnowledgeServicer, UnaryInterceptor
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 from memsvc.v1 import search_pb2 as spb
 from memsvc.v1 import search_pb2_grpc as spb_grpc
+from memsvc.wire import mosaic as mosaic_wire
+from memsvc.wire import search as search_wire
+from memsvc.wire.knowledge import SERVICE
 
 LOG = logging.getLogger("memsvc.server")
-SERVICE = pb.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
 
 
 @dataclass
@@ -39,7 +41,6 @@ class ServerConfig:
     max_message_bytes: int = 256 << 20
     max_lookup_tokens: int = 65536
     grace_seconds: float = 5.0  # how long in-flight calls may finish on shutdown
-    seed_demo: bool = True  # create the default demo knowledge base when data_dir holds none
     api_keys_file: Path | None = None  # '<read|write> <key>' lines; MEMSVC_{READ,WRITE}_KEYS add more
     insecure: bool = False  # allow a non-loopback host without API keys
     tls_cert: Path | None = None  # PEM certificate chain and private key: serve TLS only
@@ -62,7 +63,7 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
     searcher = search_servicer.SearchServicer(IndexManager(kb, SearchConfig(build_niceness=config.build_niceness)))
     streams = StreamOfUnaryCalls({
         f"/{SERVICE}/LookupStream": (f"/{SERVICE}/Lookup", _unary(servicer.Lookup, pb.LookupRequest, pb.LookupResponse)),
-        f"/{search_servicer.SERVICE}/SearchStream": (f"/{search_servicer.SERVICE}/Search",
+        f"/{search_wire.SERVICE}/SearchStream": (f"/{search_wire.SERVICE}/Search",
                                                      _unary(searcher.Search, spb.SearchRequest, spb.SearchResponse)),
     }, measured + checked)
     interceptors = measured + ([AuthInterceptor(keys)] if keys else []) + [streams] + checked
@@ -79,7 +80,7 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
         metrics.track_store(lambda: kb.version, indexes.list)
     state = state or ServingState(health.HealthServicer(), ("", SERVICE))
     health_pb2_grpc.add_HealthServicer_to_server(state.health, server)
-    reflection.enable_server_reflection([SERVICE, mosaic_servicer.SERVICE, search_servicer.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection([SERVICE, mosaic_wire.SERVICE, search_wire.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     address = f"{config.host}:{config.port}"
     port = server.add_secure_port(address, tls_credentials(config)) if config.tls_cert or config.tls_key \
         else server.add_insecure_port(address)
@@ -148,16 +149,6 @@ def tls_credentials(config: ServerConfig) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
 
 
-def open_kb(config: ServerConfig) -> KnowledgeBase:
-    """Open the data directory, seeding the demo knowledge base on first run."""
-    data = Path(config.data_dir)
-    if config.seed_demo and not (data / "catalog.db").exists():
-        from memsvc.cli.demo import seed_demo_kb
-
-        seed_demo_kb(data)
-    return KnowledgeBase(StoreConfig(data_dir=data))
-
-
 # glibc mallopt parameters
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
@@ -184,7 +175,7 @@ def serve(config: ServerConfig, ready=None):
     if config.metrics_port is not None:  # up before the store opens: /readyz says 503 while it loads
         _, http_port = start_http(config.host, config.metrics_port, metrics, state)
         print(f"memsvc: metrics and probes on http://{config.host}:{http_port}/metrics", flush=True)
-    kb = open_kb(config)
+    kb = KnowledgeBase(StoreConfig(data_dir=Path(config.data_dir)))
     server, port, _, indexes = create_server(kb, config, metrics, state)
     LOG.info("memsvc serving %s on %s:%d (head version %d)", config.data_dir, config.host, port, kb.version)
     print(f"memsvc: serving {config.data_dir} on {config.host}:{port} (version {kb.version})", flush=True)

@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from memsvc.wire import knowledge as convert
 from memsvc.server.servicer import UnaryInterceptor
+from memsvc.wire import lookup as lookup_wire
 
 # 50 µs .. 10 s: a cached lookup is ~0.3 ms over Python gRPC, a big edit or diff seconds.
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -71,7 +71,7 @@ class Metrics:
             self._child(self.errors, code.name).inc()
         if response is None:
             return
-        if isinstance(response, convert.LookupWire):  # Lookup replies are wire bytes
+        if isinstance(response, lookup_wire.LookupWire):  # Lookup replies are wire bytes
             self._child(self.bytes, name).inc(response.bytes_served)
             self._child(self.rows, name).inc(response.rows_served)
             return

@@ -1,41 +1,11 @@
-"""SearchService over gRPC: adapters only (decode, call IndexManager, encode), plus the
-IndexInfo <-> protobuf conversions that the client shares."""
-import json
-
+"""SearchService over gRPC: adapters only (decode, call IndexManager, encode)."""
 import numpy as np
 
-from memsvc.wire import knowledge as convert
-from memsvc.core.errors import InvalidArgument
-from memsvc.search.manager import IndexInfo, IndexManager
+from memsvc.search.manager import IndexManager
 from memsvc.v1 import search_pb2 as spb
 from memsvc.v1 import search_pb2_grpc as spb_grpc
-
-SERVICE = spb.DESCRIPTOR.services_by_name["SearchService"].full_name
-
-
-def info_to_pb(info: IndexInfo) -> spb.IndexInfo:
-    fields = {k: v for k, v in info.__dict__.items() if k != "config"}
-    return spb.IndexInfo(**fields, config_json=json.dumps(info.config))
-
-
-def info_from_pb(msg: spb.IndexInfo) -> IndexInfo:
-    fields = {f: getattr(msg, f) for f in IndexInfo.__dataclass_fields__ if f not in ("config", "head")}
-    return IndexInfo(**fields, config=json.loads(msg.config_json or "{}"), head=head_of(msg))
-
-
-def head_of(msg):
-    """The optional `head` field: None when unset (a bank), else the mosaic head."""
-    return msg.head if msg.HasField("head") else None
-
-
-def _json_object(text, field) -> dict:
-    try:
-        value = json.loads(text or "{}")
-    except json.JSONDecodeError as e:
-        raise InvalidArgument(f"{field}: not JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"{field}: expected a JSON object of IndexConfig fields")
-    return value
+from memsvc.wire import knowledge as convert
+from memsvc.wire.search import head_of, info_to_pb, json_object
 
 
 def _version(ref):
@@ -67,7 +37,7 @@ class SearchServicer(spb_grpc.SearchServiceServicer):
         return reply
 
     def CreateIndex(self, request, context):
-        config = {**_json_object(request.config_json, "config_json"),
+        config = {**json_object(request.config_json, "config_json"),
                   **{k: v for k, v in (("kind", request.kind), ("metric", request.metric)) if v}}
         return info_to_pb(self.manager.create(request.name, request.table, request.layer, config, head=head_of(request),
                                               **_version(request.at)))

@@ -5,12 +5,20 @@ import logging
 import grpc
 import numpy as np
 
-from memsvc.wire import knowledge as convert
-from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError,
-                           NotFound, OutOfRange, ResourceExhausted)
+from memsvc.core.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    MemsvcError,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+)
 from memsvc.server.shared_buffers import SharedBuffers
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
+from memsvc.wire import knowledge as convert
+from memsvc.wire import lookup as lookup_wire
 
 LOG = logging.getLogger("memsvc.servicer")
 
@@ -61,10 +69,10 @@ class ErrorInterceptor(UnaryInterceptor):
                 context.abort(code, str(e))
 
         serialize = handler.response_serializer
-        # Lookup writes its reply as wire bytes itself (convert.lookup_to_wire): pass them through.
+        # Lookup writes its reply as wire bytes itself (lookup_wire.lookup_to_wire): pass them through.
         return grpc.unary_unary_rpc_method_handler(
             guarded, request_deserializer=handler.request_deserializer,
-            response_serializer=lambda r: r.data if isinstance(r, convert.LookupWire) else serialize(r))
+            response_serializer=lambda r: r.data if isinstance(r, lookup_wire.LookupWire) else serialize(r))
 
 
 def _version(ref: pb.VersionRef):
@@ -102,11 +110,11 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
             in_buffer = lambda shape, dtype: self.shared_buffers.view(buffer.name, buffer.key, buffer.size, shape, dtype)
             result = self.kb.lookup_in_order(request.table, np.array(ids, dtype=np.int64), in_buffer, version=v)
             if result is not None:
-                return convert.lookup_to_wire(result, rows_in_buffer=True)
+                return lookup_wire.lookup_to_wire(result, rows_in_buffer=True)
         overrides = [convert.row_op_from_pb(op, f"overrides[{i}]") for i, op in enumerate(request.overrides)]
         result = self.kb.lookup(request.table, np.array(ids, dtype=np.int64), list(request.layers), version=v, overrides=overrides)
         in_buffer = request.HasField("reply_buffer") and self.shared_buffers.write(buffer.name, buffer.key, buffer.size, result.rows)
-        return convert.lookup_to_wire(result, rows_in_buffer=in_buffer)
+        return lookup_wire.lookup_to_wire(result, rows_in_buffer=in_buffer)
 
     def _check_size(self, table, version, n_tokens, n_layers):
         info = self.kb.table(table, version)  # not describe(): it counts the vocabulary on every call

@@ -37,12 +37,19 @@ import sqlite_utils
 from tqdm import tqdm
 
 from editing.inject import inject_request
-from editing.rows import RowWrites, plan_row_ops
+from editing.rows import plan_row_ops
 from memsvc.core.dtypes import storage_dtype, to_float32, to_storage
-from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, NotFound,
-                           OutOfRange)
-from memsvc.core.values import (CommitInfo, CommitResult, EditRequest, LookupResult, RowChange,
-                          TableInfo, split_tokens)
+from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from memsvc.core.values import (
+    CommitInfo,
+    CommitResult,
+    EditRequest,
+    LookupResult,
+    RowChange,
+    RowWrites,
+    TableInfo,
+    split_tokens,
+)
 
 LOG = logging.getLogger("memsvc.store")
 NEVER = 2**62  # removed_in of a token that was never removed

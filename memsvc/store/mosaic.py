@@ -41,69 +41,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from indexes.lsh import SimHashConfig, SimHashIndex, choose_tables
-from indexes.mosaic import BetaPolicy, kernel_regression, lsh_regression, merge_results, topk_regression
+from indexes.mosaic import kernel_regression, lsh_regression, topk_regression
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from memsvc.core.mosaic import BetaPolicy, LshParams, MosaicInfo, MosaicResult, PairsResult
 from memsvc.core.values import CommitResult, TableInfo
 
 NEVER = 2**62  # removed_in of a live pair (as memsvc.store.NEVER)
 MODES = ("exact", "topk", "lsh")
 TOPK_INDEX_KINDS = ("exact", "hnsw")  # ANN kinds that build without training queries
 MAX_INDEXES_PER_STORE = 16  # cached LSH/ANN indexes per store; the oldest is dropped first
-
-
-@dataclass
-class LshParams:
-    """MagicPIG knobs: K bits per table and L tables, or a budget (expected fraction touched)."""
-
-    bits: int = 10
-    tables: int = 0  # 0: from `budget`, else SimHashConfig's default
-    budget: float = 0.0  # e.g. 0.03: L is the smallest giving that mean inclusion probability
-
-
-@dataclass
-class MosaicResult:
-    """One read: outputs (m, dv), lse (m,) and n (pairs read, the same for every query)."""
-
-    outputs: np.ndarray
-    lse: np.ndarray
-    n: int
-    version: int
-    beta: float
-    mode: str = "exact"
-    touched: np.ndarray | None = None  # LSH: fraction of the n pairs each query touched
-    lsh_tables: int = 0  # LSH: the L used
-    index_lag: int = 0  # pairs the index absorbed before answering (it was behind by that many)
-
-
-@dataclass
-class PairsResult:
-    """A commit of pairs: its version, rows written and the ids it added, removed or replaced."""
-
-    version: int
-    rows_changed: int
-    ids: np.ndarray
-
-
-@dataclass
-class MosaicInfo:
-    name: str
-    num_layers: int
-    num_heads: int
-    key_dim: int
-    value_dim: int
-    created_version: int
-    pairs: np.ndarray  # (layers, heads) live pairs per group at `version`
-    policy: BetaPolicy
-    topk_index: str
-    version: int
-
-
-def merge(results) -> MosaicResult:
-    """Exact merge of reads of disjoint stores (or shards) with the same queries and β."""
-    results = list(results)
-    o, lse, n = merge_results([(r.outputs, r.lse, r.n) for r in results])
-    return MosaicResult(outputs=o, lse=lse, n=n, version=max(r.version for r in results), beta=results[0].beta,
-                        mode=results[0].mode)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ The pairs of a memory slot are added as one commit per head; reverting those com
 exactly the old reads.
 
     python -m clients.backbone.train --preset tiny-memory --out runs/mem
-    python -m clients.backbone.inject --ckpt runs/mem --data runs/mem-kb --facts 32
+    python -m research.inject --ckpt runs/mem --data runs/mem-kb --facts 32
 """
 
 import json
@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .demo import TEMPLATES, DemoCorpus, WordTokenizer, write_edit_records
-from .memory import RecordQueries, StoreMemory, WithPairs
-from .train import predict_next
+from clients.backbone.demo import TEMPLATES, DemoCorpus, WordTokenizer, write_edit_records
+from clients.backbone.memory import RecordQueries, StoreMemory, WithPairs
+from clients.backbone.train import predict_next
 
 
 @dataclass
@@ -158,15 +158,13 @@ def injection_report(model, bank, tokenizer, corpus: DemoCorpus, mosaic, name: s
 def main():
     import argparse
 
-    from memsvc.server.spawn import spawn_server, stop_server
-    from memsvc.store import KnowledgeBase, StoreConfig
-
+    from clients.backbone.checkpoint import load_checkpoint
+    from clients.backbone.memory import MEMORY_FILE, InProcessMemory
+    from clients.backbone.train import fact_accuracy, fact_pairs, presets
     from clients.client import MemoryClient
     from clients.mosaic import MosaicClient
-
-    from .checkpoint import load_checkpoint
-    from .memory import MEMORY_FILE, InProcessMemory
-    from .train import fact_accuracy, fact_pairs, presets
+    from memsvc.server.spawn import spawn_server, stop_server
+    from memsvc.store import KnowledgeBase, StoreConfig
 
     parser = argparse.ArgumentParser(description="Serve a memory model's pairs from memsvc, inject facts as pairs, revert.")
     parser.add_argument("--ckpt", required=True, help="checkpoint directory of `train --preset tiny-memory`")
