@@ -5,7 +5,7 @@ with --aliases, injected alias tokens used in prompts.
     python bench/edits.py --model memsvc/demo_data --aliases 50
 
 Builds a KB from the checkpoint's bank, writes the demo corpus's entity-swap records
-(clients/backbone/demo.py write_edit_records) and fact-level records (editing/evaluate.py
+(research/corpus.py write_edit_records) and fact-level records (editing/evaluate.py
 fact_edit_records), and evaluates each edit alone through the store as a per-request override
 (memsvc/cli_edits.py evaluate). The baseline measured side by side is the unedited model (no
 edit: reliability = how often the prompt already gives target_new). Prints a table, writes
@@ -15,7 +15,7 @@ bench/out/edits.png, and prints one JSON line of headline figures last. Test: te
 `--vector` = E's rows) and ask every fact of the entity (training and held-out templates) through
 the alias and through the name. The alias's input embedding is E's (like), or the checkpoint's
 null embedding (vector; the shipped demo checkpoint's was fitted on the frozen model by
-clients/backbone/null_embedding.py, and one is fitted the same way in memory for a checkpoint that
+research/null_embedding.py, and one is fitted the same way in memory for a checkpoint that
 has none), with a zero vector as the control. Tests: tests/test_cli_edits.py.
 """
 import argparse
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from clients.backbone.demo import DemoCorpus, write_edit_records
 from editing.evaluate import fact_edit_records, format_table, load_records, plot_summary
 from memsvc.cli.demo import MODEL_DIR, import_checkpoint
 from memsvc.cli.edits import Editor, evaluate
 from memsvc.store import KnowledgeBase, StoreConfig
+from research.corpus import DemoCorpus, write_edit_records
 
 LOG = logging.getLogger("bench.edits")
 OUT = Path(__file__).parent / "out"
@@ -87,7 +87,7 @@ def run_aliases(model_dir, n_entities, seed=0):
     model, in_process, tokenizer = load_model(model_dir)
     null, which = model.null_embedding, "checkpoint's"
     if null is None:
-        from clients.backbone.null_embedding import fit_corpus_null
+        from research.null_embedding import fit_corpus_null
 
         start, which = time.perf_counter(), "fitted"
         null = fit_corpus_null(model, in_process, tokenizer, corpus)

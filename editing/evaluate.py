@@ -24,7 +24,7 @@ METRICS = ("reliability", "generalization", "locality", "other_facts")
 
 @dataclass
 class EditRecord:
-    """One EasyEdit-style request (the fields of clients/backbone/demo.py write_edit_records)."""
+    """One EasyEdit-style request (the fields of research/corpus.py write_edit_records)."""
 
     prompt: str
     subject: str
@@ -138,7 +138,7 @@ def plot_summary(summaries, path, title="knowledge edits"):
 
 
 def fact_edit_records(corpus, n, seed=0, n_locality=3) -> list:
-    """n fact-level EditRecords on a demo corpus (clients/backbone/demo.py DemoCorpus): one fact
+    """n fact-level EditRecords on a demo corpus (research/corpus.py DemoCorpus): one fact
     of an entity gets another value of its relation; the entity's other relations must stay.
 
     Prompts are the first training template; rephrases the held-out ones; entity_prompts the

@@ -13,7 +13,7 @@ answers: fitting the value alone at the mean-query key gave locality 0.91 at 32 
 The pairs of a memory slot are added as one commit per head; reverting those commits gives back
 exactly the old reads.
 
-    python -m clients.backbone.train --preset tiny-memory --out runs/mem
+    python -m research.train --preset tiny-memory --out runs/mem
     python -m research.inject --ckpt runs/mem --data runs/mem-kb --facts 32
 """
 
@@ -25,9 +25,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from clients.backbone.demo import TEMPLATES, DemoCorpus, WordTokenizer, write_edit_records
 from clients.backbone.memory import RecordQueries, StoreMemory, WithPairs
-from clients.backbone.train import predict_next
+from clients.backbone.model import predict_next
+from clients.backbone.templates import TEMPLATES
+from clients.backbone.tokenizer import WordTokenizer
+from research.corpus import DemoCorpus, write_edit_records
 
 
 @dataclass
@@ -160,11 +162,11 @@ def main():
 
     from clients.backbone.checkpoint import load_checkpoint
     from clients.backbone.memory import MEMORY_FILE, InProcessMemory
-    from clients.backbone.train import fact_accuracy, fact_pairs, presets
     from clients.client import MemoryClient
     from clients.mosaic import MosaicClient
     from memsvc.server.spawn import spawn_server, stop_server
     from memsvc.store import KnowledgeBase, StoreConfig
+    from research.train import fact_accuracy, fact_pairs, presets
 
     parser = argparse.ArgumentParser(description="Serve a memory model's pairs from memsvc, inject facts as pairs, revert.")
     parser.add_argument("--ckpt", required=True, help="checkpoint directory of `train --preset tiny-memory`")

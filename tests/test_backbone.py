@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from clients.backbone.checkpoint import load_checkpoint, load_stem_checkpoint, save_checkpoint, write_null_embedding
-from clients.backbone.demo import SPECIAL_TOKENS, WordTokenizer
 from clients.backbone.model import InProcessBank, KVCache, ModelConfig, StemTransformer, generate
+from clients.backbone.tokenizer import SPECIAL_TOKENS, WordTokenizer
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,17 +7,11 @@ import torch
 from tokenizers import Tokenizer
 
 from clients.backbone.checkpoint import load_checkpoint
-from clients.backbone.demo import (
-    RELATIONS,
-    TEMPLATES,
-    CorpusConfig,
-    DemoCorpus,
-    WordTokenizer,
-    template_words,
-    write_edit_records,
-)
 from clients.backbone.model import ModelConfig
-from clients.backbone.train import TrainConfig, entity_swap_effect, fact_accuracy, train_demo
+from clients.backbone.templates import RELATIONS, TEMPLATES, template_words
+from clients.backbone.tokenizer import WordTokenizer
+from research.corpus import CorpusConfig, DemoCorpus, write_edit_records
+from research.train import TrainConfig, entity_swap_effect, fact_accuracy, train_demo
 
 
 def test_corpus_is_deterministic_and_seeded():

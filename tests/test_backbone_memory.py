@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from clients.backbone.checkpoint import load_checkpoint
-from clients.backbone.demo import CorpusConfig, DemoCorpus
 from clients.backbone.memory import MEMORY_FILE, InProcessMemory, StoreMemory, WithPairs, merge_reads
-from clients.backbone.model import ModelConfig, StemTransformer, generate
-from clients.backbone.train import TrainConfig, fact_accuracy, fact_pairs, predict_next, train_demo
+from clients.backbone.model import ModelConfig, StemTransformer, generate, predict_next
 from clients.client import MemoryClient
 from clients.mosaic import MosaicClient
 from memsvc.store import KnowledgeBase, StoreConfig
+from research.corpus import CorpusConfig, DemoCorpus
 from research.inject import InjectConfig, injection_report, make_requests, request_prompts
+from research.train import TrainConfig, fact_accuracy, fact_pairs, train_demo
 from tests.conftest import start_server, stop_server
 
 CORPUS = CorpusConfig(n_entities=8, n_languages=3, n_currencies=3, n_continents=2)

@@ -31,7 +31,7 @@ def demo():
 
 
 def prompts(tokenizer, n=6):
-    from clients.backbone.demo import DemoCorpus
+    from research.corpus import DemoCorpus
 
     facts = DemoCorpus().facts("train")[::37][:n]
     ids = [tokenizer.encode(f.prompt) for f in facts]

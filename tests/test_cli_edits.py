@@ -6,10 +6,10 @@ import numpy as np
 from click.testing import CliRunner
 
 from clients.backbone.checkpoint import load_checkpoint, save_checkpoint
-from clients.backbone.demo import DemoCorpus, write_edit_records
 from memsvc.cli import cli
 from memsvc.cli.demo import MODEL_DIR
 from memsvc.store import KnowledgeBase, StoreConfig
+from research.corpus import DemoCorpus, write_edit_records
 from tests.conftest import start_server, stop_server
 from tests.test_edit_eval import MICRO_CORPUS, micro_kb, micro_model  # noqa: F401  fixtures
 

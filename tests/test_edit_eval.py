@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from clients.backbone.checkpoint import load_checkpoint
-from clients.backbone.demo import CorpusConfig, DemoCorpus
 from clients.backbone.model import ModelConfig, generate
-from clients.backbone.train import TrainConfig, train_demo
 from clients.banks import StoreBank
 from editing.evaluate import (
     EditRecord,
@@ -22,11 +20,13 @@ from editing.evaluate import (
     score_record,
     summarize,
 )
-from editing.fact import fit_fact, writes_to_ops
+from editing.fact import fit_fact
 from memsvc.cli.demo import MODEL_DIR, import_checkpoint
 from memsvc.cli.edits import Editor, entity_ops, evaluate
 from memsvc.core.errors import InvalidArgument
 from memsvc.store import KnowledgeBase, StoreConfig
+from research.corpus import CorpusConfig, DemoCorpus
+from research.train import TrainConfig, train_demo
 
 MICRO_CORPUS = CorpusConfig(n_entities=8, n_languages=3, n_currencies=3, n_continents=2)
 
@@ -105,7 +105,7 @@ def test_fit_fact_moves_the_fact_and_writes_only_subject_rows(micro_model):
     edited = rows.copy()
     edited[writes.token_ids, writes.layers] = writes.vectors
     bank.weight.data = torch.from_numpy(edited)
-    from clients.backbone.train import predict_next
+    from clients.backbone.model import predict_next
 
     assert predict_next(model, bank, tokenizer, [record.prompt]) == [record.target_new]
     with pytest.raises(InvalidArgument, match="subject"):
@@ -134,7 +134,7 @@ def test_persistent_edit_and_override_give_identical_rows_and_tokens(micro_kb, k
 
 
 def test_evaluate_entity_swaps_meets_locality_and_reliability(micro_kb, tmp_path):
-    from clients.backbone.demo import write_edit_records
+    from research.corpus import write_edit_records
 
     write_edit_records(tmp_path / "edits.jsonl", DemoCorpus(MICRO_CORPUS), n_records=12)
     with open_kb(micro_kb) as kb:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .demo import WordTokenizer
 from .model import InProcessBank, ModelConfig, StemTransformer
+from .tokenizer import WordTokenizer
 
 WEIGHTS_FILE = "model.safetensors"
 STEM_KEY = "stem_embeddings"

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MEMORY_FILE = "memory.safetensors"  # a trained model's pairs, beside its checkpoint (train.py)
+MEMORY_FILE = "memory.safetensors"  # a trained model's pairs, beside its checkpoint (research/train.py)
 
 
 def kernel_read(queries, keys, values, beta: float):

@@ -325,3 +325,17 @@ def generate(model: StemTransformer, bank, prompt_ids, max_new_tokens: int, on_t
             logits = model(next_ids[:, None], bank, cache, memory=memory)  # (B, 1, V)
     model.train(was_training)
     return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def predict_next(model: StemTransformer, bank, tokenizer, prompts: list[str], memory=None) -> list[str]:
+    """The greedy next word after each prompt (prompts of equal token length run as one batch)."""
+    model.eval()
+    encoded = [tokenizer.encode(p) for p in prompts]
+    answers = [""] * len(prompts)
+    for length in sorted(set(map(len, encoded))):
+        which = [i for i, ids in enumerate(encoded) if len(ids) == length]
+        logits = model(torch.tensor([encoded[i] for i in which]), bank, memory=memory)  # (n, length, V)
+        for i, token in zip(which, logits[:, -1].argmax(-1).tolist()):
+            answers[i] = tokenizer.vocab[token]
+    return answers

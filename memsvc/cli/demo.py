@@ -25,10 +25,10 @@ def import_checkpoint(kb: KnowledgeBase, ckpt_dir, table=TABLE, message="") -> i
 
 
 def train_into(data_dir, preset="demo", steps=None, progress=True) -> dict:
-    """Train the demo backbone into <data>/models/demo (see clients/backbone/train.py)."""
+    """Train the demo backbone into <data>/models/demo (see research/train.py)."""
     from dataclasses import replace
 
-    from clients.backbone.train import presets, train_demo
+    from research.train import presets, train_demo
 
     model_config, train_config = presets()[preset]
     if steps:

@@ -1,4 +1,5 @@
-"""A deterministic synthetic world of facts and a word-level tokenizer for the demo backbone.
+"""A deterministic synthetic world of facts for training the demo backbone (its tokenizer and
+templates are the model's own, in clients/backbone).
 
 Every entity (a made-up country) and every attribute value (capital, language, currency,
 continent, leader) is one token, so a fact is a next-token prediction after a template prompt:
@@ -14,32 +15,8 @@ import json
 import random
 from dataclasses import dataclass
 
-SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>"]
-
-# relation -> (training templates, held-out paraphrase templates); "{}" is the entity
-TEMPLATES = {
-    "capital": (
-        ["the capital of {} is", "{} has its capital in", "the capital city of {} is"],
-        ["in {} the capital is", "{} 's capital city is"],
-    ),
-    "language": (
-        ["the official language of {} is", "people in {} speak", "{} 's language is"],
-        ["the people of {} speak", "in {} people speak"],
-    ),
-    "currency": (
-        ["the currency of {} is", "in {} people pay with", "{} 's currency is"],
-        ["people of {} pay with", "the official currency of {} is"],
-    ),
-    "continent": (
-        ["{} lies on the continent of", "{} is in", "the continent of {} is"],
-        ["{} lies in", "{} 's continent is"],
-    ),
-    "leader": (
-        ["the leader of {} is", "{} is led by", "{} 's leader is"],
-        ["the official leader of {} is", "in {} the leader is"],
-    ),
-}
-RELATIONS = list(TEMPLATES)
+from clients.backbone.templates import RELATIONS, TEMPLATES, template_words
+from clients.backbone.tokenizer import SPECIAL_TOKENS, WordTokenizer
 
 SYLLABLES = [
     "ka", "mor", "ve", "ta", "lin", "do", "sa", "rei", "bo", "nu", "gal", "te", "vi", "ro", "pa",
@@ -72,61 +49,6 @@ class Fact:
     prompt: str  # the template with the entity filled in, without <bos>
     answer: str  # one token
     template: str
-
-
-class WordTokenizer:
-    """Whitespace-split words -> ids; unknown words map to <unk>. encode() prepends <bos>.
-
-    An empty word marks an id that does not exist, as in a bank's vocabulary at a version where
-    an injected token was removed: `WordTokenizer(kb.vocabulary(table, v))` knows the words
-    injected by then."""
-
-    def __init__(self, words: list[str]):
-        named = [w for w in words if w]
-        if words[: len(SPECIAL_TOKENS)] != SPECIAL_TOKENS or len(set(named)) != len(named):
-            raise ValueError(f"vocab must start with {SPECIAL_TOKENS} and have no repeats")
-        self.vocab = list(words)
-        self.index = {w: i for i, w in enumerate(self.vocab) if w}
-        self.pad_id, self.unk_id, self.bos_id, self.eos_id = range(len(SPECIAL_TOKENS))
-
-    def __len__(self):
-        return len(self.vocab)
-
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        ids = [self.index.get(w, self.unk_id) for w in text.split()]
-        return [self.bos_id] + ids if add_bos else ids
-
-    def decode(self, ids, skip_special: bool = True) -> str:
-        words = (self.vocab[int(i)] for i in ids)
-        return " ".join(w for w in words if not (skip_special and w in SPECIAL_TOKENS))
-
-    def save(self, path):
-        """One word per line, in id order."""
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join(self.vocab) + "\n")
-
-    @classmethod
-    def load(cls, path) -> "WordTokenizer":
-        with open(path, encoding="utf-8") as f:
-            return cls(f.read().split("\n")[:-1])
-
-    def save_hf(self, path):
-        """Write a tokenizer.json that `tokenizers.Tokenizer.from_file` reads with the same ids."""
-        from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-        hf = Tokenizer(models.WordLevel(vocab=self.index, unk_token="<unk>"))
-        hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        hf.post_processor = processors.TemplateProcessing(
-            single="<bos> $A", special_tokens=[("<bos>", self.bos_id)]
-        )
-        hf.add_special_tokens(SPECIAL_TOKENS)
-        hf.save(str(path))
-
-
-def template_words(split: str | None = None) -> set[str]:
-    """Words of the templates ("train", "heldout" or both when None), without the "{}" slot."""
-    picks = {"train": (0,), "heldout": (1,), None: (0, 1)}[split]
-    return {w for pair in TEMPLATES.values() for i in picks for t in pair[i] for w in t.split()} - {"{}"}
 
 
 def _make_names(rng: random.Random, kind: str, n: int, taken: set[str]) -> list[str]:

@@ -1,12 +1,12 @@
 """The null input embedding of a backbone trained with hidden entities, for checkpoints that lack it.
 
-train.py hides an entity's input embedding behind a shared learned null vector half the time and
-saves that vector as the checkpoint's `null_embedding`, the input embedding of a word injected
-with `--vector` (editing/inject.py). Checkpoints trained before it was saved can get one fitted on
+research/train.py hides an entity's input embedding behind a shared learned null vector half the
+time and saves that vector as the checkpoint's `null_embedding`, the input embedding of a word
+injected with `--vector` (editing/inject.py). Checkpoints trained before it was saved can get one fitted on
 the frozen model: the vector that, in place of the entities of the training facts, best predicts
 their next tokens. Only that vector moves; every other weight stays as it is.
 
-    python -m clients.backbone.null_embedding memsvc/demo_data --seed 0 --steps 150
+    python -m research.null_embedding memsvc/demo_data --seed 0 --steps 150
 
 writes it into DIR/model.safetensors beside the other tensors (left byte for byte as they were)
 and records the command in the file's metadata under "null_embedding".
@@ -44,7 +44,7 @@ def fit_null_embedding(model, bank, ids, hidden, steps=150, batch_size=64, lr=0.
 
 def fit_corpus_null(model, bank, tokenizer, corpus, steps=150, seed=0):
     """fit_null_embedding on the corpus's training facts with every entity token hidden."""
-    from .train import encode_facts
+    from research.train import encode_facts
 
     missing = [e for e in corpus.entities if e not in tokenizer.index]
     if missing:
@@ -58,8 +58,8 @@ def fit_corpus_null(model, bank, tokenizer, corpus, steps=150, seed=0):
 def add_null_embedding(ckpt_dir, corpus_config=None, steps=150, seed=0, how=""):
     """Fit a null embedding for the checkpoint in ckpt_dir (on the demo corpus of corpus_config,
     default CorpusConfig()) and write it into its weights file; returns it (C,)."""
-    from .checkpoint import load_checkpoint, write_null_embedding
-    from .demo import CorpusConfig, DemoCorpus
+    from clients.backbone.checkpoint import load_checkpoint, write_null_embedding
+    from research.corpus import CorpusConfig, DemoCorpus
 
     model, bank, tokenizer = load_checkpoint(ckpt_dir)
     if model.null_embedding is not None:
@@ -83,7 +83,7 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    command = "python -m clients.backbone.null_embedding " + " ".join(sys.argv[1:])
+    command = "python -m research.null_embedding " + " ".join(sys.argv[1:])
     null = add_null_embedding(args.checkpoint, steps=args.steps, seed=args.seed,
                               how=f"fitted on the frozen model (demo corpus training facts, entities hidden): {command}")
     print(f"wrote null_embedding (norm {null.norm():.4f}) into {args.checkpoint}")

@@ -1,13 +1,13 @@
 """Train the demo STEM backbone on the synthetic fact corpus (CPU, a minute or two).
 
-    python -m clients.backbone.train --preset demo --out runs/demo
+    python -m research.train --preset demo --out runs/demo
 
 Facts must end up in the STEM rows of the entity tokens, so that an edit of rows is an edit of
 knowledge. With probability null_entity_prob a training sentence's entity token gets a shared
 learned null vector as its input embedding, so the model cannot identify the entity from its
 embedding alone and has to read the identity from the entity's STEM rows. That vector is saved as
 the checkpoint's null_embedding: the input embedding of a word injected with `--vector`, whose
-rows alone then say which entity it is (issue 4; null_embedding.py fits one for older checkpoints).
+rows alone then say which entity it is (issue 4; null_embedding.py here fits one for older checkpoints).
 
 Presets with memory_layers ("tiny-memory") also learn persistent-memory pairs (memory.py) jointly
 with the model, one per (entity, relation), and save them as memory.safetensors beside the
@@ -26,10 +26,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import save_checkpoint
-from .demo import RELATIONS, CorpusConfig, DemoCorpus, Fact, WordTokenizer
-from .memory import MEMORY_FILE, InProcessMemory, RecordQueries, retrieval_loss
-from .model import InProcessBank, ModelConfig, StemTransformer
+from clients.backbone.checkpoint import save_checkpoint
+from clients.backbone.memory import MEMORY_FILE, InProcessMemory, RecordQueries, retrieval_loss
+from clients.backbone.model import InProcessBank, ModelConfig, StemTransformer, predict_next
+from clients.backbone.templates import RELATIONS
+from clients.backbone.tokenizer import WordTokenizer
+from research.corpus import CorpusConfig, DemoCorpus, Fact
 
 
 @dataclass
@@ -86,20 +88,6 @@ def lr_at(step: int, config: TrainConfig) -> float:
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     cosine = 0.5 * (1 + torch.cos(torch.tensor(torch.pi * progress)).item())
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
-
-
-@torch.no_grad()
-def predict_next(model: StemTransformer, bank, tokenizer: WordTokenizer, prompts: list[str], memory=None) -> list[str]:
-    """The greedy next word after each prompt (prompts of equal token length run as one batch)."""
-    model.eval()
-    encoded = [tokenizer.encode(p) for p in prompts]
-    answers = [""] * len(prompts)
-    for length in sorted(set(map(len, encoded))):
-        which = [i for i, ids in enumerate(encoded) if len(ids) == length]
-        logits = model(torch.tensor([encoded[i] for i in which]), bank, memory=memory)  # (n, length, V)
-        for i, token in zip(which, logits[:, -1].argmax(-1).tolist()):
-            answers[i] = tokenizer.vocab[token]
-    return answers
 
 
 def fact_accuracy(model: StemTransformer, bank, tokenizer: WordTokenizer, facts: list[Fact], memory=None) -> float:
