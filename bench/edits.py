@@ -7,7 +7,7 @@ with --aliases, injected alias tokens used in prompts.
 Builds a KB from the checkpoint's bank, writes the demo corpus's entity-swap records
 (research/corpus.py write_edit_records) and fact-level records (editing/evaluate.py
 fact_edit_records), and evaluates each edit alone through the store as a per-request override
-(memsvc/cli_edits.py evaluate). The baseline measured side by side is the unedited model (no
+(clients/editor.py evaluate). The baseline measured side by side is the unedited model (no
 edit: reliability = how often the prompt already gives target_new). Prints a table, writes
 bench/out/edits.png, and prints one JSON line of headline figures last. Test: tests/test_edit_eval.py.
 
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
+from clients.editor import Editor, evaluate
 from editing.evaluate import fact_edit_records, format_table, load_records, plot_summary
 from memsvc.cli.demo import MODEL_DIR, import_checkpoint
-from memsvc.cli.edits import Editor, evaluate
 from memsvc.store import KnowledgeBase, StoreConfig
 from research.corpus import DemoCorpus, write_edit_records
 
@@ -78,7 +78,7 @@ def run_aliases(model_dir, n_entities, seed=0):
 
     from clients.banks import StoreBank
     from clients.client import MemoryClient
-    from memsvc.cli.model import PromptVocabulary, load_model
+    from clients.prompts import PromptVocabulary, load_model
     from memsvc.server.spawn import spawn_server, stop_server
 
     torch.set_num_threads(1)  # tiny batches on a shared machine

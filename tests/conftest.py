@@ -1,4 +1,5 @@
-"""Shared fixtures: a small real bank, a temp-path knowledge base, a real server process."""
+"""Shared fixtures: a small real bank, a temp-path knowledge base, a real server process; a micro
+demo backbone trained once per session and a KB over its bank."""
 import os
 from pathlib import Path
 
@@ -48,3 +49,35 @@ def server(server_process):
     """yields (address, data_dir) of `server_process`."""
     _, address, data = server_process
     return address, data
+
+
+# ---------------------------------------------------------------- a micro demo backbone (edit tests)
+
+import shutil  # noqa: E402
+
+from clients.backbone.model import ModelConfig  # noqa: E402
+from memsvc.cli.demo import MODEL_DIR, import_checkpoint  # noqa: E402
+from research.corpus import CorpusConfig  # noqa: E402
+from research.train import TrainConfig, train_demo  # noqa: E402
+
+MICRO_CORPUS = CorpusConfig(n_entities=8, n_languages=3, n_currencies=3, n_continents=2)
+
+
+@pytest.fixture(scope="session")
+def micro_model(tmp_path_factory):
+    """A micro demo backbone trained once per test session (seconds on one core)."""
+    out = tmp_path_factory.mktemp("micro") / "model"
+    config = TrainConfig(corpus=MICRO_CORPUS, steps=400, lr=1e-2, batch_size=32, swap_pairs=2, num_threads=1)
+    metrics = train_demo(ModelConfig(d_model=32, d_ff=64, n_layer=2, n_head=2, max_seq_len=16), config, out, progress=False)
+    assert metrics["fact_accuracy"] >= 0.9, metrics
+    return out
+
+
+@pytest.fixture
+def micro_kb(micro_model, tmp_path):
+    """A KB over the micro model's bank (table 'stem'), its checkpoint under models/demo."""
+    data = tmp_path / "kb"
+    shutil.copytree(micro_model, data / MODEL_DIR)
+    with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as kb:
+        import_checkpoint(kb, data / MODEL_DIR)
+    return data

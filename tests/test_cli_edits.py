@@ -1,5 +1,5 @@
 """`memsvc edit --entity/--fact`, `inject`, `generate`, `revert` and `eval-edits` end to end on a freshly
-trained micro demo backbone (the session fixture of tests/test_edit_eval.py)."""
+trained micro demo backbone (the session fixture of tests/conftest.py)."""
 import json
 
 import numpy as np
@@ -10,8 +10,7 @@ from memsvc.cli import cli
 from memsvc.cli.demo import MODEL_DIR
 from memsvc.store import KnowledgeBase, StoreConfig
 from research.corpus import DemoCorpus, write_edit_records
-from tests.conftest import start_server, stop_server
-from tests.test_edit_eval import MICRO_CORPUS, micro_kb, micro_model  # noqa: F401  fixtures
+from tests.conftest import MICRO_CORPUS, start_server, stop_server
 
 
 def memsvc(*args):

@@ -1,7 +1,6 @@
 """Edit evaluation and fact-level fitting on a freshly trained micro demo backbone: EasyEdit
 metrics, fitted rows, and persistent edits vs per-request overrides (identical rows and tokens)."""
 import json
-import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -9,8 +8,9 @@ import pytest
 import torch
 
 from clients.backbone.checkpoint import load_checkpoint
-from clients.backbone.model import ModelConfig, generate
+from clients.backbone.model import generate
 from clients.banks import StoreBank
+from clients.editor import Editor, entity_ops, evaluate
 from editing.evaluate import (
     EditRecord,
     before_prompts,
@@ -21,34 +21,11 @@ from editing.evaluate import (
     summarize,
 )
 from editing.fact import fit_fact
-from memsvc.cli.demo import MODEL_DIR, import_checkpoint
-from memsvc.cli.edits import Editor, entity_ops, evaluate
+from memsvc.cli.demo import MODEL_DIR
 from memsvc.core.errors import InvalidArgument
 from memsvc.store import KnowledgeBase, StoreConfig
-from research.corpus import CorpusConfig, DemoCorpus
-from research.train import TrainConfig, train_demo
-
-MICRO_CORPUS = CorpusConfig(n_entities=8, n_languages=3, n_currencies=3, n_continents=2)
-
-
-@pytest.fixture(scope="session")
-def micro_model(tmp_path_factory):
-    """A micro demo backbone trained once per test session (seconds on one core)."""
-    out = tmp_path_factory.mktemp("micro") / "model"
-    config = TrainConfig(corpus=MICRO_CORPUS, steps=400, lr=1e-2, batch_size=32, swap_pairs=2, num_threads=1)
-    metrics = train_demo(ModelConfig(d_model=32, d_ff=64, n_layer=2, n_head=2, max_seq_len=16), config, out, progress=False)
-    assert metrics["fact_accuracy"] >= 0.9, metrics
-    return out
-
-
-@pytest.fixture
-def micro_kb(micro_model, tmp_path):
-    """A KB over the micro model's bank (table 'stem'), its checkpoint under models/demo."""
-    data = tmp_path / "kb"
-    shutil.copytree(micro_model, data / MODEL_DIR)
-    with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as kb:
-        import_checkpoint(kb, data / MODEL_DIR)
-    return data
+from research.corpus import DemoCorpus
+from tests.conftest import MICRO_CORPUS
 
 
 def open_kb(data):

@@ -1,103 +1,69 @@
-"""Knowledge edits with measured efficacy: entity and fact edits for `memsvc edit`, and
-`memsvc eval-edits` (EasyEdit reliability, generalization, locality through the service).
-
-Every prediction decodes with the backbone reading its STEM rows from the service; an edit under
-evaluation is a per-request override (the same rows a commit would write; nothing written)."""
+"""Knowledge edits from the command line: edit (rows, an entity or a fact), inject, revert, and
+`memsvc eval-edits` (EasyEdit metrics through the service; the library is clients/editor.py)."""
 from pathlib import Path
 
 import click
 
-from memsvc.cli.main import cli, open_store, print_dry_run, store_options, table_option
+from clients.editor import Editor, entity_ops, evaluate, guess_subject
+from memsvc.cli.options import commit_options, open_store, print_dry_run, store_options, table_option
 from memsvc.core.errors import InvalidArgument
 
 
-def entity_ops(store, table, source, target, mode="auto", layers=(), version=None):
-    """RowOps that make the words of `source` read `target`'s rows (editing/entity.py modes)."""
-    from editing.entity import EntityEdit, entity_row_ops
+@click.command()
+@store_options
+@table_option
+@click.option("--token", default=None, help="The token whose rows change.")
+@click.option("--entity", default=None, help="Entity edit: this entity's tokens take --to's rows (clients/editor.py).")
+@click.option("--to", default=None, help="The target entity of --entity.")
+@click.option("--mode", type=click.Choice(["auto", "one_to_one", "average", "copy", "left_pad", "right_pad"]), default="auto",
+              show_default=True, help="How --entity's tokens map onto --to's when their lengths differ.")
+@click.option("--fact", default=None, help="Fact edit: fit the subject's rows so this prompt yields --target.")
+@click.option("--target", default=None, help="The word --fact should yield.")
+@click.option("--subject", default=None, help="The subject of --fact (default: its capitalised words).")
+@click.option("--model", "model_dir", default=None, help="Backbone checkpoint for --fact (default: DATA/models/demo).")
+@click.option("--vector", default=None, help="New row: comma-separated values or a .npy file ((d,) or (layers, d)).")
+@click.option("--like", default=None, help="Copy the rows of this token (with --alpha: blend toward them).")
+@click.option("--layer", "layers", multiple=True, type=int, help="Layers to change (default: all).")
+@click.option("--alpha", type=float, default=None, help="Blend: new = (1 - alpha) * old + alpha * source.")
+@commit_options
+@click.option("--dry-run", is_flag=True, help="Print the rows that would change and their 5 nearest tokens; write nothing.")
+def edit(data, server, table, token, entity, to, mode, fact, target, subject, model_dir, vector, like, layers, alpha,
+         message, author, dry_run):
+    """Change a token's rows, an entity's rows or one fact as one commit.
 
-    ids = lambda text, field: store.token_ids(table, text.split(), version, field).tolist()
-    edit = EntityEdit(source=ids(source, "entity"), target=ids(target, "to"), mode=mode, layers=list(layers))
-    ops = entity_row_ops(edit, lambda tokens: store.read_rows(table, tokens, version))
-    if not ops:
-        raise InvalidArgument("--to: the edit changes nothing (source and target are the same tokens)")
-    return ops
+    \b
+    Example:
+        memsvc edit --token Spain --like Germany -m "Spain uses Germany's rows"
+        memsvc edit --token Spain --vector 0.1,0.2,... --layer 0 -m "set layer 0"
+        memsvc edit --token Spain --like Germany --alpha 0.5 --dry-run
+        memsvc edit --entity "Spain" --to "Germany" --mode average
+        memsvc edit --fact "the capital of Spain is" --target Berlin --dry-run
+    """
+    from editing.entity import parse_vector_arg
+    from memsvc.core.values import RowOp
 
-
-def guess_subject(prompt):
-    """The prompt's capitalised words (a sentence-initial one only when it is the only one)."""
-    words = [w for w in prompt.split() if w[:1].isupper()]
-    if len(words) > 1 and prompt.split()[0] == words[0]:
-        words = words[1:]
-    if not words:
-        raise InvalidArgument(f"--subject: cannot tell the subject of {prompt!r}; name it with --subject")
-    return " ".join(words)
-
-
-class Editor:
-    """The backbone decoding against one table at one pinned version, with edits as overrides."""
-
-    def __init__(self, store, table, model_dir, version=None):
-        import torch
-
-        from memsvc.cli.model import load_model
-
-        torch.set_num_threads(1)  # tiny batches: more threads only contend on a shared machine
-        self.store, self.table = store, table
-        self.version = store.resolve_version(version)
-        self.model, _, self.tokenizer = load_model(model_dir)
-
-    def predict(self, prompts, ops=()):
-        """Greedy next word after each prompt, reading rows (with ops applied) from the service."""
-        from clients.backbone.train import predict_next
-        from clients.banks import StoreBank
-
-        return predict_next(self.model, StoreBank(self.store, self.table, self.version, list(ops)), self.tokenizer, prompts)
-
-    def encode(self, prompt):
-        from memsvc.cli.model import encode_prompt
-
-        return encode_prompt(self.tokenizer, prompt)
-
-    def fact_context(self, prompt, subject):
-        """(paraphrases, keep): the backbone's training templates about the subject that answer
-        as the prompt does (same fact) and those that do not (the subject's other facts)."""
-        from clients.backbone.demo import TEMPLATES
-
-        unknown = self.tokenizer.unk_id
-        candidates = [t.format(subject) for train, _ in TEMPLATES.values() for t in train]
-        candidates = [p for p in candidates if p != prompt and unknown not in self.tokenizer.encode(p)]
-        answers = self.predict([prompt] + candidates)
-        same = [p for p, a in zip(candidates, answers[1:]) if a == answers[0]]
-        return answers[0], same, [p for p in candidates if p not in same]
-
-    def fact_ops(self, prompt, target, subject, config=None, layers=()):
-        """Fit the subject's rows so that prompt -> target; returns (ops, EditRecord, fit info)."""
-        from editing.evaluate import EditRecord
-        from editing.fact import FactConfig, fit_fact, writes_to_ops
-
-        target_id = self.tokenizer.index.get(target)
-        if target_id is None:
-            raise InvalidArgument(f"--target: unknown word {target!r} (not in the model's vocabulary)")
-        old, paraphrases, keep = self.fact_context(prompt, subject)
-        writes, info = fit_fact(self.model, lambda ids: self.store.read_rows(self.table, ids, self.version),
-                                [self.encode(p) for p in [prompt] + paraphrases], target_id,
-                                self.store.token_ids(self.table, subject.split(), self.version, "subject"),
-                                [self.encode(p) for p in keep], layers, config or FactConfig())
-        record = EditRecord(prompt=prompt, subject=subject, target_new=target, ground_truth=old, entity_prompts=keep)
-        return writes_to_ops(writes), record, info
-
-    def score(self, record, ops, before=None):
-        """The record's EasyEdit metrics with ops as an override (before: pre-edit predictions)."""
-        from editing.evaluate import before_prompts, score_record
-
-        if before is None:
-            prompts = before_prompts([record])
-            before = dict(zip(prompts, self.predict(prompts))) if prompts else {}
-        return score_record(record, before, lambda prompts: self.predict(prompts, ops))
+    if entity or fact:
+        with open_store(data, server) as store:
+            return edit_entity_or_fact(store, table, entity, to, mode, fact, target, subject, layers,
+                                       model_dir or Path(data) / "models" / "demo", author, message, dry_run)
+    if token is None:
+        raise InvalidArgument("--token: give --token, --entity or --fact")
+    if (vector is None) == (like is None):
+        raise InvalidArgument("--vector/--like: give exactly one")
+    op = RowOp(op="copy" if alpha is None else "blend", token=token, layers=list(layers),
+               vector=parse_vector_arg(vector) if vector is not None else None, source_token=like,
+               alpha=1.0 if alpha is None else alpha)
+    if vector is not None and alpha is None:
+        op.op = "set"
+    with open_store(data, server) as store:
+        if dry_run:
+            return print_dry_run(store, table, [op])
+        r = store.edit(table, [op], author=author, message=message)
+    click.echo(f"committed version {r.version}: {r.rows_changed} rows changed")
 
 
 def edit_entity_or_fact(store, table, entity, to, mode, fact, target, subject, layers, model_dir, author, message, dry_run):
-    """`memsvc edit --entity A --to B` or `memsvc edit --fact PROMPT --target WORD` (see cli.edit)."""
+    """`memsvc edit --entity A --to B` or `memsvc edit --fact PROMPT --target WORD` (see edit)."""
     from memsvc.core.values import EditRequest
 
     if entity:
@@ -120,7 +86,7 @@ def edit_entity_or_fact(store, table, entity, to, mode, fact, target, subject, l
     click.echo(f"committed version {r.version}: {r.rows_changed} rows changed")
 
 
-@cli.command(name="eval-edits")
+@click.command(name="eval-edits")
 @click.argument("records_file", type=click.Path(exists=True, dir_okay=False))
 @store_options
 @table_option
@@ -160,21 +126,48 @@ def eval_edits(records_file, data, server, table, kind, limit, commit, plot, mod
     click.echo(json.dumps(summary["overall"]))
 
 
-def evaluate(editor, records, kind="auto", progress=True):
-    """(summary, [(ops, score)]) of records applied one at a time as overrides."""
-    from tqdm import tqdm
+@click.command()
+@store_options
+@table_option
+@click.option("--token", required=True, help="The new token.")
+@click.option("--like", "like", multiple=True, help="Copy (or average, when repeated) these tokens' rows.")
+@click.option("--vector", default=None, help="The new token's row: comma-separated values or a .npy file.")
+@commit_options
+def inject(data, server, table, token, like, vector, message, author):
+    """Add a new token to a table's vocabulary (every layer gets a row). Undo with revert.
 
-    from editing.evaluate import before_prompts, summarize
+    An injected word is for prompts: `memsvc generate` reads its rows from the table, and the
+    model's output head stays over the trained vocabulary, so the model never answers with it.
+    With --like its input embedding is the mean of the like tokens'; with --vector it is the
+    model's null embedding (the vector that stood in for entities in training), so its rows alone
+    say what it is. --vector takes a .npy of layers x d_ff (e.g. an entity's rows) or d_ff
+    values used in every layer.
 
-    prompts = before_prompts(records)
-    before = dict(zip(prompts, editor.predict(prompts))) if prompts else {}
-    results = []
-    for record in tqdm(records, desc="eval-edits", disable=not progress):
-        if kind == "entity" or (kind == "auto" and record.target_subject):
-            if not record.target_subject:
-                raise InvalidArgument(f"records: {record.prompt!r} has no target_subject for an entity edit")
-            ops = entity_ops(editor.store, editor.table, record.subject, record.target_subject, version=editor.version)
-        else:
-            ops = editor.fact_ops(record.prompt, record.target_new, record.subject)[0]
-        results.append((ops, editor.score(record, ops, before)))
-    return summarize(records, [s for _, s in results]), results
+    \b
+    Example:
+        memsvc inject --token Atlantis --like Spain --like Greece -m "a new country"
+        memsvc inject --token Hispania --vector spain_rows.npy
+        memsvc generate --prompt "the capital of Hispania is"
+    """
+    from editing.entity import parse_vector_arg
+
+    with open_store(data, server) as store:
+        r = store.inject_token(table, token, vector=parse_vector_arg(vector) if vector else None, like=list(like),
+                               author=author, message=message)
+    click.echo(f"committed version {r.version}: injected {token!r}")
+
+
+@click.command()
+@store_options
+@click.argument("version", type=int)
+@commit_options
+def revert(data, server, version, message, author):
+    """Undo one commit with a new commit (history is kept).
+
+    \b
+    Example:
+        memsvc revert 7
+    """
+    with open_store(data, server) as store:
+        r = store.revert(version, author=author, message=message)
+    click.echo(f"committed version {r.version}: reverted {version} ({r.rows_changed} rows)")

@@ -1,9 +1,9 @@
 """`memsvc mosaic ...`: Memory Mosaic stores from the command line, local (--data) or remote
-(--server); each command calls one method of memsvc.mosaic.MosaicStore / clients.mosaic.MosaicClient."""
+(--server); each command calls one method of memsvc.store.mosaic.MosaicStore / clients.mosaic.MosaicClient."""
 import click
 import numpy as np
 
-from memsvc.cli.main import cli, open_store, store_options
+from memsvc.cli.options import commit_options, open_store, store_options
 from memsvc.core.mosaic import BetaPolicy, LshParams
 from memsvc.store.mosaic import load_pair_arrays, save_pair_arrays
 
@@ -24,11 +24,6 @@ def group_options(f):
     return click.argument("name")(f)
 
 
-def commit_options(f):
-    f = click.option("--author", envvar="MEMSVC_AUTHOR", default="")(f)
-    return click.option("-m", "--message", default="", help="Commit message.")(f)
-
-
 def policy_options(f):
     """--beta, or the v2 policy β = β1·n^α + β0 (--beta0/--beta1/--alpha)."""
     f = click.option("--alpha", type=float, default=None, help="Policy: α of β1·n^α + β0.")(f)
@@ -45,7 +40,7 @@ def policy_from(beta, beta0, beta1, alpha):
     return BetaPolicy(beta0=beta0 or 0.0, beta1=beta1 or 0.0, alpha=alpha or 0.0)
 
 
-@cli.group()
+@click.group()
 def mosaic():
     """Memory Mosaic stores: (key, value) pairs per layer and head, read by kernel regression.
 

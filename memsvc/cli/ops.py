@@ -1,12 +1,7 @@
-"""Operations commands (backup, restore, fsck), registered on the `memsvc` group by memsvc/cli.py."""
+"""Operations on a data directory no server needs: backup, restore, fsck, compact, gc (local only)."""
 import click
 
-from memsvc.cli.main import cli
-
-
-def data_option(f):
-    return click.option("--data", envvar="MEMSVC_DATA", default="./memsvc-data", show_default=True,
-                        type=click.Path(file_okay=False), help="The knowledge base's data directory.")(f)
+from memsvc.cli.options import data_option, open_store
 
 
 def print_fsck(report):
@@ -18,7 +13,7 @@ def print_fsck(report):
                f"{report.deltas_checked} delta rows checked; {len(report.problems)} problems")
 
 
-@cli.command()
+@click.command()
 @data_option
 @click.option("--to", "out", required=True, type=click.Path(dir_okay=False), help="The backup file to write (a tar).")
 def backup(data, out):
@@ -34,7 +29,7 @@ def backup(data, out):
     click.echo(f"backed up version {info.head_version} to {info.path}: {info.files} files, {info.bytes / 1e6:.1f} MB")
 
 
-@cli.command()
+@click.command()
 @click.argument("backup_file", type=click.Path(exists=True, dir_okay=False))
 @data_option
 def restore(backup_file, data):
@@ -51,7 +46,7 @@ def restore(backup_file, data):
     print_fsck(report)
 
 
-@cli.command()
+@click.command()
 @data_option
 def fsck(data):
     """Verify a knowledge base no process has open: SQLite integrity, base files against the
@@ -67,3 +62,32 @@ def fsck(data):
     print_fsck(report)
     if not report.ok:
         raise click.exceptions.Exit(1)
+
+
+@click.command()
+@data_option
+def compact(data):
+    """Fold deltas into new base arrays (a commit that changes no row).
+
+    \b
+    Example:
+        memsvc compact --data ./memsvc-data
+    """
+    with open_store(data, None) as kb:
+        r = kb.compact(progress=True)
+    click.echo(f"committed version {r.version}: compacted")
+
+
+@click.command()
+@data_option
+@click.option("--retention", type=float, default=None, help="Keep versions younger than this many seconds (default: 7 days).")
+def gc(data, retention):
+    """Forget untagged versions older than the retention window and delete what no kept version reads.
+
+    \b
+    Example:
+        memsvc gc --retention 86400
+    """
+    with open_store(data, None) as kb:
+        stats = kb.gc(retention_seconds=retention)
+    click.echo(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in stats.items()))

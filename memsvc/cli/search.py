@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import click
 import numpy as np
 
-from memsvc.cli.main import cli, open_store, store_options, table_option
+from memsvc.cli.options import open_store, store_options, table_option
 from memsvc.core.errors import InvalidArgument
 
 
@@ -58,7 +58,7 @@ def show_hits(r, tokens):
                 click.echo(f"  {rank:>3}  {names[i][rank - 1]!r:>16} {what}  {dist:.4f}")
 
 
-@cli.command()
+@click.command()
 @store_options
 @table_option
 @click.option("--layer", type=int, default=0, show_default=True, help="The layer whose rows are searched.")
@@ -94,7 +94,7 @@ def search(data, server, table, layer, head, tokens, vector_file, k, index, metr
     show_hits(r, tokens)
 
 
-@cli.group()
+@click.group()
 def index():
     """ANN indexes over a bank layer or a mosaic store's (layer, head) keys: create (background build), drop, list.
 

@@ -1,0 +1,50 @@
+"""`memsvc serve`: the gRPC server on a data directory, seeded with the demo KB on first run."""
+from pathlib import Path
+
+import click
+
+from memsvc.cli.options import data_option
+
+
+@click.command()
+@data_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=50051, show_default=True, type=int)
+@click.option("--no-seed", is_flag=True, help="Do not create the demo knowledge base when --data holds none.")
+@click.option("--api-keys-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="'<read|write> <key>' per line (MEMSVC_READ_KEYS / MEMSVC_WRITE_KEYS add more).")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without API keys.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM certificate chain: serve TLS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM private key of --tls-cert.")
+@click.option("--metrics-port", type=int, default=None, help="HTTP /metrics, /healthz, /readyz on this port (0: any free).")
+@click.option("--drain-seconds", type=float, default=0.0, show_default=True,
+              help="On SIGTERM, report NOT_SERVING this long before refusing calls.")
+@click.option("--build-niceness", type=click.IntRange(0, 19), default=10, show_default=True,
+              help="How much nicer than the server index builds run (0: same priority as Lookups).")
+def serve(data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls_key, metrics_port, drain_seconds,
+          build_niceness):
+    """Serve a knowledge base over gRPC (health checking and reflection included).
+
+    On first run an empty --data is seeded with the demo model's knowledge base. Beyond
+    loopback, give API keys (or --insecure); SIGTERM drains and stops cleanly.
+
+    \b
+    Example:
+        memsvc serve --data ./memsvc-data --port 50051
+        memsvc serve --host 0.0.0.0 --api-keys-file keys.txt --tls-cert c.pem --tls-key k.pem --metrics-port 9100
+    """
+    import logging
+
+    from memsvc.server.auth import check_exposure, load_keys
+    from memsvc.server.main import ServerConfig
+    from memsvc.server.main import serve as run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    check_exposure(host, load_keys(api_keys_file), insecure)  # refuse before seeding anything
+    if not no_seed and not (Path(data) / "catalog.db").exists():
+        from memsvc.cli.demo import seed_demo_kb
+
+        seed_demo_kb(data)
+    run(ServerConfig(data_dir=Path(data), host=host, port=port, api_keys_file=api_keys_file,
+                     insecure=insecure, tls_cert=tls_cert, tls_key=tls_key, metrics_port=metrics_port,
+                     drain_seconds=drain_seconds, build_niceness=build_niceness))

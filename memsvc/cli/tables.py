@@ -1,0 +1,96 @@
+"""Whole tables in and out (import, export) and reads (tables, lookup)."""
+import click
+import numpy as np
+
+from memsvc.cli.options import data_option, message_option, open_store, store_options, table_option
+
+
+@click.command(name="import")
+@click.argument("bank_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--vocab", "vocab_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Word list (one per line) or HF tokenizer.json.")
+@data_option
+@table_option
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Store as (default: the file's).")
+@click.option("--layers", "num_layers", type=int, default=None, help="STEM layer count of a stem_embeddings [V, L*d] tensor.")
+@message_option
+def import_(bank_file, vocab_file, data, table, dtype, num_layers, message):
+    """Import a bank (.npy, .pt or .safetensors) as a new table; creates --data if needed.
+
+    \b
+    Example:
+        memsvc import model.safetensors --vocab tokenizer.json --table stem --layers 4
+        memsvc import rows.npy --vocab words.txt --table bank --dtype float16
+    """
+    from memsvc.store.importers import load_bank, load_vocab
+
+    rows, file_dtype = load_bank(bank_file, num_layers)
+    vocab = load_vocab(vocab_file)
+    with open_store(data, None, create=True) as kb:
+        r = kb.import_table(table, rows, vocab, dtype=dtype or file_dtype, message=message, progress=True)
+    click.echo(f"imported {table}: {rows.shape[0]} tokens x {rows.shape[1]} layers x {rows.shape[2]} ({dtype or file_dtype}) as version {r.version}")
+
+
+@click.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@store_options
+@table_option
+@click.option("--version", "-v", type=int, default=None, help="Version to export (default: head).")
+def export(out, data, server, table, version):
+    """Export a table at a version to safetensors (STEM layout: stem_embeddings [V, L*d]).
+
+    \b
+    Example:
+        memsvc export bank.safetensors --table stem --version 3
+    """
+    from memsvc.store.importers import export_bank
+
+    with open_store(data, server) as store:
+        info = store.describe(table, version)
+        ids = np.arange(info.vocab_size)  # exports the ids alive at that version, in id order
+        result = store.lookup(table, ids, version=info.version)
+    export_bank(result.rows[result.inverse], result.dtype, out)
+    click.echo(f"exported {table} version {info.version} to {out}")
+
+
+@click.command()
+@store_options
+@click.option("--version", "-v", type=int, default=None)
+def tables(data, server, version):
+    """List the tables.
+
+    \b
+    Example:
+        memsvc tables --server 127.0.0.1:50051
+    """
+    with open_store(data, server) as store:
+        for t in store.list_tables(version):
+            click.echo(f"{t.name}\t{t.kind}\t{t.vocab_size} tokens x {t.num_layers} layers x {t.dim}\t{t.dtype}\t(version {t.version}, base {t.base_version})")
+
+
+@click.command()
+@store_options
+@table_option
+@click.option("--token", "tokens", multiple=True, required=True, help="A word (repeat for several).")
+@click.option("--layer", "layers", multiple=True, type=int, help="Layers to read (default: all).")
+@click.option("--version", "-v", type=int, default=None)
+@click.option("--tag", default=None)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Save the rows (n, layers, dim) as .npy.")
+def lookup(data, server, table, tokens, layers, version, tag, out):
+    """Read rows of tokens.
+
+    \b
+    Example:
+        memsvc lookup --token Spain --layer 0 --version 2
+        memsvc lookup --token Spain --token France --out rows.npy
+    """
+    with open_store(data, server) as store:
+        result = store.lookup(table, list(tokens), list(layers), version=version, tag=tag)
+    rows = result.in_request_order()
+    if out:
+        np.save(out, rows)
+    click.echo(f"version {result.version}: {rows.shape[0]} tokens x {rows.shape[1]} layers x {rows.shape[2]}")
+    for word, r in zip(tokens, rows):
+        for layer, row in zip(layers or range(rows.shape[1]), r):
+            head = ", ".join(f"{x:+.4f}" for x in row[:6])
+            click.echo(f"  {word!r} layer {layer}: [{head}{', ...' if len(row) > 6 else ''}]  norm {np.linalg.norm(row):.4f}")
