@@ -25,11 +25,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from clients.backbone.memory import RecordQueries, StoreMemory, WithPairs
+from clients.backbone.memory import StoreMemory, WithPairs
 from clients.backbone.model import predict_next
 from clients.backbone.templates import TEMPLATES
 from clients.backbone.tokenizer import WordTokenizer
 from research.corpus import DemoCorpus, write_edit_records
+from research.train import RecordQueries
 
 
 @dataclass

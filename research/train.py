@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from clients.backbone.checkpoint import save_checkpoint
-from clients.backbone.memory import MEMORY_FILE, InProcessMemory, RecordQueries, retrieval_loss
+from clients.backbone.memory import MEMORY_FILE, InProcessMemory
 from clients.backbone.model import InProcessBank, ModelConfig, StemTransformer, predict_next
 from clients.backbone.templates import RELATIONS
 from clients.backbone.tokenizer import WordTokenizer
@@ -49,7 +49,7 @@ class TrainConfig:
     # tiny matmuls gain little from a 2nd thread, and on a busy 2-core machine OpenMP threads
     # spin: 2 threads ran a step 10-15x slower than 1 thread (measured while tests ran beside)
     num_threads: int = 1
-    memory_retrieval_weight: float = 1.0  # weight of memory.retrieval_loss, with config.memory_layers
+    memory_retrieval_weight: float = 1.0  # weight of retrieval_loss, with config.memory_layers
 
 
 def presets() -> dict[str, tuple[ModelConfig, TrainConfig]]:
@@ -79,6 +79,31 @@ def encode_facts(tokenizer: WordTokenizer, facts: list[Fact]) -> torch.Tensor:
 def fact_pairs(corpus: DemoCorpus) -> list[str]:
     """Labels of the memory pairs: pair e * len(RELATIONS) + r holds entity e's relation r."""
     return [f"{e} {r}" for e in corpus.entities for r in RELATIONS]
+
+
+class RecordQueries:
+    """A source that records the queries (N, H, dk) each slot reads, then asks `base`."""
+
+    def __init__(self, base):
+        self.base, self.seen = base, {}
+
+    def read(self, slot, queries, beta):
+        self.seen.setdefault(slot, []).append(queries)
+        return self.base.read(slot, queries, beta)
+
+
+def retrieval_loss(memory: InProcessMemory, recorded: RecordQueries, positions, pair_ids, beta: float):
+    """Cross-entropy of the kernel weights softmax(β q·k_i) against the pair each position should read.
+
+    positions (b,) index the N queries of the forward `recorded` saw; pair_ids (b,) are their
+    pairs. Averaged over every slot and head: each learns to find a fact's pair from its prompt,
+    which makes the queries of different facts far apart (and new pairs local)."""
+    losses = []
+    for slot, (queries,) in recorded.seen.items():
+        q = queries[positions]  # (b, H, dk)
+        scores = beta * torch.einsum("bhd,hnd->bhn", q, F.normalize(memory.keys[slot], dim=-1))  # (b, H, n)
+        losses.append(F.cross_entropy(scores.transpose(1, 2), pair_ids[:, None].expand(-1, q.shape[1])))
+    return sum(losses) / len(losses)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:

@@ -159,28 +159,3 @@ class WithPairs(nn.Module):
         if slot != self.slot:
             return base
         return merge_reads([base, kernel_read(queries, F.normalize(self.keys, dim=-1), self.values, beta)])
-
-
-class RecordQueries:
-    """A source that records the queries (N, H, dk) each slot reads, then asks `base`."""
-
-    def __init__(self, base):
-        self.base, self.seen = base, {}
-
-    def read(self, slot, queries, beta):
-        self.seen.setdefault(slot, []).append(queries)
-        return self.base.read(slot, queries, beta)
-
-
-def retrieval_loss(memory: InProcessMemory, recorded: RecordQueries, positions, pair_ids, beta: float):
-    """Cross-entropy of the kernel weights softmax(β q·k_i) against the pair each position should read.
-
-    positions (b,) index the N queries of the forward `recorded` saw; pair_ids (b,) are their
-    pairs. Averaged over every slot and head: each learns to find a fact's pair from its prompt,
-    which makes the queries of different facts far apart (and new pairs local)."""
-    losses = []
-    for slot, (queries,) in recorded.seen.items():
-        q = queries[positions]  # (b, H, dk)
-        scores = beta * torch.einsum("bhd,hnd->bhn", q, F.normalize(memory.keys[slot], dim=-1))  # (b, H, n)
-        losses.append(F.cross_entropy(scores.transpose(1, 2), pair_ids[:, None].expand(-1, q.shape[1])))
-    return sum(losses) / len(losses)
