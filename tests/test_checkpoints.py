@@ -107,3 +107,58 @@ def test_refusals_name_what_is_wrong(tmp_path):
     (wide / "params.json").write_text(json.dumps(params))
     with pytest.raises(InvalidArgument, match=r"stem_embedding_dim is 48 but the tables are 24 wide"):
         read_stem_checkpoint(wide)
+
+
+def write_gemma3n_dir(folder, layers=3, d=4, vocab=VOCAB, sharded=False):
+    """An HF Gemma 3n directory as save_pretrained writes it: config.json (text_config nested) and
+    model.safetensors, or shards named by model.safetensors.index.json."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    config = {"model_type": "gemma3n", "text_config": {"model_type": "gemma3n_text", "num_hidden_layers": layers,
+              "hidden_size_per_layer_input": d, "vocab_size_per_layer_input": vocab, "hidden_size": 8}}
+    (folder / "config.json").write_text(json.dumps(config))
+    table = torch.randn(vocab, layers * d, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    tensors = {"model.language_model.embed_tokens_per_layer.weight": table,
+               "model.language_model.embed_tokens.weight": torch.zeros(vocab, 8, dtype=torch.bfloat16)}
+    if sharded:
+        names = sorted(tensors)
+        files = {n: f"model-0000{i + 1}-of-00002.safetensors" for i, n in enumerate(names)}
+        for n in names:
+            save_file({n: tensors[n]}, str(folder / files[n]), metadata={"format": "pt"})
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": files}))
+    else:
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return table
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_an_hf_gemma3n_directory_imports_its_per_layer_table_without_flags(tmp_path, sharded):
+    from memsvc.store.checkpoints import read_tensor
+
+    table = write_gemma3n_dir(tmp_path / "gemma", sharded=sharded)
+    rows, dtype = read_tensor(tmp_path / "gemma")
+    assert dtype == "bfloat16" and rows.shape == (VOCAB, 3, 4)
+    want = table.view(torch.int16).numpy().view(np.uint16).reshape(VOCAB, 3, 4)  # [V, L*d] -> [V, L, d], layer-major
+    np.testing.assert_array_equal(rows[0:VOCAB], want)
+
+
+def test_a_named_tensor_of_a_file_and_its_refusals(tmp_path):
+    from safetensors.torch import save_file
+
+    from memsvc.store.checkpoints import read_tensor
+
+    fused = torch.randn(VOCAB, 12)
+    save_file({"bank": fused}, str(tmp_path / "b.safetensors"))
+    rows, dtype = read_tensor(tmp_path / "b.safetensors", "bank", num_layers=3)
+    np.testing.assert_array_equal(rows[2:5], fused.numpy().reshape(VOCAB, 3, 4)[2:5])
+    torch.save({"bank": fused}, tmp_path / "b.pt")
+    np.testing.assert_array_equal(read_tensor(tmp_path / "b.pt", "bank", 2)[0][0:VOCAB], fused.numpy().reshape(VOCAB, 2, 6))
+    with pytest.raises(InvalidArgument, match=r"layers: tensor 'bank' of shape \[37, 12\] does not split into 5 layers"):
+        read_tensor(tmp_path / "b.safetensors", "bank", num_layers=5)
+    with pytest.raises(InvalidArgument, match=r"tensor: 'nope' is not in b.safetensors"):
+        read_tensor(tmp_path / "b.safetensors", "nope")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(InvalidArgument, match="no per-layer embedding table in its config.json; name one with --tensor"):
+        read_tensor(tmp_path / "plain")

@@ -187,3 +187,89 @@ def _check_shapes(tables: list, sources: list) -> tuple:
         raise InvalidArgument("stem_shards: shards of unequal shape: "
                               + ", ".join(f"{s} [{vocab}, {w}]" for s, w in zip(sources, widths)))
     return vocab, widths
+
+
+# ---------------------------------------------------------------- one named tensor, any checkpoint
+
+PER_LAYER = "embed_tokens_per_layer.weight"  # Gemma 3n / Gemma 4: [vocab_per_layer, layers x d], scaled by sqrt(d) in the model
+
+
+def read_tensor(path, name=None, num_layers=None) -> tuple:
+    """(rows [V, L, d] read lazily, dtype name) of one tensor of a .safetensors / .pt file or of a
+    Hugging Face model directory (model.safetensors, or sharded through model.safetensors.index.json).
+    A 2-D [V, L*d] tensor is split into ``num_layers``; without a name, an HF directory whose
+    config.json describes per-layer embeddings (Gemma 3n / Gemma 4) names its table and layer count."""
+    path = Path(path)
+    if name is None and path.is_dir():
+        name, num_layers = _per_layer_table(path, num_layers)
+    if name is None:
+        raise InvalidArgument("tensor: name the tensor to import (--tensor NAME)")
+    tensor = _open_tensor(path, name)
+    shape = tuple(tensor.get_shape() if hasattr(tensor, "get_shape") else tensor.shape)
+    if len(shape) == 3:
+        vocab, layers, dim = shape
+    elif len(shape) == 2:
+        layers = int(num_layers or 1)
+        if layers <= 0 or shape[1] % layers:
+            raise InvalidArgument(f"layers: tensor {name!r} of shape {list(shape)} does not split into {layers} layers")
+        vocab, dim = shape[0], shape[1] // layers
+    else:
+        raise InvalidArgument(f"tensor: {name!r} has shape {list(shape)}; expected [V, L*d], [V, d] or [V, L, d]")
+    dtype = torch_to_storage(tensor[:1])[1]
+    return ChunkedRows((vocab, layers, dim), storage_dtype(dtype),
+                       lambda a, b: torch_to_storage(tensor[a:b])[0].reshape(b - a, layers, dim)), dtype
+
+
+def _per_layer_table(folder: Path, num_layers) -> tuple:
+    """(tensor name, layer count) of the per-layer embedding table that config.json describes."""
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    text = config.get("text_config", config)
+    if not text.get("hidden_size_per_layer_input"):
+        raise InvalidArgument(f"tensor: {folder} has no per-layer embedding table in its config.json; name one with --tensor")
+    names = [n for n in _tensor_names(folder) if n == PER_LAYER or n.endswith("." + PER_LAYER)]
+    if len(names) != 1:
+        raise InvalidArgument(f"tensor: expected one {PER_LAYER} in {folder}, found {names or 'none'}")
+    return names[0], int(num_layers or text["num_hidden_layers"])
+
+
+def _tensor_names(folder: Path) -> list:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return list(json.loads(index.read_text())["weight_map"])
+    from safetensors import safe_open
+
+    with safe_open(str(_single_file(folder)), framework="pt") as f:
+        return list(f.keys())
+
+
+def _single_file(folder: Path) -> Path:
+    for candidate in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / candidate).is_file():
+            return folder / candidate
+    raise InvalidArgument(f"file: {folder} holds no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def _open_tensor(path: Path, name: str):
+    """A lazily read handle on tensor ``name``: a safetensors slice (reads only the rows asked for)
+    or an mmap-loaded torch tensor."""
+    if path.is_dir():
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            if name not in weight_map:
+                raise InvalidArgument(f"tensor: {name!r} is not in {index.name}")
+            path = path / weight_map[name]
+        else:
+            path = _single_file(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        handle = safe_open(str(path), framework="pt")
+        if name not in handle.keys():
+            raise InvalidArgument(f"tensor: {name!r} is not in {path.name} (it has {', '.join(sorted(handle.keys())[:8])}...)")
+        return handle.get_slice(name)
+    state, _ = _load(path)
+    if name not in state:
+        raise InvalidArgument(f"tensor: {name!r} is not in {path.name}")
+    return state[name]
