@@ -1,15 +1,23 @@
 """Token resolution: the words and entities an edit names, as the bank's token ids.
 
-A bank's rows are indexed by token id, so every edit starts here. The vocabulary is either a
-plain word list (id = position; entities are split on whitespace) or a Hugging Face
-``tokenizer.json`` (entities are the tokenizer's own encoding, without special tokens), so an
-edit hits exactly the rows the model reads for that text.
+A bank's rows are indexed by token id, so every edit starts here. The vocabulary is a plain word
+list (id = position; entities are split on whitespace) or a real tokenizer (editing/tokenizers.py:
+a Hugging Face ``tokenizer.json``, a sentencepiece ``.model`` or a tiktoken rank file). With a
+tokenizer an entity is the ids the model reads for it *in running text*: byte-level BPE and
+tiktoken give " Spain" (mid-sentence) another id than "Spain" (start of text), WordPiece splits an
+unknown word into ``##`` pieces and lowercases for an uncased model; so an edit hits exactly the
+rows the model reads for that text.
 
     >>> v = Vocabulary(["Spain", "Germany", "Berlin"])
     >>> v.id_of("Germany"), v.encode_entity("Spain Berlin"), v.add("Atlantis")
     (1, [0, 2], 3)
 """
+import re
+
+from editing.tokenizers import HuggingFaceEncoder, encoder_from, read_tokenizer_file
 from memsvc.core.errors import InvalidArgument, NotFound, OutOfRange
+
+RUNNING_TEXT = "the"  # encoded before an entity and dropped: the entity's pieces as mid-sentence text
 
 
 class Vocabulary:
@@ -18,25 +26,23 @@ class Vocabulary:
     Ids are contiguous 0..len-1 because they index the rows of the bank's tables.
     """
 
-    def __init__(self, words, tokenizer=None):
-        """words: the token strings in id order. tokenizer: a ``tokenizers.Tokenizer`` whose
-        vocabulary these are (use ``from_tokenizer_file`` / ``from_tokenizer_json``)."""
+    def __init__(self, words, encoder=None):
+        """words: the token strings in id order. encoder: the tokenizer these are the pieces of
+        (editing/tokenizers.py), or None for a plain word list."""
         self._words = list(words)
         self._ids = {}
         for i, word in enumerate(self._words):
             if word in self._ids:
                 raise InvalidArgument(f"words: duplicate word {word!r} at ids {self._ids[word]} and {i}")
             self._ids[word] = i
-        self._tokenizer = tokenizer
+        self.encoder = encoder
+        self._added = {}  # injected words an encoder cannot learn: matched whole before encoding
 
     @classmethod
     def from_tokenizer(cls, tokenizer):
         """Wrap a ``tokenizers.Tokenizer``; its added tokens count as words too."""
-        by_id = {i: w for w, i in tokenizer.get_vocab(with_added_tokens=True).items()}
-        missing = [i for i in range(len(by_id)) if i not in by_id]
-        if missing:
-            raise InvalidArgument(f"tokenizer: token ids are not contiguous (id {missing[0]} is missing)")
-        return cls([by_id[i] for i in range(len(by_id))], tokenizer=tokenizer)
+        encoder = HuggingFaceEncoder(tokenizer)
+        return cls(encoder.pieces, encoder)
 
     @classmethod
     def from_tokenizer_file(cls, path):
@@ -50,13 +56,21 @@ class Vocabulary:
 
     @classmethod
     def from_tokenizer_json(cls, text):
-        from tokenizers import Tokenizer
+        encoder = HuggingFaceEncoder.from_text(text)
+        return cls(encoder.pieces, encoder)
 
-        try:
-            tokenizer = Tokenizer.from_str(text)
-        except Exception as e:
-            raise InvalidArgument(f"tokenizer: invalid tokenizer.json: {e}") from e
-        return cls.from_tokenizer(tokenizer)
+    @classmethod
+    def from_file(cls, path):
+        """A word list, tokenizer.json, sentencepiece .model or tiktoken rank file, told apart by content."""
+        encoder, words = read_tokenizer_file(path)
+        return cls(words, encoder)
+
+    @classmethod
+    def from_stored(cls, words, kind, data, added=()):
+        """The vocabulary a table stores: its words by id, its tokenizer, the words injected since."""
+        vocab = cls(words, encoder_from(kind, data) if kind else None)
+        vocab._added = {w: vocab._ids[w] for w in added if w in vocab._ids}
+        return vocab
 
     def __len__(self):
         return len(self._words)
@@ -68,29 +82,67 @@ class Vocabulary:
         except KeyError:
             raise NotFound(f"{field}: unknown token {word!r}") from None
 
+    def resolve(self, word, field="token"):
+        """The id of a word as typed: an exact token string, else (with a tokenizer) the one piece
+        the model reads for it in running text ("Paris" -> "paris" uncased, "Spain" -> "ĠSpain")."""
+        if word in self._ids or self.encoder is None:
+            return self.id_of(word, field)
+        ids = self.encode_entity(word, field)
+        if len(ids) != 1:
+            raise NotFound(f"{field}: {word!r} is {len(ids)} pieces ({', '.join(self.pieces(ids))}), not one token; "
+                           f"edit it as an entity")
+        return ids[0]
+
     def word_of(self, token_id, field="token_id"):
         if not 0 <= token_id < len(self._words):
             raise OutOfRange(f"{field}: token id {token_id} out of range [0, {len(self._words)})")
         return self._words[token_id]
 
+    def pieces(self, ids):
+        return [self._words[i] for i in ids]
+
     def encode_entity(self, text, field="entity"):
         """The token ids of an entity's text, in order (one or more tokens).
 
-        Word list: whitespace-separated words, each must exist. Tokenizer: its encoding without
-        special tokens; a piece that falls back to the unknown token raises NotFound.
+        Word list: whitespace-separated words, each must exist. Tokenizer: the pieces the model
+        reads for the text in running text (after a word, without special tokens); a piece that
+        falls back to the unknown token raises NotFound.
         """
         if not text or not text.strip():
             raise InvalidArgument(f"{field}: empty entity")
-        if self._tokenizer is None:
+        if self.encoder is None:
             return [self.id_of(word, field) for word in text.split()]
-        encoding = self._tokenizer.encode(text, add_special_tokens=False)
-        unk = getattr(self._tokenizer.model, "unk_token", None)
-        for token, (start, end) in zip(encoding.tokens, encoding.offsets):
-            if unk is not None and token == unk and text[start:end] != unk:
-                raise NotFound(f"{field}: unknown token {text[start:end]!r}")
-        if not encoding.ids:
+        ids = []
+        for part, added in self._split_added(text.strip()):
+            ids += [added] if added is not None else self._running_text(part, field)
+        if not ids:
             raise InvalidArgument(f"{field}: {text!r} encodes to no tokens")
-        return list(encoding.ids)
+        return ids
+
+    def _split_added(self, text):
+        """(text, None) parts to encode and (word, id) for injected words the encoder cannot learn."""
+        if not self._added:
+            return [(text, None)]
+        pattern = "|".join(re.escape(w) for w in sorted(self._added, key=len, reverse=True))
+        parts, pos = [], 0
+        for m in re.finditer(pattern, text):
+            parts += [(text[pos:m.start()], None)] if text[pos:m.start()].strip() else []
+            parts.append((m.group(), self._added[m.group()]))
+            pos = m.end()
+        return parts + ([(text[pos:], None)] if text[pos:].strip() else [])
+
+    def _running_text(self, text, field):
+        alone, unknown = self.encoder.encode(text.strip())
+        if unknown:
+            raise NotFound(f"{field}: unknown token {unknown[0]!r}")
+        before, _ = self.encoder.encode(RUNNING_TEXT)
+        ids, _ = self.encoder.encode(f"{RUNNING_TEXT} {text.strip()}")
+        return ids[len(before):] if ids[:len(before)] == before else alone  # else the prefix merged into the text
+
+    def shared_pieces(self, ids):
+        """The pieces of an entity that other text reads too: every piece of an entity that is not
+        a single token of its own ("new" and "york" of "new york", "el" of "el ##bria ##r")."""
+        return self.pieces(ids) if len(ids) > 1 else []
 
     def add(self, word):
         """Inject a new token; it gets the next id (= the old length), which is returned."""
@@ -99,11 +151,11 @@ class Vocabulary:
         if word in self._ids:
             raise InvalidArgument(f"token: {word!r} already exists (id {self._ids[word]})")
         new_id = len(self._words)
-        if self._tokenizer is not None:
-            # An added token is matched before pre-tokenization, so encode_entity finds it too.
-            self._tokenizer.add_tokens([word])
-            assigned = self._tokenizer.token_to_id(word)
-            if assigned != new_id:
+        if self.encoder is not None:
+            assigned = self.encoder.add(word)
+            if assigned is None:
+                self._added[word] = new_id
+            elif assigned != new_id:
                 raise InvalidArgument(f"token: the tokenizer gave {word!r} id {assigned}, expected {new_id}")
         self._words.append(word)
         self._ids[word] = new_id

@@ -13,19 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from memsvc.core.errors import InvalidArgument
+from memsvc.store.checkpoints import torch_to_storage
 
 STEM_KEY = "stem_embeddings"
-
-
-def _torch_to_storage(tensor):
-    """A torch tensor -> (numpy array in storage form, dtype name)."""
-    import torch
-
-    if tensor.dtype == torch.bfloat16:
-        return tensor.contiguous().view(torch.int16).numpy().view(np.uint16), "bfloat16"
-    if tensor.dtype == torch.float16:
-        return tensor.contiguous().numpy(), "float16"
-    return tensor.to(torch.float32).contiguous().numpy(), "float32"
 
 
 def _load_tensors(path: Path) -> tuple:
@@ -61,7 +51,7 @@ def load_bank(path, num_layers=None) -> tuple:
     elif path.suffix in (".pt", ".pth", ".bin", ".safetensors"):
         tensors, meta = _load_tensors(path)
         if STEM_KEY in tensors:
-            flat, dtype = _torch_to_storage(tensors[STEM_KEY])
+            flat, dtype = torch_to_storage(tensors[STEM_KEY])
             layers = int(num_layers or meta.get("stem_layers") or 0)
             if layers <= 0 or flat.ndim != 2 or flat.shape[1] % layers:
                 raise InvalidArgument(f"num_layers: {STEM_KEY} of shape {tuple(flat.shape)} needs a layer count dividing {flat.shape[-1]}")
@@ -71,7 +61,7 @@ def load_bank(path, num_layers=None) -> tuple:
             shapes = {tuple(tensors[k].shape) for k in tables}
             if not tables or len(shapes) != 1:
                 raise InvalidArgument(f"file: {path} has no {STEM_KEY} tensor and no set of equal per-layer [V, d] tensors")
-            parts = [_torch_to_storage(tensors[k]) for k in tables]
+            parts = [torch_to_storage(tensors[k]) for k in tables]
             rows, dtype = np.stack([p for p, _ in parts], axis=1), parts[0][1]  # (V, L, d)
     else:
         raise InvalidArgument(f"file: {path.suffix} is not a bank format (.npy, .pt, .safetensors)")
