@@ -162,3 +162,25 @@ def test_a_named_tensor_of_a_file_and_its_refusals(tmp_path):
     (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(InvalidArgument, match="no per-layer embedding table in its config.json; name one with --tensor"):
         read_tensor(tmp_path / "plain")
+
+
+def test_memsvc_import_takes_a_checkpoint_directory_and_refuses_a_lone_shard(tmp_path):
+    from click.testing import CliRunner
+
+    from memsvc.cli import cli
+
+    full = tables(3, seed=4)
+    step = write_step(tmp_path / "0000000300", full, 4, stem_layers=[2, 4, 6])
+    (tmp_path / "words.txt").write_text("\n".join(f"w{i}" for i in range(VOCAB)))
+    run = CliRunner().invoke
+    data = str(tmp_path / "kb")
+    out = run(cli, ["import", str(step), "--vocab", str(tmp_path / "words.txt"), "--table", "stem", "--data", data])
+    assert out.exit_code == 0, out.output
+    assert "imported stem: 37 tokens x 3 layers x 24 (float32), feeding model layers [2, 4, 6] as version 1" in out.output
+    with KnowledgeBase(StoreConfig(data_dir=tmp_path / "kb")) as kb:
+        got = kb.lookup("stem", list(range(VOCAB)))
+        np.testing.assert_array_equal(got.rows[got.inverse], expected(full))
+    lone = run(cli, ["import", str(step / "stem_shards" / "stem_model_mp1.pt"), "--vocab", str(tmp_path / "words.txt"),
+                     "--table", "shard", "--data", data])
+    assert lone.exit_code == 1
+    assert lone.output.startswith("Error: file: stem_model_mp1.pt is one model-parallel shard") and lone.output.count("\n") == 1

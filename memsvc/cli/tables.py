@@ -6,29 +6,37 @@ from memsvc.cli.options import data_option, message_option, open_store, store_op
 
 
 @click.command(name="import")
-@click.argument("bank_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("bank_file", type=click.Path(exists=True))
 @click.option("--vocab", "vocab_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Word list (one per line) or HF tokenizer.json.")
+              help="Word list (one per line), tokenizer.json, sentencepiece .model or tiktoken file.")
 @data_option
 @table_option
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Store as (default: the file's).")
-@click.option("--layers", "num_layers", type=int, default=None, help="STEM layer count of a stem_embeddings [V, L*d] tensor.")
+@click.option("--layers", "num_layers", type=int, default=None, help="Layer count of a fused [V, L*d] tensor.")
+@click.option("--tensor", default=None, help="The tensor to import from a .safetensors/.pt file or an HF model directory.")
 @message_option
-def import_(bank_file, vocab_file, data, table, dtype, num_layers, message):
-    """Import a bank (.npy, .pt or .safetensors) as a new table; creates --data if needed.
+def import_(bank_file, vocab_file, data, table, dtype, num_layers, tensor, message):
+    """Import a bank as a new table; creates --data if needed. BANK_FILE: a .npy, .pt or .safetensors
+    file, an HF model directory, or an official STEM checkpoint (step or consolidated directory).
 
     \b
     Example:
         memsvc import model.safetensors --vocab tokenizer.json --table stem --layers 4
         memsvc import rows.npy --vocab words.txt --table bank --dtype float16
+        memsvc import ckpts/0000100000 --vocab tokenizer.model --table stem --dtype bfloat16
+        memsvc import gemma-3n-E2B --vocab gemma-3n-E2B/tokenizer.json --table ple
     """
+    from memsvc.store.checkpoints import converted
     from memsvc.store.importers import load_bank, load_vocab
 
-    rows, file_dtype = load_bank(bank_file, num_layers)
+    bank = load_bank(bank_file, num_layers, tensor)
     vocab = load_vocab(vocab_file)
+    dtype = dtype or bank.dtype
     with open_store(data, None, create=True) as kb:
-        r = kb.import_table(table, rows, vocab, dtype=dtype or file_dtype, message=message, progress=True)
-    click.echo(f"imported {table}: {rows.shape[0]} tokens x {rows.shape[1]} layers x {rows.shape[2]} ({dtype or file_dtype}) as version {r.version}")
+        r = kb.import_table(table, converted(bank.rows, bank.dtype, dtype), vocab, dtype=dtype, message=message, progress=True)
+    v, n_layers, dim = bank.rows.shape
+    feeds = f", feeding model layers {bank.model_layers}" if bank.model_layers else ""
+    click.echo(f"imported {table}: {v} tokens x {n_layers} layers x {dim} ({dtype}){feeds} as version {r.version}")
 
 
 @click.command()

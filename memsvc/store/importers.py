@@ -4,16 +4,21 @@ Bank layouts (all token-major, rows returned as [vocab, layers, dim] in storage 
 - ``.npy``: [V, L, d] or [V, d] (one layer);
 - ``.pt`` / ``.safetensors`` with one ``stem_embeddings`` tensor [V, L*d] (the STEM inference
   layout; L from ``num_layers`` or the file's ``stem_layers`` metadata);
-- ``.pt`` / ``.safetensors`` with per-layer [V, d] tensors (in natural key order).
-Vocabularies: a word list (one word per line) or an HF ``tokenizer.json``.
+- ``.pt`` / ``.safetensors`` with per-layer [V, d] tensors (in natural key order);
+- one named tensor of a file or a Hugging Face model directory, or a directory whose config.json
+  names a per-layer table (Gemma 3n / Gemma 4), and official STEM checkpoint directories
+  (memsvc/store/checkpoints.py: read a slice of tokens at a time).
+Vocabularies: a word list (one word per line), tokenizer.json, sentencepiece .model or tiktoken file.
 """
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from memsvc.core.errors import InvalidArgument
-from memsvc.store.checkpoints import torch_to_storage
+from memsvc.store.checkpoints import (is_stem_checkpoint, read_stem_checkpoint, read_tensor, refuse_lone_shard,
+                                      torch_to_storage)
 
 STEM_KEY = "stem_embeddings"
 
@@ -37,11 +42,24 @@ def _natural_key(name):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def load_bank(path, num_layers=None) -> tuple:
-    """Rows [V, L, d] (storage form) and their dtype name from a bank file (see module doc)."""
+@dataclass
+class BankFile:
+    rows: object  # [V, L, d] in storage form: an array, a memmap or ChunkedRows (read a slice at a time)
+    dtype: str
+    model_layers: list = field(default_factory=list)  # the transformer layer each table layer feeds, when known
+
+
+def load_bank(path, num_layers=None, tensor=None) -> BankFile:
+    """A bank from a file or checkpoint directory (see module doc); big ones are read lazily."""
     path = Path(path)
     if not path.exists():
         raise InvalidArgument(f"file: {path} does not exist")
+    refuse_lone_shard(path)
+    if path.is_dir() and tensor is None and is_stem_checkpoint(path):
+        ckpt = read_stem_checkpoint(path)
+        return BankFile(ckpt.rows, ckpt.dtype, ckpt.model_layers)
+    if path.is_dir() or tensor is not None:
+        return BankFile(*read_tensor(path, tensor, num_layers))
     if path.suffix == ".npy":
         rows = np.load(path, mmap_mode="r")
         rows = rows[:, None, :] if rows.ndim == 2 else rows
@@ -64,22 +82,20 @@ def load_bank(path, num_layers=None) -> tuple:
             parts = [torch_to_storage(tensors[k]) for k in tables]
             rows, dtype = np.stack([p for p, _ in parts], axis=1), parts[0][1]  # (V, L, d)
     else:
-        raise InvalidArgument(f"file: {path.suffix} is not a bank format (.npy, .pt, .safetensors)")
+        raise InvalidArgument(f"file: {path.suffix} is not a bank format (.npy, .pt, .safetensors, a checkpoint directory)")
     if rows.ndim != 3:
         raise InvalidArgument(f"file: expected [vocab, layers, dim] rows, got shape {rows.shape}")
-    return rows, dtype
+    return BankFile(rows, dtype)
 
 
 def load_vocab(path) -> list:
-    """Words by token id from a word list or an HF tokenizer.json."""
+    """Words by token id from a word list, tokenizer.json, sentencepiece .model or tiktoken file."""
     path = Path(path)
     if not path.exists():
         raise InvalidArgument(f"vocab: {path} does not exist")
-    if path.suffix == ".json":
-        from editing.tokens import Vocabulary
+    from editing.tokens import Vocabulary
 
-        return Vocabulary.from_tokenizer_file(str(path)).words()
-    return path.read_text(encoding="utf-8").splitlines()
+    return Vocabulary.from_file(path).words()
 
 
 def export_bank(rows: np.ndarray, dtype: str, path):
