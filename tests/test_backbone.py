@@ -53,7 +53,8 @@ class NumpyBank:
 
 def test_shapes_and_parameter_names():
     model, bank = small(stem_layers=[2, 1])
-    assert model.config.stem_layers == [1, 2]
+    assert model.config.stem_layers == [2, 1]  # list order: bank slot 0 feeds layer 2 (as STEM checkpoints order tables)
+    assert [b.stem_slot for b in model.blocks] == [None, 1, 0]
     idx = torch.randint(0, 40, (3, 7))
     assert model(idx, bank).shape == (3, 7, 40)
     assert bank.weight.shape == (40, 2, 24)

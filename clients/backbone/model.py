@@ -17,7 +17,8 @@ remote service. The bank protocol is two methods and one optional hook:
 `StemTransformer.forward` calls `bank.request(idx.flatten())` exactly once, first thing, and calls
 `.result()` only just before the first STEM FFN needs the rows, so a remote bank overlaps its RPC
 with the embedding and the first attention. Layer slot j of the rows belongs to
-`config.stem_layers[j]` (sorted). Rows are cast to the model's dtype and device; nothing else
+`config.stem_layers[j]`, in the order the list gives (the STEM authors' checkpoints order
+their tables so). Rows are cast to the model's dtype and device; nothing else
 depends on the bank, so any bank that returns the same rows gives bit-identical logits and tokens.
 
 `InProcessBank` holds U as one trainable nn.Parameter [V, n_stem, d_ff] (training, reference).
@@ -48,9 +49,10 @@ class ModelConfig:
     vocab_size: int = 1024
     n_layer: int = 4
     n_head: int = 4
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None means n_head
     d_model: int = 128
     d_ff: int = 512
-    stem_layers: list[int] | None = None  # layer indices that use STEM; None means every layer
+    stem_layers: list[int] | None = None  # layer indices that use STEM, bank slot j feeding stem_layers[j]; None: every layer
     max_seq_len: int = 64
     rope_theta: float = 10000.0
     tie_embeddings: bool = False  # share tok_emb with lm_head (the demo keeps them separate)
@@ -64,7 +66,10 @@ class ModelConfig:
     def __post_init__(self):
         if self.stem_layers is None:
             self.stem_layers = list(range(self.n_layer))
-        self.stem_layers = sorted(int(i) for i in self.stem_layers)
+        self.stem_layers = [int(i) for i in self.stem_layers]
+        self.n_kv_head = self.n_head if self.n_kv_head is None else int(self.n_kv_head)
+        if self.n_kv_head <= 0 or self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         self.memory_layers = sorted(int(i) for i in self.memory_layers)
         for name in ("stem_layers", "memory_layers"):
             layers = getattr(self, name)
@@ -107,36 +112,41 @@ class KVCache:
 
     def __init__(self, config: ModelConfig, batch_size: int, dtype=torch.float32, device=None):
         head_dim = config.d_model // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, config.max_seq_len, head_dim)
+        shape = (config.n_layer, batch_size, config.n_kv_head, config.max_seq_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pos = 0
 
     def update(self, layer: int, k, v):
-        """Store k, v (B, H, T, hd) at positions pos..pos+T; return all keys/values so far."""
+        """Store k, v (B, H_kv, T, hd) at positions pos..pos+T; return all keys/values so far."""
         end = self.pos + k.size(2)
         self.k[layer, :, :, self.pos : end] = k
         self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, H, end, hd)
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, H_kv, end, hd)
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
         self.layer = layer  # index into the KV cache
-        self.n_head = config.n_head
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        head_dim = config.d_model // config.n_head
+        self.qkv = nn.Linear(config.d_model, (config.n_head + 2 * config.n_kv_head) * head_dim, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
 
     def forward(self, x, cos, sin, cache: KVCache | None = None):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # (B, H, T, hd)
+        hd = C // self.n_head
+        q, k, v = self.qkv(x).split([C, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, H, T, hd)
+        k, v = (t.view(B, T, self.n_kv_head, hd).transpose(1, 2) for t in (k, v))  # (B, H_kv, T, hd)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         start = 0
         if cache is not None:
             start = cache.pos
-            k, v = cache.update(self.layer, k, v)  # (B, H, start + T, hd)
+            k, v = cache.update(self.layer, k, v)  # (B, H_kv, start + T, hd)
+        if self.n_kv_head != self.n_head:  # grouped-query attention: query head h reads kv head h // group
+            k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))  # (B, H, S, hd)
         # query i sits at absolute position start + i and may see keys 0..start + i
         q_pos = torch.arange(start, start + T, device=x.device)
         mask = torch.arange(k.size(2), device=x.device)[None, :] <= q_pos[:, None]  # (T, S)
