@@ -22,7 +22,13 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(PY) -m memsvc serve --data $(DATA) --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# The Node.js contract worker's pinned packages (tests/test_contract.py runs it against a server).
+NODE_MODULES := tests/node/node_modules/.package-lock.json
+
+$(NODE_MODULES): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund
+
+test: $(STAMP) $(NODE_MODULES)
 	$(PY) -m pytest -q tests
 
 # Regenerate the committed gRPC stubs from proto/ (tests/test_proto.py fails when they are stale).

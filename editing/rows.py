@@ -6,19 +6,21 @@ An edit is planned against a reader of the table's current rows, so it can be pr
 """
 import numpy as np
 
-from memsvc.core.errors import InvalidArgument
+from memsvc.core.errors import InvalidArgument, OutOfRange
 from memsvc.core.values import OPS, RowWrites
 
 
-def plan_row_ops(ops, read_rows, read_base_rows, num_layers, dim):
+def plan_row_ops(ops, read_rows, read_base_rows, num_layers, dim, field="ops"):
     """Turn RowOps into RowWrites.
 
     read_rows(token_ids) -> (n, num_layers, dim) float32 current rows;
     read_base_rows(token_ids) -> the same at the base (for reset).
     Later ops in the batch see the result of earlier ones (a batch is applied in order).
+    ``field`` names the request field the ops came in (an Edit's "ops", a Lookup's "overrides"),
+    so that every error names where the caller put the bad value.
     """
     if not ops:
-        raise InvalidArgument("ops: the batch is empty")
+        raise InvalidArgument(f"{field}: the batch is empty")
     staged = {}  # token_id -> (num_layers, dim) rows as the batch has made them so far
 
     def current(token_id):
@@ -29,22 +31,22 @@ def plan_row_ops(ops, read_rows, read_base_rows, num_layers, dim):
     touched = {}
     for i, op in enumerate(ops):
         if op.op not in OPS:
-            raise InvalidArgument(f"ops[{i}].op: unknown operation {op.op!r} (expected one of {', '.join(OPS)})")
-        layers = check_layers(op.layers, num_layers, f"ops[{i}].layers")
+            raise InvalidArgument(f"{field}[{i}].op: unknown operation {op.op!r} (expected one of {', '.join(OPS)})")
+        layers = check_layers(op.layers, num_layers, f"{field}[{i}].layers")
         rows = current(op.token_id).copy()
         if op.op == "reset":
             new = read_base_rows(np.array([op.token_id], dtype=np.int64))[0][layers]
         elif op.op == "scale":
-            new = np.float32(_check_alpha(op.alpha, i)) * rows[layers]
+            new = np.float32(_check_alpha(op.alpha, f"{field}[{i}].alpha")) * rows[layers]
         else:
             if op.op == "copy" or (op.op == "blend" and op.vector is None):
                 if op.source_token_id is None:
-                    raise InvalidArgument(f"ops[{i}].source_token: {op.op} needs a source token")
+                    raise InvalidArgument(f"{field}[{i}].source_token: {op.op} needs a source token")
                 source = current(op.source_token_id)[layers]
             else:
-                source = _check_vector(op.vector, len(layers), dim, f"ops[{i}].vector")
+                source = _check_vector(op.vector, len(layers), dim, f"{field}[{i}].vector")
             if op.op == "blend":
-                a = np.float32(_check_alpha(op.alpha, i))
+                a = np.float32(_check_alpha(op.alpha, f"{field}[{i}].alpha"))
                 new = (1 - a) * rows[layers] + a * source
             else:
                 new = source
@@ -61,20 +63,22 @@ def plan_row_ops(ops, read_rows, read_base_rows, num_layers, dim):
 
 
 def check_layers(layers, num_layers, field_name):
+    """The layer indexes to touch (empty or None: every layer). A layer outside the table is
+    OutOfRange, as Lookup.layers answers; a repeated one is InvalidArgument."""
     if layers is None or len(layers) == 0:
         return np.arange(num_layers)
     arr = np.asarray(layers, dtype=np.int64)
     bad = arr[(arr < 0) | (arr >= num_layers)]
     if len(bad):
-        raise InvalidArgument(f"{field_name}: layer {int(bad[0])} out of range [0, {num_layers})")
+        raise OutOfRange(f"{field_name}: layer {int(bad[0])} out of range [0, {num_layers})")
     if len(np.unique(arr)) != len(arr):
         raise InvalidArgument(f"{field_name}: layers repeat")
     return arr
 
 
-def _check_alpha(alpha, i):
+def _check_alpha(alpha, field_name):
     if not np.isfinite(alpha):
-        raise InvalidArgument(f"ops[{i}].alpha: must be finite")
+        raise InvalidArgument(f"{field_name}: must be finite")
     return alpha
 
 

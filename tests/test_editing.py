@@ -202,7 +202,7 @@ def test_chosen_layers_only(vocab, table):
     out = edited(vocab, table, "Spain", "New York", "average", layers=[0, 2])
     np.testing.assert_allclose(out[0, [0, 2]], (table[4, [0, 2]] + table[5, [0, 2]]) / 2, rtol=1e-6)
     np.testing.assert_array_equal(out[0, 1], table[0, 1])
-    with pytest.raises(InvalidArgument, match=r"^layers: layer 3 out of range \[0, 3\)$"):
+    with pytest.raises(OutOfRange, match=r"^layers: layer 3 out of range \[0, 3\)$"):
         edited(vocab, table, "Spain", "New York", "average", layers=[3])
 
 

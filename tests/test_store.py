@@ -175,7 +175,7 @@ def test_bad_input_raises_and_writes_nothing(kb):
         (lambda: kb.edit("stem", [RowOp("set", token_id=0, vector=np.full(8, np.nan))]), InvalidArgument, "ops[0].vector: contains NaN or Inf"),
         (lambda: kb.edit("stem", [RowOp("set", token_id=0, vector=np.zeros(8)), RowOp("copy", token_id=1)]), InvalidArgument, "ops[1].source_token"),
         (lambda: kb.edit("stem", [RowOp("bend", token_id=0)]), InvalidArgument, "ops[0].op: unknown operation 'bend'"),
-        (lambda: kb.edit("stem", [RowOp("set", token_id=0, vector=np.zeros(8), layers=[5])]), InvalidArgument, "ops[0].layers: layer 5 out of range"),
+        (lambda: kb.edit("stem", [RowOp("set", token_id=0, vector=np.zeros(8), layers=[5])]), OutOfRange, "ops[0].layers: layer 5 out of range"),
         (lambda: kb.revert(1), FailedPrecondition, "commit 1 is an import"),
         (lambda: kb.import_table("stem", BANK, WORDS), Conflict, "table 'stem' already exists"),
         (lambda: kb.import_table("x", BANK, WORDS[:3]), InvalidArgument, "vocab: 3 words for 64 rows"),

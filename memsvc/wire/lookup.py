@@ -67,39 +67,48 @@ class LookupWire:
 
 
 def lookup_to_wire(result: LookupResult, rows_in_buffer: bool = False) -> LookupWire:
-    """LookupResponse wire bytes, rows copied once: the small fields through protobuf, then the
-    rows as a second `rows` field holding only `data` (a parser merges the two `rows`). With
-    ``rows_in_buffer`` the rows went to the request's shared buffer and only their shape travels."""
+    """LookupResponse wire bytes with ONE `rows` field (dtype, shape, data: protobuf.js keeps only
+    the last of repeated message fields instead of merging them), rows copied once: the small
+    fields go through protobuf, the rows field's bytes are written by hand around the row memory.
+    With ``rows_in_buffer`` the rows went to the request's shared buffer and only their shape travels."""
     head = pb.LookupResponse(unique_token_ids=result.unique_ids.tolist(), version=result.version,
                              inverse=[] if result.ordered else result.inverse.tolist(),
                              rows_in_buffer=rows_in_buffer, rows_in_request_order=result.ordered)
-    head.rows.dtype = result.dtype
-    head.rows.shape[:] = result.rows.shape
     rows_served = int(np.prod(result.rows.shape[:-1]))
     if rows_in_buffer:
+        head.rows.dtype = result.dtype
+        head.rows.shape[:] = result.rows.shape
         data = head.SerializeToString()
         return LookupWire(data, rows_served, len(data) + result.rows.nbytes)
     data = memoryview(np.ascontiguousarray(result.rows)).cast("B")
-    data_key = _varint(3 << 3 | LEN) + _varint(data.nbytes)  # Tensor.data = 3
-    wire = b"".join([head.SerializeToString(), _varint(1 << 3 | LEN), _varint(len(data_key) + data.nbytes),
-                     data_key, data])  # LookupResponse.rows = 1
+    tensor_head = pb.Tensor(dtype=result.dtype, shape=result.rows.shape).SerializeToString() \
+        + _varint(3 << 3 | LEN) + _varint(data.nbytes)  # Tensor.data = 3, after dtype and shape
+    rows_key = _varint(1 << 3 | LEN) + _varint(len(tensor_head) + data.nbytes)  # LookupResponse.rows = 1
+    wire = b"".join([rows_key, tensor_head, data, head.SerializeToString()])
     return LookupWire(wire, rows_served, len(wire))
 
 
 def lookup_from_wire(wire: bytes, buffer=None) -> LookupResult:
     """LookupResponse wire bytes -> LookupResult; its rows are a read-only view of ``wire``, or of
     ``buffer`` (the request's reply buffer) when the reply says rows_in_buffer.
-    Protobuf parses every field but rows.data, which is sliced out of the wire: in one cut when
-    it comes alone in the last `rows` field (as lookup_to_wire writes it), else field by field."""
+    Protobuf parses every field but rows.data, which is sliced out of the wire; any field order and
+    any number of `rows` fields are read (protobuf merges them; the last rows.data wins)."""
     view = memoryview(wire)
-    fields = list(_wire_fields(view, 0, len(view)))
-    last = [(inner, span) for inner, _, _, span in _wire_fields(view, *fields[-1][3])] \
-        if fields and fields[-1][0] == 1 else []
-    if len(last) == 1 and last[0][0] == 3:
-        rest, data = view[:fields[-1][1]], view[slice(*last[0][1])]
-    else:
-        rest, data = _without_rows_data(view, fields)
-    msg = pb.LookupResponse.FromString(rest)
+    msg, data, rest = pb.LookupResponse(), b"", []
+    for field, start, end, span in _wire_fields(view, 0, len(view)):
+        if field != 1:  # not rows
+            if rest and rest[-1][1] == start:
+                rest[-1] = (rest[-1][0], end)  # adjacent fields parse in one slice
+            else:
+                rest.append((start, end))
+            continue
+        for inner, inner_start, inner_end, inner_span in _wire_fields(view, *span):
+            if inner == 3:
+                data = view[slice(*inner_span)]
+            else:
+                msg.rows.MergeFromString(view[inner_start:inner_end])
+    for start, end in rest:
+        msg.MergeFromString(view[start:end])
     shape, count = tuple(msg.rows.shape), -1
     if msg.rows_in_buffer:
         if buffer is None:
@@ -111,18 +120,3 @@ def lookup_from_wire(wire: bytes, buffer=None) -> LookupResult:
     inverse = np.arange(len(ids)) if msg.rows_in_request_order else np.fromiter(msg.inverse, np.int64, len(msg.inverse))
     return LookupResult(rows=rows, unique_ids=ids, inverse=inverse, version=msg.version, dtype=msg.rows.dtype,
                         ordered=msg.rows_in_request_order)
-
-
-def _without_rows_data(view, fields) -> tuple:
-    """(the message's bytes without rows.data, the last rows.data) for any field order."""
-    rest, data = [], b""
-    for field, start, end, span in fields:
-        if field != 1:  # not rows
-            rest.append(view[start:end])
-            continue
-        for inner, s, e, inner_span in _wire_fields(view, *span):
-            if inner == 3:
-                data = view[inner_span[0]:inner_span[1]]  # bytes: the last occurrence wins
-            else:
-                rest += [_varint(1 << 3 | LEN) + _varint(e - s), view[s:e]]
-    return b"".join(rest), data
