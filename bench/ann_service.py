@@ -47,7 +47,7 @@ from bench.lookup import TABLE, grpc_floor, memsvc_server, serve_messages  # noq
 from clients.client import MemoryClient  # noqa: E402
 from clients.search import SearchClient  # noqa: E402
 from indexes.ann import IndexConfig, build_index  # noqa: E402
-from indexes.base import exact_knn  # noqa: E402
+from indexes.exact import exact_knn  # noqa: E402
 from indexes.synthetic import clustered_table  # noqa: E402
 
 LOG = logging.getLogger("bench.ann_service")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from indexes.ann import IndexConfig, build_index, load_index
-from indexes.base import exact_knn
+from indexes.exact import exact_knn
 from indexes.synthetic import clustered_table
 from memsvc.core.errors import FailedPrecondition, InvalidArgument, NotFound
 

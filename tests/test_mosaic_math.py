@@ -109,7 +109,7 @@ def test_shapes_are_checked_once_at_the_boundary(pairs):
 
 def test_exact_topk_returns_the_best_keys_sorted_and_pads(pairs):
     queries, keys, _ = pairs
-    ids, distances = exact_topk(keys, block=50)(queries, 9)
+    ids, distances = exact_topk(keys)(queries, 9)
     np.testing.assert_array_equal(ids, np.argsort(-(queries @ keys.T), axis=1)[:, :9])
     np.testing.assert_allclose(-distances, np.sort(queries @ keys.T, axis=1)[:, ::-1][:, :9], rtol=1e-6)
     ids, distances = exact_topk(keys[:4])(queries, 6)
