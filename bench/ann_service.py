@@ -228,7 +228,7 @@ def main(config: BenchConfig):
                                ("floor", "bare_grpc")):
                 figures[f"{kind}_{what}_over_inprocess_qps_b{config.batch}"] = round(row[f"{side}_ratio"], 3)
             figures[f"{kind}_recall_service_minus_inprocess"] = round(row["service_recall"] - row["local_recall"], 4)
-            del index
+            index = None  # the next kind builds without this one in memory
 
         alone = lookup_latencies(client, config.seconds)
         busy_kind = "diskann" if "diskann" in config.kinds else config.kinds[0]
