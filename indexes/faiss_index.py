@@ -43,6 +43,11 @@ class FaissIndex(Index):
         self._knob_cache = {}  # (SearchParameters class, knob values) -> the object (_knobs)
 
     @property
+    def faiss_index(self):
+        """The CPU faiss index holding the rows (learned_pq's codes and codebooks are read back from it)."""
+        return self._index
+
+    @property
     def search_params(self):
         return {"hnsw": ("ef_search",), "ivfpq": ("nprobe",),
                 "learned_pq": ("nprobe",)}.get(self.config.kind, ())
