@@ -1,4 +1,4 @@
-"""ANN search over banks (memsvc/search.py): exact-correct across edits, injections, reverts,
+"""ANN search over banks (memsvc/search/): exact-correct across edits, injections, reverts,
 old versions, compaction + gc and restarts; the query log; bad input; gRPC and CLI end to end."""
 import grpc
 import numpy as np
