@@ -88,7 +88,7 @@ class IndexManager:
         self._closing = False
         self._warm_worker([e.info.kind for e in self.catalog.entries() if e.info.state == READY])
 
-    # ------------------------------------------------ catalog
+    # ------------------------------------------------ worker, tasks, tags, close
 
     def _warm_worker(self, kinds):
         """Start the search worker (imports, not indexes) before the first search of these kinds needs it."""
