@@ -58,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.exact import empty_hits, exact_search, merge_topk
+from indexes.exact import empty_hits, exact_search, merge_topk, top_k
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from memsvc.core.search import BUILDING, FAILED, READY, IndexInfo, SearchResult, place, wait_for_build, where_of
 from memsvc.search.builds import build_and_save, build_in_worker
@@ -366,7 +366,7 @@ class IndexManager:
         for start in range(0, len(ids), self.config.read_chunk):
             part = ids[start:start + self.config.read_chunk]
             best = merge_topk(*best, *exact_search(q, part, src.rows(part, v), k, metric), k)
-        return best if best[0].shape[1] == k else merge_topk(*best, *empty_hits(len(q)), k)  # padded
+        return best if best[0].shape[1] == k else top_k(*best, k)  # padded
 
     def _search_index(self, entry, src, v, q, k, params):
         """Index hits not in D(iv, v), merged with an exact search over D(iv, v) at v."""
