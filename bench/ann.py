@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from indexes.ann import IndexConfig, build_index  # noqa: E402
-from indexes.base import exact_knn  # noqa: E402
+from indexes.exact import exact_knn  # noqa: E402
 from indexes.synthetic import clustered_table  # noqa: E402
 
 LOG = logging.getLogger("bench.ann")

@@ -47,7 +47,7 @@ from bench.lookup import TABLE, grpc_floor, memsvc_server, serve_messages  # noq
 from clients.client import MemoryClient  # noqa: E402
 from clients.search import SearchClient  # noqa: E402
 from indexes.ann import IndexConfig, build_index  # noqa: E402
-from indexes.base import exact_knn  # noqa: E402
+from indexes.exact import exact_knn  # noqa: E402
 from indexes.synthetic import clustered_table  # noqa: E402
 
 LOG = logging.getLogger("bench.ann_service")
@@ -228,7 +228,7 @@ def main(config: BenchConfig):
                                ("floor", "bare_grpc")):
                 figures[f"{kind}_{what}_over_inprocess_qps_b{config.batch}"] = round(row[f"{side}_ratio"], 3)
             figures[f"{kind}_recall_service_minus_inprocess"] = round(row["service_recall"] - row["local_recall"], 4)
-            del index
+            index = None  # the next kind builds without this one in memory
 
         alone = lookup_latencies(client, config.seconds)
         busy_kind = "diskann" if "diskann" in config.kinds else config.kinds[0]

@@ -33,7 +33,8 @@ from bench.ann_service import _index_serve, built_index  # noqa: E402
 from bench.lookup import TABLE, grpc_floor, serve_messages  # noqa: E402
 from clients.client import OpenStream  # noqa: E402
 from indexes.synthetic import clustered_table  # noqa: E402
-from memsvc.search.manager import IndexManager, SearchConfig  # noqa: E402
+from memsvc.search.config import SearchConfig  # noqa: E402
+from memsvc.search.manager import IndexManager  # noqa: E402
 from memsvc.server.search_servicer import SearchServicer  # noqa: E402
 from memsvc.server.spawn import spawn_server, stop_server  # noqa: E402
 from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from indexes.base import FORMAT_VERSION, Index, IndexConfig, check_vectors
 from indexes.diskann_index import DiskannDisk, DiskannDynamic, DiskannMemory
-from indexes.exact import ExactIndex
-from indexes.faiss_index import FaissIndex
+from indexes.faiss_index import ExactIndex, FaissIndex
 from indexes.learned_pq import LearnedPQIndex
 from memsvc.core.errors import FailedPrecondition, InvalidArgument, NotFound
 

@@ -19,10 +19,10 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import faiss
 import numpy as np
 from tqdm import tqdm
 
+from indexes.exact import exact_knn, top_k
 from memsvc.core.errors import InvalidArgument, NotFound
 
 KINDS = ("exact", "diskann", "diskann_dynamic", "diskann_disk", "hnsw", "ivfpq", "pq", "opq",
@@ -134,16 +134,6 @@ def check_ids(name: str, ids, n: int | None = None) -> np.ndarray:
     if len(np.unique(ids)) != len(ids):
         raise InvalidArgument(f"{name}: contains duplicates")
     return ids
-
-
-def exact_knn(queries: np.ndarray, vectors: np.ndarray, k: int, space: str):
-    """Brute-force top-k: (positions (n, k') int64, distances (n, k') float32), smaller = closer."""
-    k = min(k, len(vectors))
-    if k == 0:
-        return np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float32)
-    metric = faiss.METRIC_L2 if space == "l2" else faiss.METRIC_INNER_PRODUCT
-    dist, pos = faiss.knn(queries, vectors, k, metric=metric)
-    return pos, (dist if space == "l2" else -dist)
 
 
 def chunks(n: int, size: int, desc: str, progress: bool):
@@ -332,12 +322,7 @@ class Index:
             dist = np.where(valid, dist, np.inf).astype(np.float32)
             ids = np.where(valid, self._ids[np.maximum(slots, 0)], -1)
         if self._dead_main or slots.shape[1] != k:  # masked rows amid the hits, or fresh hits beside them
-            order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-            ids, dist = np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
-        if ids.shape[1] < k:
-            pad = k - ids.shape[1]
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-            dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
+            ids, dist = top_k(ids, dist, k)
         return ids.astype(np.int64, copy=False), self._to_metric(dist)
 
     def _to_metric(self, dist: np.ndarray) -> np.ndarray:

@@ -1,41 +1,57 @@
-"""Exact search: faiss IndexFlat on CPU, a torch matmul + topk on CUDA (chosen at run time).
+"""Exact top-k and the merge of top-k lists: the one brute force that the index kinds (the
+fresh buffer, learned PQ's training lists), the mosaic TOPK read and the search manager's
+exact part all call.
 
-The baseline every approximate kind is measured against; removal is the base class's mask with
-over-fetch, which stays exact because the over-fetch equals the number of masked rows.
+Distances are "smaller is closer" (indexes/base.py). Hit lists are (n, k) ids int64 padded with
+-1 and distances float32 padded with +inf; -1 is never a row's id.
 """
-
-import faiss
 import numpy as np
 
-from indexes.faiss_index import FaissIndex
+
+def exact_knn(queries: np.ndarray, vectors: np.ndarray, k: int, space: str):
+    """Brute-force top-k: (positions (n, k') int64, distances (n, k') float32), k' = min(k, len(vectors)),
+    in space "l2" (squared L2) or "ip" (-q.x)."""
+    import faiss  # on first use: the server imports this module at start and may never search exactly
+
+    k = min(k, len(vectors))
+    if k == 0:
+        return empty_hits(len(queries))
+    metric = faiss.METRIC_L2 if space == "l2" else faiss.METRIC_INNER_PRODUCT
+    dist, pos = faiss.knn(queries, vectors, k, metric=metric)
+    return pos, (dist if space == "l2" else -dist)
 
 
-def cuda_available(config) -> bool:
-    import torch
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; zero rows stay zero (cosine distance 1 to everything)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
-    return config.use_gpu and torch.cuda.is_available()
+
+def exact_search(queries, ids, rows, k, metric):
+    """Brute-force top-k of `rows` named by `ids` under a metric (l2, ip, cosine):
+    (ids (n, k'), distances (n, k')), k' = min(k, len(rows))."""
+    if metric == "cosine":
+        queries, rows = unit_rows(queries), unit_rows(rows)
+    pos, dist = exact_knn(np.ascontiguousarray(queries), np.ascontiguousarray(rows, dtype=np.float32), k,
+                          "l2" if metric == "l2" else "ip")
+    return ids[pos], (1 + dist if metric == "cosine" else dist).astype(np.float32)
 
 
-class ExactIndex(FaissIndex):
-    def __init__(self, config, dim):
-        super().__init__(config, dim)
-        self._device_rows = None  # (n, d) torch tensor on the GPU, dropped after adds
+def top_k(ids, dist, k):
+    """The k closest of (n, *) candidates, padded with -1 / +inf (stable on ties: of equal
+    distances the earlier candidate wins)."""
+    dist = np.where(ids != -1, dist, np.inf)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    ids, dist = np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
+    pad = k - ids.shape[1]
+    return (np.pad(ids, ((0, 0), (0, pad)), constant_values=-1).astype(np.int64),
+            np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf).astype(np.float32))
 
-    def _add(self, slots, vectors):
-        super()._add(slots, vectors)
-        self._device_rows = None
 
-    def _search(self, queries, k, params):
-        if not cuda_available(self.config):
-            return super()._search(queries, k, params)
-        import torch
+def merge_topk(ids_a, dist_a, ids_b, dist_b, k):
+    """The k closest of two (n, *) hit lists."""
+    return top_k(np.concatenate([ids_a, ids_b], axis=1), np.concatenate([dist_a, dist_b], axis=1), k)
 
-        if self._device_rows is None:
-            rows = faiss.rev_swig_ptr(self._index.get_xb(), self._index.ntotal * self.dim)
-            self._device_rows = torch.from_numpy(np.array(rows).reshape(-1, self.dim)).cuda()
-        x, q = self._device_rows, torch.from_numpy(queries).cuda()
-        dist = -(q @ x.T)  # (nq, n) ip space: -q.x
-        if self.space == "l2":  # |q - x|^2 = |q|^2 - 2 q.x + |x|^2
-            dist = (q * q).sum(1, keepdim=True) + 2 * dist + (x * x).sum(1)
-        top = torch.topk(dist, k, dim=1, largest=False)
-        return top.indices.cpu().numpy().astype(np.int64), top.values.cpu().numpy()
+
+def empty_hits(n):
+    return np.empty((n, 0), np.int64), np.empty((n, 0), np.float32)

@@ -16,6 +16,12 @@ from indexes.base import Index, chunks
 from indexes.quiet import quiet
 
 
+def cuda_available(config) -> bool:
+    import torch
+
+    return config.use_gpu and torch.cuda.is_available()
+
+
 def gpu_available(config) -> bool:
     return config.use_gpu and faiss_gpus() > 0
 
@@ -35,6 +41,11 @@ class FaissIndex(Index):
         self._index = None
         self._gpu_index = None  # GPU clone for search, rebuilt lazily after adds
         self._knob_cache = {}  # (SearchParameters class, knob values) -> the object (_knobs)
+
+    @property
+    def faiss_index(self):
+        """The CPU faiss index holding the rows (learned_pq's codes and codebooks are read back from it)."""
+        return self._index
 
     @property
     def search_params(self):
@@ -123,3 +134,32 @@ class FaissIndex(Index):
         return {"backend": "faiss", "factory": self.factory(self._n_main),
                 "bytes_per_vector": self._index.sa_code_size() if self.config.kind != "hnsw"
                 else 4 * self.dim, "gpu": gpu_available(self.config)}
+
+
+class ExactIndex(FaissIndex):
+    """The baseline every approximate kind is measured against: faiss IndexFlat on CPU, a torch
+    matmul + topk on CUDA (chosen at run time). Removal is the base class's mask with
+    over-fetch, which stays exact because the over-fetch equals the number of masked rows."""
+
+    def __init__(self, config, dim):
+        super().__init__(config, dim)
+        self._device_rows = None  # (n, d) torch tensor on the GPU, dropped after adds
+
+    def _add(self, slots, vectors):
+        super()._add(slots, vectors)
+        self._device_rows = None
+
+    def _search(self, queries, k, params):
+        if not cuda_available(self.config):
+            return super()._search(queries, k, params)
+        import torch
+
+        if self._device_rows is None:
+            rows = faiss.rev_swig_ptr(self._index.get_xb(), self._index.ntotal * self.dim)
+            self._device_rows = torch.from_numpy(np.array(rows).reshape(-1, self.dim)).cuda()
+        x, q = self._device_rows, torch.from_numpy(queries).cuda()
+        dist = -(q @ x.T)  # (nq, n) ip space: -q.x
+        if self.space == "l2":  # |q - x|^2 = |q|^2 - 2 q.x + |x|^2
+            dist = (q * q).sum(1, keepdim=True) + 2 * dist + (x * x).sum(1)
+        top = torch.topk(dist, k, dim=1, largest=False)
+        return top.indices.cpu().numpy().astype(np.int64), top.values.cpu().numpy()

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexes.base import exact_knn
+from indexes.exact import exact_knn
 from indexes.faiss_index import FaissIndex
 
 

@@ -16,6 +16,7 @@ exactly (`merge_results`). Three modes share that contract:
 
 import numpy as np
 
+from indexes.exact import exact_knn, top_k
 from indexes.lsh import SimHashIndex
 from memsvc.core.errors import InvalidArgument
 from memsvc.core.mosaic import merge_results
@@ -70,24 +71,11 @@ def kernel_regression(queries, keys, values, beta, *, block=65536):
     return result
 
 
-def exact_topk(keys, *, block=65536):
-    """A search(queries, k) -> (ids, distances = −q·k) by inner product over all keys, streamed."""
+def exact_topk(keys):
+    """A search(queries, k) -> (ids, distances = −q·k) by inner product over all keys, padded to k."""
 
     def search(queries, k):
-        m = queries.shape[0]
-        best_scores, best_ids = np.empty((m, 0), queries.dtype), np.empty((m, 0), np.int64)
-        for start in range(0, keys.shape[0], block):
-            block_scores = queries @ keys[start:start + block].T  # (m, b)
-            block_ids = np.broadcast_to(np.arange(start, start + block_scores.shape[1]), block_scores.shape)
-            scores = np.concatenate([best_scores, block_scores], axis=1)
-            ids = np.concatenate([best_ids, block_ids], axis=1)
-            keep = np.argpartition(-scores, min(k, scores.shape[1]) - 1, axis=1)[:, :k]
-            best_scores, best_ids = np.take_along_axis(scores, keep, 1), np.take_along_axis(ids, keep, 1)
-        rank = np.argsort(-best_scores, axis=1)
-        pad = ((0, 0), (0, k - best_ids.shape[1]))
-        ids = np.pad(np.take_along_axis(best_ids, rank, 1), pad, constant_values=-1)
-        distances = np.pad(-np.take_along_axis(best_scores, rank, 1), pad, constant_values=np.inf)
-        return ids, distances.astype(np.float32)
+        return top_k(*exact_knn(queries, keys, k, "ip"), k)
 
     return search
 

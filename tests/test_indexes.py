@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from indexes.ann import IndexConfig, build_index, load_index
-from indexes.base import exact_knn
+from indexes.exact import exact_knn
 from indexes.synthetic import clustered_table
 from memsvc.core.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -245,12 +245,12 @@ def test_learned_pq_serves_the_fine_tuned_codebooks(tmp_path):
                          opq_iterations=4, lpq_epochs=3, lpq_lr=1e-2, progress=False, seed=0,
                          num_threads=1)
     index = build_index(config, np.arange(len(rows)), rows, train_queries=queries[:200])
-    rotation, coarse, codebooks, lists, codes = read_codes(index._index)
+    rotation, coarse, codebooks, lists, codes = read_codes(index.faiss_index)
     np.testing.assert_allclose(rotation @ rotation.T, np.eye(16), atol=1e-5)
-    faiss.extract_index_ivf(index._index).make_direct_map()
+    faiss.extract_index_ivf(index.faiss_index).make_direct_map()
     decoded = decode(torch.from_numpy(coarse)[lists], torch.from_numpy(codebooks),
                      torch.from_numpy(codes)).numpy() @ rotation  # back from the rotated space
-    np.testing.assert_allclose(decoded, index._index.reconstruct_n(0, len(rows)), atol=1e-5)
+    np.testing.assert_allclose(decoded, index.faiss_index.reconstruct_n(0, len(rows)), atol=1e-5)
     held_out = queries[200:]
     found, dist = index.search(held_out, 10, params={"nprobe": 16})  # every one of the 16 cells
     expected = ((held_out[:, None, :] - decoded[found]) ** 2).sum(-1)
@@ -268,4 +268,4 @@ def test_learned_pq_serves_the_fine_tuned_codebooks(tmp_path):
     # the fine-tuning moved the codebooks away from the k-means ones it started from
     untuned = build_index(IndexConfig(**{**config.__dict__, "lpq_epochs": 0}), np.arange(len(rows)),
                           rows, train_queries=queries[:200])
-    assert np.abs(read_codes(untuned._index)[2] - codebooks).max() > 1e-3
+    assert np.abs(read_codes(untuned.faiss_index)[2] - codebooks).max() > 1e-3

@@ -7,11 +7,11 @@ from indexes import lsh
 from indexes.lsh import (
     SimHashConfig,
     SimHashIndex,
-    _log_inclusion,
     choose_tables,
     inclusion_probability,
     log_inclusion_table,
 )
+from indexes.lsh_kernels import log_inclusion
 from indexes.mosaic import exact_topk, kernel_regression, lsh_regression, merge_results, topk_regression
 from memsvc.core.errors import InvalidArgument
 from memsvc.core.mosaic import BetaPolicy
@@ -109,7 +109,7 @@ def test_shapes_are_checked_once_at_the_boundary(pairs):
 
 def test_exact_topk_returns_the_best_keys_sorted_and_pads(pairs):
     queries, keys, _ = pairs
-    ids, distances = exact_topk(keys, block=50)(queries, 9)
+    ids, distances = exact_topk(keys)(queries, 9)
     np.testing.assert_array_equal(ids, np.argsort(-(queries @ keys.T), axis=1)[:, :9])
     np.testing.assert_allclose(-distances, np.sort(queries @ keys.T, axis=1)[:, ::-1][:, :9], rtol=1e-6)
     ids, distances = exact_topk(keys[:4])(queries, 6)
@@ -180,7 +180,7 @@ def test_read_kernel_log_inclusion_matches_the_formula():
         assert 0.9 < np.isfinite(table[:, 0]).mean() < 1  # mostly cubics, the formula at the ends
         with np.errstate(divide="ignore"):
             exact = np.log(inclusion_probability(cosines, bits, tables))
-        kernel = np.array([_log_inclusion(c, table, bits, tables) for c in cosines])
+        kernel = np.array([log_inclusion(c, table, bits, tables) for c in cosines])
         finite = np.isfinite(exact)
         np.testing.assert_allclose(kernel[finite], exact[finite], rtol=0, atol=2e-10)
         np.testing.assert_array_equal(kernel[~finite], exact[~finite])  # u = 0: log u = -inf either way

@@ -1,4 +1,4 @@
-"""ANN search over banks (memsvc/search.py): exact-correct across edits, injections, reverts,
+"""ANN search over banks (memsvc/search/): exact-correct across edits, injections, reverts,
 old versions, compaction + gc and restarts; the query log; bad input; gRPC and CLI end to end."""
 import grpc
 import numpy as np
@@ -18,7 +18,8 @@ from memsvc.core.errors import (
     ResourceExhausted,
 )
 from memsvc.core.values import RowOp
-from memsvc.search.manager import IndexManager, SearchConfig
+from memsvc.search.config import SearchConfig
+from memsvc.search.manager import IndexManager
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import WORDS, small_bank
 
@@ -139,12 +140,12 @@ def test_query_log_is_saved_in_the_background_not_in_the_search(kb, monkeypatch)
 
     m = IndexManager(kb, SearchConfig(build_in_worker=False, query_log_save_seconds=0))
     saved_on = []
-    real_save = m._save_log
-    monkeypatch.setattr(m, "_save_log", lambda *a: (saved_on.append(threading.current_thread().name), real_save(*a)))
+    real_save = m.query_logs.save
+    monkeypatch.setattr(m.query_logs, "save", lambda *a: (saved_on.append(threading.current_thread().name), real_save(*a)))
     m.search("stem", 0, queries=np.ones((3, 8), np.float32), k=2)
     path = kb.root / "indexes" / "querylog" / "stem@0.npz"
     deadline = time.monotonic() + 10
-    while not (saved_on and not m._log_saving) and time.monotonic() < deadline:
+    while not (saved_on and not m.query_logs.saving) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert saved_on == ["save-query-logs"] and path.exists()
     with np.load(path) as f:
@@ -152,7 +153,7 @@ def test_query_log_is_saved_in_the_background_not_in_the_search(kb, monkeypatch)
 
 
 def test_query_log_is_a_bounded_sample():
-    from memsvc.search.manager import QueryLog
+    from memsvc.search.query_log import QueryLog
 
     log = QueryLog(size=10, dim=2)
     for v in range(1, 6):
@@ -164,7 +165,7 @@ def test_query_log_is_a_bounded_sample():
 def test_query_log_samples_every_query_alike_across_batches_and_a_reload(tmp_path):
     """Each of 200 queries (batches of 7) lands in a 20-query sample with probability 0.1, early
     and late ones alike, also when the log is saved and reloaded halfway (W drawn afresh)."""
-    from memsvc.search.manager import QueryLog
+    from memsvc.search.query_log import QueryLog
 
     n, size, trials = 200, 20, 1000
     counts = np.zeros(n)
@@ -227,7 +228,7 @@ def test_builds_run_in_a_worker_nicer_than_the_server(kb):
 
     m = IndexManager(kb, SearchConfig(build_niceness=5))
     m.create("tok", "stem", 0, {"kind": "exact"})
-    entry, seen = m._entries["tok"], set()
+    entry, seen = m.catalog.get("tok"), set()
     while entry.info.state == "BUILDING":
         if entry.worker is not None:
             try:
@@ -246,12 +247,12 @@ def test_close_during_a_build_kills_it_and_a_reopened_manager_reports_it_interru
 
     m = IndexManager(kb)
     m.create("tok", "stem", 0, {"kind": "hnsw"})
-    entry = m._entries["tok"]
+    entry = m.catalog.get("tok")
     while entry.worker is None or entry.worker.poll() is not None:
         assert entry.info.state == "BUILDING", entry.info
         time.sleep(0.002)
     m.close()
-    assert entry.worker.returncode is not None and not any(t.is_alive() for t in m._tasks)
+    assert entry.worker.returncode is not None and not m.background_tasks()
     info = IndexManager(kb).describe("tok")
     assert info.state == "FAILED" and "interrupted" in info.error
     assert not (kb.root / "indexes" / "tok" / "build.tmp").exists()
@@ -497,7 +498,7 @@ def test_search_worker_answers_like_the_index_in_process_and_restarts(tmp_path):
     """diskann searches run in a child process (SearchWorker): the same answers, errors mapped
     to memsvc's, and a killed worker is replaced on the next search."""
     from indexes.ann import IndexConfig, build_index
-    from memsvc.search.manager import SearchWorker
+    from memsvc.search.search_worker import SearchWorker
 
     rows = small_bank(layers=1, dim=16)[:, 0]
     index = build_index(IndexConfig(kind="diskann", progress=False, graph_degree=16), np.arange(len(rows)) + 100, rows)
@@ -512,8 +513,8 @@ def test_search_worker_answers_like_the_index_in_process_and_restarts(tmp_path):
             worker.search("ix", tmp_path / "ix", q, 4, {"nprobe": 3})
         with pytest.raises(NotFound, match="path"):
             worker.search("other", tmp_path / "nothing", q, 4, None)
-        worker._proc.kill()
-        worker._proc.wait()
+        worker.process.kill()
+        worker.process.wait()
         assert worker.search("ix", tmp_path / "ix", q, 4, {"complexity": 32})[0].tolist() == want[0].tolist()
     finally:
         worker.close()

@@ -13,7 +13,8 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from memsvc.core.errors import InvalidArgument
-from memsvc.search.manager import IndexManager, SearchConfig
+from memsvc.search.config import SearchConfig
+from memsvc.search.manager import IndexManager
 from memsvc.server import mosaic_servicer, search_servicer
 from memsvc.server.auth import AuthInterceptor, check_exposure, load_keys
 from memsvc.server.metrics import Metrics, MetricsInterceptor, ServingState, start_http

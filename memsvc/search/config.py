@@ -1,0 +1,23 @@
+"""The search service's limits and knobs, each with the measurement that chose it."""
+from dataclasses import dataclass
+
+
+@dataclass
+class SearchConfig:
+    max_k: int = 1024  # larger k gets RESOURCE_EXHAUSTED naming `k`
+    max_queries: int = 16384  # query vectors or tokens per request
+    query_log_size: int = 4096  # queries sampled per (table, layer) (reservoir)
+    query_log_save_seconds: float = 30.0  # persist a changed log at most this often, off the request path
+    min_log_queries: int = 256  # learned_pq trains on the log once it holds this many, else on rows
+    refresh_rows: int = 2048  # fold the delta into the index in the background past this many rows
+    build_in_worker: bool = True  # build in a spawned process (diskannpy holds the GIL)
+    # Added to the build worker's niceness. 10 against 0, one client looking up in a loop during
+    # 20k diskann builds on 2 cores: Lookup p99 11.3 -> 7.8 ms (alone ~5), lookups served +20%,
+    # builds 15.7 -> 20.3 s (slower only while the server is busy; bench/ann_service.py --builds).
+    build_niceness: int = 10
+    read_chunk: int = 4096  # tokens per chunk when reading a layer
+    search_in_worker: bool = True  # search diskann kinds in a child process (diskannpy holds the GIL)
+    # 0: the worker competes for the CPU like the in-process search it stands for. It was 5: on a
+    # shared 2-core machine every wake-up of the niced worker (two process hand-offs a search)
+    # waited behind other jobs, and diskann through the service fell to 0.54-0.64x (issue 5).
+    search_worker_niceness: int = 0

@@ -1,0 +1,137 @@
+"""What an index covers, read at a version: a bank layer (BankLayer) or a mosaic group
+(MosaicGroup). Both answer the same questions (which ids exist, their rows, their names, which
+ids changed between two versions), so the manager handles either without asking which."""
+import bisect
+
+import numpy as np
+
+from memsvc.core.dtypes import to_float32
+from memsvc.core.errors import InvalidArgument
+from memsvc.core.search import place, where_of
+from memsvc.core.values import split_tokens
+
+
+def alive(t, ids, version):
+    return (t.added_in[ids] <= version) & (t.removed_in[ids] > version)
+
+
+def alive_ids(t, version) -> np.ndarray:
+    """Token ids that exist at a version (an inject may be growing the arrays right now)."""
+    n = min(len(t.added_in), len(t.removed_in))
+    return np.flatnonzero(alive(t, np.arange(n), version))
+
+
+def layer_rows(t, ids, version, layer, chunk=4096):
+    """float32 rows (n, d) of token ids in one layer at a version, read in chunks."""
+    out = np.empty((len(ids), t.dim), np.float32)
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        out[start:start + len(part)] = to_float32(t.gather(part, version)[:, layer], t.dtype)
+    return out
+
+
+def commits_since(t, version) -> int:
+    """How many commits after `version` changed the table's rows or vocabulary."""
+    commits = {c for cs, _ in list(t.history.values()) for c in cs[bisect.bisect_right(cs, version):]}
+    commits |= set(t.added_in[t.added_in > version].tolist()) | set(t.removed_in[(t.removed_in > version) & (t.removed_in < 2**62)].tolist())
+    return len(commits)
+
+
+# ---------------------------------------------------------------- the two kinds of source
+
+class BankLayer:
+    """One layer of a bank as the manager reads it: ids are token ids, names are words."""
+
+    kind = "bank"
+
+    def __init__(self, t, layer, chunk=4096):
+        self.t, self.layer, self.chunk = t, int(t.check_layers([layer], "layer")[0]), chunk
+        self.dim, self.where = t.dim, where_of(t.name, self.layer)
+        self.cache_key = (t.name, t.created_in, self.layer)  # D(a, b) of one table's lifetime
+
+    def alive_ids(self, version) -> np.ndarray:
+        return alive_ids(self.t, version)
+
+    def alive(self, ids, version) -> np.ndarray:
+        return alive(self.t, ids, version)
+
+    def rows(self, ids, version) -> np.ndarray:
+        return layer_rows(self.t, ids, version, self.layer, self.chunk)
+
+    def cuts(self, lo, hi) -> list:
+        """Compactions in (lo, hi]: D is computed between them, so each full-layer compare runs once."""
+        return [bv for bv, _ in self.t.bases if lo < bv <= hi]
+
+    def changed(self, a, b) -> np.ndarray:
+        return self.t.changed_tokens(a, b, self.layer)
+
+    def commits_since(self, version) -> int:
+        return commits_since(self.t, version)
+
+    def names(self, ids, version) -> list:
+        return self.t.word_array()[ids].tolist()
+
+    def query_rows(self, tokens, version) -> np.ndarray:
+        ids, words = split_tokens(tokens)
+        ids = self.t.check_ids(ids + [self.t.id_of(w, version, "tokens") for w in words], version, "token_ids")
+        return self.rows(ids, version)
+
+
+class MosaicGroup:
+    """One (layer, head) group of a mosaic store as the manager reads it: ids are pair ids (a
+    replace keeps the id and changes the key), rows are unit keys, names are labels. Reads one
+    immutable Pairs snapshot, so a commit landing meanwhile changes nothing here."""
+
+    kind = "mosaic"
+
+    def __init__(self, t, layer, head):
+        self.pairs = t.group(layer, head)  # OutOfRange names `layer` or `head`
+        self.dim, self.where = t.key_dim, where_of(t.name, layer, head)
+        self.cache_key = (t.name, t.created_in, int(layer), int(head))
+        self._by_id = {}  # version -> (sorted pair ids alive there, their slots)
+
+    def _alive_at(self, version):
+        if version not in self._by_id:
+            slots = np.flatnonzero(self.pairs.alive(version))
+            order = np.argsort(self.pairs.ids[slots], kind="stable")
+            self._by_id[version] = self.pairs.ids[slots][order], slots[order]
+        return self._by_id[version]
+
+    def slots(self, ids, version) -> np.ndarray:
+        """The slot of each pair id alive at a version, -1 for the others."""
+        sorted_ids, slots = self._alive_at(version)
+        if not len(sorted_ids):
+            return np.full(np.shape(ids), -1, np.int64)
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        return np.where(sorted_ids[pos] == ids, slots[pos], -1)
+
+    def alive_ids(self, version) -> np.ndarray:
+        return self._alive_at(version)[0]
+
+    def alive(self, ids, version) -> np.ndarray:
+        return self.slots(ids, version) >= 0
+
+    def rows(self, ids, version) -> np.ndarray:
+        return self.pairs.keys[self.slots(ids, version)]  # ids alive at the version
+
+    def cuts(self, lo, hi) -> list:
+        return []
+
+    def changed(self, a, b) -> np.ndarray:
+        """Pair ids alive through a different slot (or at one version only): D(a, b)."""
+        return np.unique(self.pairs.ids[self.pairs.alive(a) != self.pairs.alive(b)])
+
+    def commits_since(self, version) -> int:
+        from memsvc.store.mosaic import NEVER  # removed_in of a live pair
+
+        p = self.pairs
+        return len(np.union1d(p.added_in[p.added_in > version], p.removed_in[(p.removed_in > version) & (p.removed_in < NEVER)]))
+
+    def names(self, ids, version) -> list:
+        slots = self.slots(ids, version)
+        return [[self.pairs.labels[s] if s >= 0 else "" for s in row] for row in slots.tolist()]
+
+    def query_rows(self, tokens, version):
+        raise InvalidArgument(f"tokens: {place(self.where)} is a mosaic store, searched by query vectors; "
+                              "tokens and token_ids name rows of a bank")
+
