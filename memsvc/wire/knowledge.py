@@ -49,6 +49,11 @@ def stored_tensor(t: pb.Tensor) -> np.ndarray:
     return np.frombuffer(t.data, dtype=dtype).reshape(tuple(t.shape))
 
 
+def version_from_pb(ref: pb.VersionRef) -> dict:
+    """A VersionRef as the store's version/tag keywords (0 and "" mean unset: the head)."""
+    return dict(version=ref.version or None, tag=ref.tag or None)
+
+
 # ---------------------------------------------------------------- row operations
 
 def row_op_to_pb(op: RowOp) -> pb.RowOp:
@@ -69,7 +74,8 @@ def row_op_from_pb(msg: pb.RowOp, field: str) -> RowOp:
     return RowOp(op=OP_NAMES[msg.op],
                  token_id=msg.token_id if msg.HasField("token_id") else None, token=msg.token or None,
                  layers=list(msg.layers),
-                 vector=tensor_from_pb(msg.vector, f"{field}.vector") if msg.HasField("vector") else None,
+                 # NaN and Inf: the store's planner checks the vector where it enters the store (once)
+                 vector=tensor_from_pb(msg.vector, f"{field}.vector", check_finite=False) if msg.HasField("vector") else None,
                  source_token_id=msg.source_token_id if msg.HasField("source_token_id") else None,
                  source_token=msg.source_token or None,
                  alpha=msg.alpha)
