@@ -1,7 +1,7 @@
 """MemoryClient: what an inference worker or an editor imports to talk to memsvc over gRPC.
 
-Its methods mirror memsvc.store.KnowledgeBase (same names, same results), so code and the CLI
-can hold either one.
+Its methods mirror memsvc.store.KnowledgeBase (same names, same results: both conform to
+memsvc.core.protocol.KnowledgeStore), so code and the CLI can hold either one.
 
     >>> client = MemoryClient("127.0.0.1:50051")
     >>> rows = client.lookup("stem", ["Spain", "Germany"]).in_request_order()  # (2, L, d) float32

@@ -9,7 +9,9 @@ from memsvc.wire.mosaic import MODE_NAMES, info_to_pb, pairs_commit_to_pb, polic
 
 
 def _pair_arrays(request):
-    return tensor_from_pb(request.keys, "keys"), tensor_from_pb(request.values, "values")
+    """Keys and values as arrays; NaN and Inf are the store's to refuse (mosaic_input.check_matrix, once)."""
+    return (tensor_from_pb(request.keys, "keys", check_finite=False),
+            tensor_from_pb(request.values, "values", check_finite=False))
 
 
 # ---------------------------------------------------------------- the service
@@ -57,7 +59,7 @@ class MosaicServicer(mpb_grpc.MosaicServiceServicer):
             raise InvalidArgument(f"mode: unknown mode {request.mode} (expected EXACT, TOPK or LSH)")
         choice = request.WhichOneof("beta_choice")
         result = self.kb.mosaic.query(
-            request.table, request.layer, request.head, tensor_from_pb(request.queries, "queries"),
+            request.table, request.layer, request.head, tensor_from_pb(request.queries, "queries", check_finite=False),
             beta=request.beta if choice == "beta" else None,
             policy=policy_from_pb(request.policy) if choice == "policy" else None,
             mode=MODE_NAMES[request.mode], k=request.k,

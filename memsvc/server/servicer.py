@@ -131,7 +131,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
                                changes=[convert.row_change_to_pb(c) for c in result.changes])
 
     def InjectToken(self, request, context):
-        vector = convert.tensor_from_pb(request.vector, "vector") if request.HasField("vector") else None
+        vector = convert.tensor_from_pb(request.vector, "vector", check_finite=False) if request.HasField("vector") else None
         result = self.kb.inject_token(request.table, request.token, vector=vector, like=list(request.like),
                                       author=request.author, message=request.message)
         return pb.InjectTokenResponse(commit=convert.commit_result_to_pb(result),
