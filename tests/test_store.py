@@ -286,3 +286,9 @@ def test_lookup_limits_are_checked_by_the_store(kb):
     with pytest.raises(ResourceExhausted, match="token_ids: 5 tokens"):
         kb.lookup("stem", [0, 1, 2, 3, 4])
     assert kb.lookup("stem", [0, 1, 2, 3]).rows.shape == (4, 3, 8)
+
+
+def test_lookup_takes_ids_then_words_as_the_wire_sends_them(kb):
+    result = kb.lookup("stem", np.array([5, 2]).tolist() + ["Spain", "Madrid"])
+    assert result.unique_ids.tolist() == [5, 2, 0, 3]
+    np.testing.assert_array_equal(result.in_request_order(), BANK[[5, 2, 0, 3]])
