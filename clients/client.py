@@ -1,7 +1,7 @@
 """MemoryClient: what an inference worker or an editor imports to talk to memsvc over gRPC.
 
-Its methods mirror memsvc.store.KnowledgeBase (same names, same results), so code and the CLI
-can hold either one.
+Its methods mirror memsvc.store.KnowledgeBase (same names, same results: both conform to
+memsvc.core.protocol.KnowledgeStore), so code and the CLI can hold either one.
 
     >>> client = MemoryClient("127.0.0.1:50051")
     >>> rows = client.lookup("stem", ["Spain", "Germany"]).in_request_order()  # (2, L, d) float32
@@ -123,10 +123,13 @@ class MemoryClient:
 
     @property
     def version(self) -> int:
-        """The head version now."""
-        return self._call("ListTables", pb.ListTablesRequest()).version
+        """The head version now: the newest commit of the log (one row, not every table)."""
+        commits = self._call("Log", pb.LogRequest(limit=1)).commits
+        return commits[0].version if commits else 0
 
     def resolve_version(self, version=None, tag=None) -> int:
+        if not version and not tag:
+            return self.version
         return self._call("ListTables", pb.ListTablesRequest(at=_ref(version, tag))).version
 
     def list_tables(self, version=None):
@@ -214,10 +217,12 @@ class MemoryClient:
 
     def edit(self, table, ops, author="", message="", request: EditRequest | None = None, metrics=None) -> CommitResult:
         reply = self._call("Edit", self._edit_request(table, ops, author, message, request, metrics))
-        return convert.commit_result_from_pb(reply.commit)
+        result = convert.commit_result_from_pb(reply.commit)
+        result.changes = [convert.row_change_from_pb(c) for c in reply.changes]
+        return result
 
-    def preview(self, table, ops, version=None):
-        """Dry run: (RowWrites, [RowChange]); nothing is written."""
+    def preview(self, table, ops):
+        """Dry run at the head: (RowWrites, [RowChange]); nothing is written."""
         reply = self._call("Edit", self._edit_request(table, ops, dry_run=True))
         changes = [convert.row_change_from_pb(c) for c in reply.changes]
         vectors = convert.stored_tensor(reply.new_rows).astype(np.float32)

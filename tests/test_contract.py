@@ -157,7 +157,8 @@ def test_a_node_worker_reads_edits_searches_and_queries_exactly_as_python(served
         assert np.array_equal(paris[0, 1], EDIT_VECTOR) and np.array_equal(paris[0, 0], small_bank(seed=0)[WORDS.index("Paris"), 0])
         for case in ("edit_layer", "override_layer", "lookup_layer"):
             assert got["errors"][case]["code"] == "OUT_OF_RANGE", (case, got["errors"][case])
-        assert "layers: layer 99 out of range" in got["errors"]["edit_layer"]["details"]
+        assert "ops[0].layers: layer 99 out of range" in got["errors"]["edit_layer"]["details"]
+        assert "overrides[0].layers: layer 99 out of range" in got["errors"]["override_layer"]["details"]
 
         found = SearchClient(client, stream=False).search("float16", layer=1, tokens=["Spain", "Berlin"], k=4)
         assert got["search"]["ids_dtype"] == "int64" and got["search"]["shape"] == [2, 4]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from memsvc.core.dtypes import to_float32, to_storage
-from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange, ResourceExhausted
 from memsvc.core.values import RowOp
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import ROOT, WORDS, small_bank
@@ -187,7 +187,7 @@ def test_bad_input_raises_and_writes_nothing(kb):
             call()
         assert message in str(info.value)
     assert kb.version == 1 and len(kb.log()) == 1
-    assert kb.db.execute("select count(*) from deltas").fetchone()[0] == 0
+    assert kb.commits.db.execute("select count(*) from deltas").fetchone()[0] == 0
 
 
 def test_missing_or_corrupt_data_dir_is_a_failed_precondition(tmp_path):
@@ -259,3 +259,36 @@ def test_changed_tokens_names_exactly_the_rows_that_read_differently(kb):
     assert kb.changed_tokens("stem", 1, 6).tolist() == [0, 4, 64]  # across the compaction too
     assert kb.changed_tokens("stem", 5, 6).tolist() == [4]
     assert kb.table("stem").changed_tokens(1, 6, layer=2).tolist() == [0, 64]
+
+
+def test_a_checkout_reads_its_version_and_refuses_writes(kb):
+    kb.tag("before")
+    kb.edit("stem", [RowOp("set", token="Spain", vector=np.ones(8))])
+    pinned = kb.checkout(tag="before")
+    assert pinned.version == 1 and kb.checkout().version == 2
+    np.testing.assert_array_equal(pinned.lookup("stem", ["Spain"]).in_request_order()[0], BANK[0])
+    assert pinned.vocabulary("stem") == WORDS and pinned.describe("stem").version == 1
+    for write in (lambda: pinned.edit("stem", [RowOp("scale", token_id=0, alpha=2.0)]), lambda: pinned.tag("x")):
+        with pytest.raises(FailedPrecondition, match="checkout: version 1 is read-only"):
+            write()
+    assert kb.version == 2
+
+
+def test_an_edit_returns_the_rows_it_changed_as_show_reads_them(kb):
+    result = kb.edit("stem", [RowOp("set", token="Paris", vector=np.ones(8), layers=[2, 0]),
+                              RowOp("scale", token="Spain", alpha=1.0)])  # rewrites Spain's rows unchanged
+    assert result.changes == kb.show(result.version)[1]
+    assert [(c.token, c.layer) for c in result.changes] == [("Paris", 0), ("Paris", 2)]
+
+
+def test_lookup_limits_are_checked_by_the_store(kb):
+    kb.limit_lookups(4, None)
+    with pytest.raises(ResourceExhausted, match="token_ids: 5 tokens"):
+        kb.lookup("stem", [0, 1, 2, 3, 4])
+    assert kb.lookup("stem", [0, 1, 2, 3]).rows.shape == (4, 3, 8)
+
+
+def test_lookup_takes_ids_then_words_as_the_wire_sends_them(kb):
+    result = kb.lookup("stem", np.array([5, 2]).tolist() + ["Spain", "Madrid"])
+    assert result.unique_ids.tolist() == [5, 2, 0, 3]
+    np.testing.assert_array_equal(result.in_request_order(), BANK[[5, 2, 0, 3]])

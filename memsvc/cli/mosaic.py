@@ -5,7 +5,7 @@ import numpy as np
 
 from memsvc.cli.options import commit_options, open_store, store_options
 from memsvc.core.mosaic import BetaPolicy, LshParams
-from memsvc.store.mosaic import load_pair_arrays, save_pair_arrays
+from memsvc.store.mosaic_input import load_pair_arrays, save_pair_arrays
 
 
 def mosaic_of(store):

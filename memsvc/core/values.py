@@ -61,6 +61,7 @@ class EditRequest:
 class CommitResult:
     version: int
     rows_changed: int
+    changes: list = field(default_factory=list)  # [RowChange] of an edit, from its planned writes
 
 
 @dataclass
@@ -110,6 +111,7 @@ class LookupResult:
     version: int
     dtype: str
     ordered: bool = False  # rows are one per request position already (inverse is the identity)
+    in_buffer: bool = False  # rows were written into the caller's buffer (KnowledgeBase.lookup's out)
 
     def in_request_order(self) -> np.ndarray:
         """float32 rows (n_request, n_layers, dim) aligned with the request (a fresh array)."""

@@ -122,7 +122,7 @@ class MosaicGroup:
         return np.unique(self.pairs.ids[self.pairs.alive(a) != self.pairs.alive(b)])
 
     def commits_since(self, version) -> int:
-        from memsvc.store.mosaic import NEVER  # removed_in of a live pair
+        from memsvc.store.commit_log import NEVER  # removed_in of a live pair
 
         p = self.pairs
         return len(np.union1d(p.added_in[p.added_in > version], p.removed_in[(p.removed_in > version) & (p.removed_in < NEVER)]))

@@ -2,15 +2,16 @@
 conversions live in memsvc/wire/mosaic.py. Errors become status codes in ErrorInterceptor."""
 from memsvc.core.errors import InvalidArgument
 from memsvc.core.mosaic import LshParams
-from memsvc.server.servicer import _version
 from memsvc.v1 import mosaic_pb2 as mpb
 from memsvc.v1 import mosaic_pb2_grpc as mpb_grpc
-from memsvc.wire.knowledge import tensor_from_pb, tensor_to_pb
+from memsvc.wire.knowledge import tensor_from_pb, tensor_to_pb, version_from_pb
 from memsvc.wire.mosaic import MODE_NAMES, info_to_pb, pairs_commit_to_pb, policy_from_pb, result_to_pb
 
 
 def _pair_arrays(request):
-    return tensor_from_pb(request.keys, "keys"), tensor_from_pb(request.values, "values")
+    """Keys and values as arrays; NaN and Inf are the store's to refuse (mosaic_input.check_matrix, once)."""
+    return (tensor_from_pb(request.keys, "keys"),
+            tensor_from_pb(request.values, "values"))
 
 
 # ---------------------------------------------------------------- the service
@@ -42,14 +43,14 @@ class MosaicServicer(mpb_grpc.MosaicServiceServicer):
                                                         author=request.author, message=request.message))
 
     def ListMosaics(self, request, context):
-        v = self.kb.resolve_version(**_version(request.at))
+        v = self.kb.resolve_version(**version_from_pb(request.at))
         return mpb.ListMosaicsResponse(stores=[info_to_pb(s) for s in self.kb.mosaic.list_stores(v)], version=v)
 
     def DescribeMosaic(self, request, context):
-        return info_to_pb(self.kb.mosaic.describe_store(request.table, **_version(request.at)))
+        return info_to_pb(self.kb.mosaic.describe_store(request.table, **version_from_pb(request.at)))
 
     def ReadPairs(self, request, context):
-        p = self.kb.mosaic.read_pairs(request.table, request.layer, request.head, **_version(request.at))
+        p = self.kb.mosaic.read_pairs(request.table, request.layer, request.head, **version_from_pb(request.at))
         return mpb.ReadPairsResponse(ids=p["ids"].tolist(), keys=tensor_to_pb(p["keys"]), values=tensor_to_pb(p["values"]),
                                      labels=p["labels"], version=p["version"])
 
@@ -63,7 +64,7 @@ class MosaicServicer(mpb_grpc.MosaicServiceServicer):
             policy=policy_from_pb(request.policy) if choice == "policy" else None,
             mode=MODE_NAMES[request.mode], k=request.k,
             lsh=LshParams(bits=request.lsh.bits or LshParams.bits, tables=request.lsh.tables, budget=request.lsh.budget),
-            **_version(request.at))
+            **version_from_pb(request.at))
         return result_to_pb(result)
 
 

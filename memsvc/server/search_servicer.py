@@ -8,10 +8,6 @@ from memsvc.wire import knowledge as convert
 from memsvc.wire.search import head_of, info_to_pb, json_object
 
 
-def _version(ref):
-    return dict(version=ref.version or None, tag=ref.tag or None)
-
-
 class SearchServicer(spb_grpc.SearchServiceServicer):
     """SearchService, except SearchStream: server.StreamOfUnaryCalls serves each of its messages
     as a Search call."""
@@ -21,13 +17,13 @@ class SearchServicer(spb_grpc.SearchServiceServicer):
 
     def Search(self, request, context):
         # NaN and Inf: IndexManager.search checks its queries (once is enough on the hot path)
-        queries = (convert.tensor_from_pb(request.queries, "queries", check_finite=False)
+        queries = (convert.tensor_from_pb(request.queries, "queries")
                    if request.HasField("queries") else None)
         result = self.manager.search(request.table, request.layer, queries=queries,
                                      tokens=list(request.token_ids) or list(request.tokens), k=request.k,
                                      index=request.index or None, params=dict(request.params),
                                      metric=request.metric or None, head=head_of(request), names=not request.ids_only,
-                                     **_version(request.at))
+                                     **convert.version_from_pb(request.at))
         reply = spb.SearchResponse(tokens=[w for row in result.tokens for w in row],
                                    version=result.version, index=result.index, index_version=result.index_version,
                                    lag_rows=result.lag_rows, metric=result.metric,
@@ -40,7 +36,7 @@ class SearchServicer(spb_grpc.SearchServiceServicer):
         config = {**json_object(request.config_json, "config_json"),
                   **{k: v for k, v in (("kind", request.kind), ("metric", request.metric)) if v}}
         return info_to_pb(self.manager.create(request.name, request.table, request.layer, config, head=head_of(request),
-                                              **_version(request.at)))
+                                              **convert.version_from_pb(request.at)))
 
     def DropIndex(self, request, context):
         return info_to_pb(self.manager.drop(request.name))

@@ -75,63 +75,47 @@ class ErrorInterceptor(UnaryInterceptor):
             response_serializer=lambda r: r.data if isinstance(r, lookup_wire.LookupWire) else serialize(r))
 
 
-def _version(ref: pb.VersionRef):
-    return dict(version=ref.version or None, tag=ref.tag or None)
-
-
 class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
     """KnowledgeService, except LookupStream: server.StreamOfUnaryCalls serves each of its
     messages as a call of Lookup."""
 
     def __init__(self, kb, config):
         self.kb = kb
-        self.config = config
+        kb.limit_lookups(config.max_lookup_tokens, config.max_message_bytes)
         self.shared_buffers = SharedBuffers()
 
     def ListTables(self, request, context):
-        v = self.kb.resolve_version(**_version(request.at))
+        v = self.kb.resolve_version(**convert.version_from_pb(request.at))
         return pb.ListTablesResponse(tables=[convert.table_to_pb(t) for t in self.kb.list_tables(v)], version=v)
 
     def DescribeTable(self, request, context):
-        return convert.table_to_pb(self.kb.describe(request.table, self.kb.resolve_version(**_version(request.at))))
+        return convert.table_to_pb(self.kb.describe(request.table, self.kb.resolve_version(**convert.version_from_pb(request.at))))
 
     def Vocabulary(self, request, context):
-        v = self.kb.resolve_version(**_version(request.at))
+        v = self.kb.resolve_version(**convert.version_from_pb(request.at))
         return pb.VocabularyResponse(words=self.kb.vocabulary(request.table, v), version=v)
 
     def Lookup(self, request, context):
-        v = self.kb.resolve_version(**_version(request.at))
-        ids = list(request.token_ids)
-        if request.tokens:
-            ids += self.kb.token_ids(request.table, request.tokens, v).tolist()
-        self._check_size(request.table, v, len(ids), len(request.layers))
-        buffer = request.reply_buffer
-        if request.HasField("reply_buffer") and not request.layers and not request.overrides:  # the decode hot path
-            in_buffer = lambda shape, dtype: self.shared_buffers.view(buffer.name, buffer.key, buffer.size, shape, dtype)
-            result = self.kb.lookup_in_order(request.table, np.array(ids, dtype=np.int64), in_buffer, version=v)
-            if result is not None:
-                return lookup_wire.lookup_to_wire(result, rows_in_buffer=True)
+        ids = np.fromiter(request.token_ids, np.int64, len(request.token_ids))
+        tokens = list(ids) + list(request.tokens) if request.tokens else ids
         overrides = [convert.row_op_from_pb(op, f"overrides[{i}]") for i, op in enumerate(request.overrides)]
-        result = self.kb.lookup(request.table, np.array(ids, dtype=np.int64), list(request.layers), version=v, overrides=overrides)
-        in_buffer = request.HasField("reply_buffer") and self.shared_buffers.write(buffer.name, buffer.key, buffer.size, result.rows)
-        return lookup_wire.lookup_to_wire(result, rows_in_buffer=in_buffer)
-
-    def _check_size(self, table, version, n_tokens, n_layers):
-        info = self.kb.table(table, version)  # not describe(): it counts the vocabulary on every call
-        row_bytes = (n_layers or info.num_layers) * info.dim * (4 if info.dtype == "float32" else 2)
-        if n_tokens > self.config.max_lookup_tokens or n_tokens * row_bytes > self.config.max_message_bytes - (1 << 20):
-            raise ResourceExhausted(f"token_ids: {n_tokens} tokens x {row_bytes} bytes exceed the lookup limit "
-                                    f"({self.config.max_lookup_tokens} tokens, {self.config.max_message_bytes} bytes); split the request")
+        out = None
+        if request.HasField("reply_buffer"):  # rows go straight into the client's shared buffer when it takes them
+            buffer = request.reply_buffer
+            out = lambda shape, dtype: self.shared_buffers.view(buffer.name, buffer.key, buffer.size, shape, dtype)
+        result = self.kb.lookup(request.table, tokens, list(request.layers), overrides=overrides, out=out,
+                                **convert.version_from_pb(request.at))
+        return lookup_wire.lookup_to_wire(result, rows_in_buffer=result.in_buffer)
 
     def Snapshot(self, request, context):
-        snap = self.kb.snapshot(request.table, self.kb.resolve_version(**_version(request.at)))
+        snap = self.kb.snapshot(request.table, self.kb.resolve_version(**convert.version_from_pb(request.at)))
         return pb.SnapshotResponse(version=snap["version"], base_version=snap["base_version"], base_path=snap["base_path"],
                                    delta_token_ids=snap["delta_token_ids"].tolist(), vocab_size=snap["vocab_size"],
                                    delta_rows=convert.tensor_to_pb(snap["delta_rows"], snap["dtype"]))
 
     def ChangedTokens(self, request, context):
-        a = self.kb.resolve_version(**_version(getattr(request, "from")))
-        b = self.kb.resolve_version(**_version(request.to))
+        a = self.kb.resolve_version(**convert.version_from_pb(getattr(request, "from")))
+        b = self.kb.resolve_version(**convert.version_from_pb(request.to))
         return pb.ChangedTokensResponse(token_ids=self.kb.changed_tokens(request.table, a, b).tolist(), from_version=a, to_version=b)
 
     def Edit(self, request, context):
@@ -144,7 +128,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
                               request=convert.edit_request_from_pb(request.request),
                               metrics=convert.metrics_from_json(request.metrics_json))
         return pb.EditResponse(commit=convert.commit_result_to_pb(result),
-                               changes=[convert.row_change_to_pb(c) for c in self.kb.show(result.version)[1]])
+                               changes=[convert.row_change_to_pb(c) for c in result.changes])
 
     def InjectToken(self, request, context):
         vector = convert.tensor_from_pb(request.vector, "vector") if request.HasField("vector") else None
@@ -160,12 +144,12 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
     def Show(self, request, context):
         if not (request.at.version or request.at.tag):
             _missing("at.version")
-        info, changes = self.kb.show(self.kb.resolve_version(**_version(request.at)))
+        info, changes = self.kb.show(self.kb.resolve_version(**convert.version_from_pb(request.at)))
         return pb.ShowResponse(commit=convert.commit_info_to_pb(info), changes=[convert.row_change_to_pb(c) for c in changes])
 
     def Diff(self, request, context):
-        a = self.kb.resolve_version(**_version(getattr(request, "from")))
-        b = self.kb.resolve_version(**_version(request.to))
+        a = self.kb.resolve_version(**convert.version_from_pb(getattr(request, "from")))
+        b = self.kb.resolve_version(**convert.version_from_pb(request.to))
         changes = self.kb.diff(a, b, table=request.table or None)
         return pb.DiffResponse(changes=[convert.row_change_to_pb(c) for c in changes], from_version=a, to_version=b)
 
@@ -177,7 +161,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
     def Tag(self, request, context):
         if request.delete:
             return pb.TagResponse(name=request.name, version=self.kb.delete_tag(request.name))
-        return pb.TagResponse(name=request.name, version=self.kb.tag(request.name, self.kb.resolve_version(**_version(request.at))))
+        return pb.TagResponse(name=request.name, version=self.kb.tag(request.name, self.kb.resolve_version(**convert.version_from_pb(request.at))))
 
     def ListTags(self, request, context):
         return pb.ListTagsResponse(tags=self.kb.tags())

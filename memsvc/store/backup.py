@@ -284,7 +284,7 @@ def _check_versions(kb, report, progress):
     """Every retained version of every table: a base at or below it, a row for every live
     token, and the real read path over its edited tokens and a sample of the others."""
     for v in tqdm(kb.list_versions(), desc="fsck versions", unit="version", disable=not progress):
-        for name, t in kb.tables.items():
+        for name, t in kb.banks.tables.items():
             if t.created_in > v:
                 continue
             if t.bases[0][0] > v:

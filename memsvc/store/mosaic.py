@@ -5,7 +5,7 @@ store; each pair has an int id (unique among the live pairs of its group) and an
 (e.g. the fact it encodes). Keys are stored unit-normalised, k / ||k||, because the kernel
 exp(β q·k) assumes unit keys; queries are used as given (their norm scales β).
 
-Every add, remove and replace is a KB-wide commit (KnowledgeBase.commit), so versions interleave
+Every add, remove and replace is a KB-wide commit (CommitLog.commit), so versions interleave
 with bank edits. SQLite keeps one row per pair *version* with added_in / removed_in: a replace
 closes the old row and opens a new one under the same id. Memory mirrors each group as arrays
 over *slots* (rows in write order), so reading version v is the mask added_in <= v < removed_in
@@ -45,8 +45,17 @@ from indexes.mosaic import kernel_regression, lsh_regression, topk_regression
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from memsvc.core.mosaic import BetaPolicy, LshParams, MosaicInfo, MosaicResult, PairsResult
 from memsvc.core.values import CommitResult, TableInfo
+from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
+from memsvc.store.mosaic_input import (
+    check_lsh,
+    check_matrix,
+    check_pair_ids,
+    check_policy,
+    hashed_cosines,
+    resolve_beta,
+    unit_keys,
+)
 
-NEVER = 2**62  # removed_in of a live pair (as memsvc.store.NEVER)
 MODES = ("exact", "topk", "lsh")
 TOPK_INDEX_KINDS = ("exact", "hnsw")  # ANN kinds that build without training queries
 MAX_INDEXES_PER_STORE = 16  # cached LSH/ANN indexes per store; the oldest is dropped first
@@ -70,7 +79,7 @@ class Pairs:
                    (), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def alive(self, version) -> np.ndarray:
-        return (self.added_in <= version) & (self.removed_in > version)
+        return alive(self.added_in, self.removed_in, version)
 
     def live(self, alive) -> tuple:
         """(keys, values) of the slots in `alive`; no copy when every slot is alive (the common head read)."""
@@ -173,111 +182,6 @@ class MosaicTable:
             return self.indexes[key]
 
 
-# ---------------------------------------------------------------- validation
-
-def check_name(name):
-    if not name or "/" in name or name.startswith("."):
-        raise InvalidArgument(f"table: invalid table name {name!r}")
-
-
-def check_matrix(name, x, dim, what):
-    """x as float32 (c, dim), c > 0, finite; errors name the field."""
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise InvalidArgument(f"{name}: expected a non-empty (n, {dim}) array, got shape {x.shape}")
-    if x.shape[1] != dim:
-        raise InvalidArgument(f"{name}: expected {what} {dim}, got {x.shape[1]}")
-    if not np.isfinite(x).all():
-        raise InvalidArgument(f"{name}: contains NaN or Inf")
-    return x
-
-
-def unit_keys(keys, dim):
-    keys = check_matrix("keys", keys, dim, "key dim")
-    norms = np.linalg.norm(keys, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise InvalidArgument(f"keys: row {int(np.argmin(norms))} is zero; keys are stored as unit vectors")
-    return keys / norms
-
-
-def check_pair_ids(ids, field="ids"):
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    if len(ids) == 0:
-        raise InvalidArgument(f"{field}: no pair ids given")
-    if (ids < 0).any():
-        raise InvalidArgument(f"{field}: pair id {int(ids[ids < 0][0])} is negative")
-    if len(np.unique(ids)) != len(ids):
-        raise InvalidArgument(f"{field}: ids repeat")
-    return ids
-
-
-def check_policy(policy: BetaPolicy, field="policy"):
-    for name in ("beta0", "beta1", "alpha"):
-        if not np.isfinite(getattr(policy, name)):
-            raise InvalidArgument(f"{field}.{name}: must be finite, got {getattr(policy, name)}")
-    return policy
-
-
-def resolve_beta(beta, policy: BetaPolicy, n) -> float:
-    """β given, or the policy's β1·n^α + β0 for the n pairs read; must be finite and > 0."""
-    field = "beta"
-    if beta is None:
-        field = "policy"
-        try:
-            beta = check_policy(policy).beta(n)
-        except (ZeroDivisionError, OverflowError):
-            beta = float("inf")
-    if not np.isfinite(beta) or beta <= 0:
-        raise InvalidArgument(f"{field}: β must be finite and > 0, got {beta}" + (f" for n = {n}" if field == "policy" else ""))
-    return float(beta)
-
-
-def check_lsh(params: LshParams) -> LshParams:
-    if not 1 <= params.bits <= 16:
-        raise InvalidArgument(f"lsh.bits: K must be in [1, 16], got {params.bits}")
-    if params.tables and params.tables < 2:
-        raise InvalidArgument(f"lsh.tables: L must be >= 2, got {params.tables}")
-    if not 0 <= params.budget <= 1 or not np.isfinite(params.budget):
-        raise InvalidArgument(f"lsh.budget: must be a fraction in (0, 1], got {params.budget}")
-    return params
-
-
-def hashed_cosines(keys, sample=64, seed=0):
-    """cos(q, k − c) for a sample of keys standing in for queries (what choose_tables needs)."""
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(keys), min(sample, len(keys)), replace=False)
-    shifted = keys - keys.mean(axis=0)
-    norms = np.maximum(np.linalg.norm(shifted, axis=1), 1e-12)
-    q = keys[pick]
-    return (q @ shifted.T) / (np.linalg.norm(q, axis=1, keepdims=True) * norms)  # (sample, n)
-
-
-# ---------------------------------------------------------------- files
-
-def load_pair_arrays(pairs_file=None, keys_file=None, values_file=None) -> dict:
-    """Pairs from a .npz (keys, values, optional labels and ids) or from two .npy files."""
-    if (pairs_file is None) == (keys_file is None or values_file is None):
-        raise InvalidArgument("pairs: give a .npz of keys and values, or both a keys and a values .npy")
-    try:
-        if pairs_file is not None:
-            with np.load(pairs_file, allow_pickle=False) as f:
-                arrays = {name: f[name] for name in f.files}
-        else:
-            arrays = {"keys": np.load(keys_file, allow_pickle=False), "values": np.load(values_file, allow_pickle=False)}
-    except (OSError, ValueError) as e:
-        raise InvalidArgument(f"pairs: cannot read {pairs_file or keys_file} ({e})")
-    if "keys" not in arrays or "values" not in arrays:
-        raise InvalidArgument(f"pairs: {pairs_file} holds {', '.join(arrays) or 'nothing'}; it needs keys and values")
-    if "labels" in arrays:
-        arrays["labels"] = [str(x) for x in arrays["labels"]]
-    return arrays
-
-
-def save_pair_arrays(path, pairs: dict):
-    """The export: ids, unit keys, values and labels of a group as one .npz (what load reads back)."""
-    np.savez(path, ids=pairs["ids"], keys=pairs["keys"], values=pairs["values"], labels=np.array(pairs["labels"], dtype=str))
-
-
 # ---------------------------------------------------------------- the store
 
 # Bounds on a store's shape: every (layer, head) group is allocated at create.
@@ -287,16 +191,16 @@ MAX_GROUPS = 65536
 
 class MosaicStore:
     """Every mosaic store of one knowledge base: persisted in its catalog (tables mosaic_tables,
-    mosaic_pairs), mirrored in memory. Created by KnowledgeBase._load."""
+    mosaic_pairs), mirrored in memory; every write is a commit of the KB's CommitLog."""
 
-    def __init__(self, kb):
-        self.kb = kb
+    def __init__(self, log: CommitLog):
+        self.log = log
         self._create_schema()
         self.tables = {}
         self._load()
 
     def _create_schema(self):
-        db = self.kb.db
+        db = self.log.db
         db["mosaic_tables"].create({"name": str, "num_layers": int, "num_heads": int, "key_dim": int, "value_dim": int,
                                     "created_in": int, "beta0": float, "beta1": float, "alpha": float,
                                     "topk_index": str}, pk="name", if_not_exists=True)
@@ -305,12 +209,12 @@ class MosaicStore:
                                   pk=("tbl", "layer", "head", "pair_id", "added_in"), if_not_exists=True)
 
     def _load(self):
-        for r in self.kb.db["mosaic_tables"].rows:
+        for r in self.log.db["mosaic_tables"].rows:
             t = self._new_table(r["name"], r["num_layers"], r["num_heads"], r["key_dim"], r["value_dim"],
                                 r["created_in"], BetaPolicy(r["beta0"], r["beta1"], r["alpha"]), r["topk_index"])
             for (layer, head), pairs in t.groups.items():
-                rows = self.kb.db.execute("select pair_id, added_in, removed_in, label, key, value from mosaic_pairs "
-                                          "where tbl=? and layer=? and head=? order by rowid", [t.name, layer, head]).fetchall()
+                rows = self.log.query("select pair_id, added_in, removed_in, label, key, value from mosaic_pairs "
+                                      "where tbl=? and layer=? and head=? order by rowid", [t.name, layer, head]).fetchall()
                 if rows:
                     ids, added, removed, labels, keys, values = zip(*rows)
                     t.groups[(layer, head)] = Pairs(
@@ -334,7 +238,7 @@ class MosaicStore:
     # ---------------------------------------------------------------- catalog reads
 
     def describe_store(self, name, version=None, tag=None) -> MosaicInfo:
-        v = self.kb.resolve_version(version, tag)
+        v = self.log.resolve_version(version, tag)
         t = self.table(name, v)
         counts = np.zeros((t.num_layers, t.num_heads), np.int64)
         for (layer, head), pairs in t.groups.items():
@@ -343,7 +247,7 @@ class MosaicStore:
                           t.policy, t.topk_index, v)
 
     def list_stores(self, version=None, tag=None) -> list:
-        v = self.kb.resolve_version(version, tag)
+        v = self.log.resolve_version(version, tag)
         return [self.describe_store(name, v) for name, t in sorted(self.tables.items()) if t.created_in <= v]
 
     def describe(self, name, version) -> TableInfo:
@@ -358,7 +262,7 @@ class MosaicStore:
 
     def read_pairs(self, name, layer, head, version=None, tag=None) -> dict:
         """The live pairs of a group at a version: ids, keys (unit), values, labels (the export)."""
-        v = self.kb.resolve_version(version, tag)
+        v = self.log.resolve_version(version, tag)
         pairs = self.table(name, v).group(layer, head)
         alive = np.flatnonzero(pairs.alive(v))
         return {"ids": pairs.ids[alive], "keys": pairs.keys[alive], "values": pairs.values[alive],
@@ -369,7 +273,7 @@ class MosaicStore:
     def create(self, name, num_layers, num_heads, key_dim, value_dim, policy=None, topk_index="",
                author="", message="") -> PairsResult:
         """An empty store (one commit)."""
-        check_name(name)
+        check_table_name(name)
         for what, value in (("num_layers", num_layers), ("num_heads", num_heads), ("key_dim", key_dim),
                             ("value_dim", value_dim)):
             if not 1 <= value <= MAX_SHAPE[what]:
@@ -379,9 +283,8 @@ class MosaicStore:
         policy = check_policy(policy or BetaPolicy())
         if topk_index not in ("",) + TOPK_INDEX_KINDS:
             raise InvalidArgument(f"topk_index: {topk_index!r} is not one of {', '.join(TOPK_INDEX_KINDS)} (or empty)")
-        with self.kb._write_lock:
-            if name in self.tables or name in self.kb.tables:
-                raise Conflict(f"table: table {name!r} already exists")
+        with self.log.lock:
+            self.log.check_unused(name)
 
             def write(conn, version):
                 conn.execute("insert into mosaic_tables values (?,?,?,?,?,?,?,?,?,?)",
@@ -392,13 +295,13 @@ class MosaicStore:
                 self.tables[name] = self._new_table(name, num_layers, num_heads, key_dim, value_dim, version, policy,
                                                     topk_index)
 
-            version = self.kb.commit("mosaic-create", [name], write, publish, author, message or f"create mosaic {name}")
+            version = self.log.commit("mosaic-create", [name], write, publish, author, message or f"create mosaic {name}")
             return PairsResult(version, 0, np.zeros(0, np.int64))
 
     def add(self, name, layer, head, keys, values, ids=None, labels=None, author="", message="") -> PairsResult:
         """Add pairs to group (layer, head) as one commit; ids default to the next unused ones."""
-        with self.kb._write_lock:
-            t = self.table(name, self.kb.version)
+        with self.log.lock:
+            t = self.table(name, self.log.head)
             pairs = t.group(layer, head)
             keys, values = unit_keys(keys, t.key_dim), check_matrix("values", values, t.value_dim, "value dim")
             if len(values) != len(keys):
@@ -408,28 +311,28 @@ class MosaicStore:
             ids = check_pair_ids(ids)
             if len(ids) != len(keys):
                 raise InvalidArgument(f"ids: {len(ids)} ids for {len(keys)} keys")
-            taken = ids[np.isin(ids, pairs.ids[pairs.alive(self.kb.version)])]
+            taken = ids[np.isin(ids, pairs.ids[pairs.alive(self.log.head)])]
             if len(taken):
                 raise Conflict(f"ids: pair id {int(taken[0])} already exists in {name!r} layer {layer} head {head}; replace it")
             change = GroupChange(layer, head, np.zeros(0, np.int64), ids, keys, values, self._labels(labels, len(ids)))
             return self._commit(t, [change], "mosaic-add", author, message or f"add {len(ids)} pairs to {name}", ids)
 
     def remove(self, name, layer, head, ids, author="", message="") -> PairsResult:
-        with self.kb._write_lock:
-            t = self.table(name, self.kb.version)
+        with self.log.lock:
+            t = self.table(name, self.log.head)
             ids = check_pair_ids(ids)
-            slots = t.group(layer, head).slots_of(ids, self.kb.version)
+            slots = t.group(layer, head).slots_of(ids, self.log.head)
             change = GroupChange(layer, head, slots, np.zeros(0, np.int64), np.zeros((0, t.key_dim), np.float32),
                                  np.zeros((0, t.value_dim), np.float32), [])
             return self._commit(t, [change], "mosaic-remove", author, message or f"remove {len(ids)} pairs from {name}", ids)
 
     def replace(self, name, layer, head, ids, keys, values, labels=None, author="", message="") -> PairsResult:
         """New keys/values (and labels; default: kept) for existing pair ids, as one commit."""
-        with self.kb._write_lock:
-            t = self.table(name, self.kb.version)
+        with self.log.lock:
+            t = self.table(name, self.log.head)
             pairs = t.group(layer, head)
             ids = check_pair_ids(ids)
-            slots = pairs.slots_of(ids, self.kb.version)
+            slots = pairs.slots_of(ids, self.log.head)
             keys, values = unit_keys(keys, t.key_dim), check_matrix("values", values, t.value_dim, "value dim")
             if not len(ids) == len(keys) == len(values):
                 raise InvalidArgument(f"keys: {len(ids)} ids, {len(keys)} keys and {len(values)} values")
@@ -460,17 +363,17 @@ class MosaicStore:
                     version, c.remove_slots, c.ids, c.keys, c.values, c.labels)
 
         rows = sum(len(c) for c in changes)
-        version = self.kb.commit(kind, [t.name], write, publish, author, message, rows)
+        version = self.log.commit(kind, [t.name], write, publish, author, message, rows)
         return PairsResult(version, rows, ids)
 
     def revert(self, version, author="", message="") -> CommitResult:
         """Undo one pairs commit with a new commit: pairs it added are removed, pairs it removed
         (or replaced) come back. Refused while a later commit changed the same pair ids."""
-        with self.kb._write_lock:
-            info = self.kb._commit_info(version)
+        with self.log.lock:
+            info = self.log.commit_info(version)
             if info.kind == "mosaic-create":
                 raise FailedPrecondition(f"version: commit {version} creates a mosaic store; only pair commits can be reverted")
-            t = self.table(info.tables[0], self.kb.version)
+            t = self.table(info.tables[0], self.log.head)
             changes, ids = [], []
             for (layer, h), pairs in t.groups.items():
                 added, removed = np.flatnonzero(pairs.added_in == version), np.flatnonzero(pairs.removed_in == version)
@@ -508,7 +411,7 @@ class MosaicStore:
         mode: "exact", "topk" (needs k >= 1) or "lsh" (`lsh` knobs)."""
         if mode not in MODES:
             raise InvalidArgument(f"mode: {mode!r} is not one of {', '.join(MODES)}")
-        v = self.kb.resolve_version(version, tag)
+        v = self.log.resolve_version(version, tag)
         t = self.table(name, v)
         pairs = t.group(layer, head)
         queries = check_matrix("queries", queries, t.key_dim, "key dim")

@@ -29,17 +29,14 @@ def tensor_to_pb(array: np.ndarray, dtype: str = "float32", out: pb.Tensor | Non
     return out
 
 
-def tensor_from_pb(t: pb.Tensor, field: str, check_finite: bool = True) -> np.ndarray:
-    """Tensor -> float32 array, validated (dtype, byte count, NaN/Inf unless the caller checks
-    them itself: ``check_finite=False``); errors name ``field``."""
+def tensor_from_pb(t: pb.Tensor, field: str) -> np.ndarray:
+    """Tensor -> float32 array, its dtype and byte count validated; errors name ``field``. NaN and
+    Inf are checked once, by the store or index that takes the values."""
     if t.dtype not in STORAGE:
         raise InvalidArgument(f"{field}.dtype: {t.dtype!r} is not one of {', '.join(STORAGE)}")
     if min(t.shape, default=0) < 0:
         raise InvalidArgument(f"{field}.shape: negative size in {list(t.shape)}")
-    values = from_bytes(t.data, t.dtype, t.shape, field)
-    if check_finite and not np.isfinite(values).all():
-        raise InvalidArgument(f"{field}: contains NaN or Inf")
-    return values
+    return from_bytes(t.data, t.dtype, t.shape, field)
 
 
 def stored_tensor(t: pb.Tensor) -> np.ndarray:
@@ -47,6 +44,11 @@ def stored_tensor(t: pb.Tensor) -> np.ndarray:
     table dtypes, "int64" (the ids of search hits)."""
     dtype = np.dtype("<i8") if t.dtype == "int64" else storage_dtype(t.dtype)
     return np.frombuffer(t.data, dtype=dtype).reshape(tuple(t.shape))
+
+
+def version_from_pb(ref: pb.VersionRef) -> dict:
+    """A VersionRef as the store's version/tag keywords (0 and "" mean unset: the head)."""
+    return dict(version=ref.version or None, tag=ref.tag or None)
 
 
 # ---------------------------------------------------------------- row operations
@@ -69,6 +71,7 @@ def row_op_from_pb(msg: pb.RowOp, field: str) -> RowOp:
     return RowOp(op=OP_NAMES[msg.op],
                  token_id=msg.token_id if msg.HasField("token_id") else None, token=msg.token or None,
                  layers=list(msg.layers),
+                 # NaN and Inf: the store's planner checks the vector where it enters the store (once)
                  vector=tensor_from_pb(msg.vector, f"{field}.vector") if msg.HasField("vector") else None,
                  source_token_id=msg.source_token_id if msg.HasField("source_token_id") else None,
                  source_token=msg.source_token or None,

@@ -1,0 +1,366 @@
+"""The bank table kind: token-major embedding rows [vocab, layers, dim] with a vocabulary.
+
+Catalog tables: tables, bases, tokens, deltas. Reading version v of a table = the newest base at
+or below v, overlaid with the rows that commits in (base, v] wrote (bank_table.TableState keeps
+all of it in memory); every write is a commit of the KB's CommitLog.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from editing.inject import inject_request
+from editing.rows import plan_row_ops
+from memsvc.core.dtypes import storage_dtype, to_float32, to_storage
+from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from memsvc.core.values import CommitResult, LookupResult, RowChange, RowWrites, TableInfo
+from memsvc.store.bank_table import TableState
+from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
+
+
+class BankTables:
+    """Every bank table of one knowledge base, loaded from its catalog and base files."""
+
+    def __init__(self, log: CommitLog, root: Path, limits):
+        self.log, self.root, self.limits = log, root, limits
+        db = log.db
+        db["tables"].create({"name": str, "kind": str, "dtype": str, "dim": int, "num_layers": int,
+                             "created_in": int}, pk="name", if_not_exists=True)
+        db["bases"].create({"tbl": str, "version": int, "file": str, "vocab_size": int},
+                           pk=("tbl", "version"), if_not_exists=True)
+        db["tokens"].create({"tbl": str, "token_id": int, "token": str, "added_in": int, "removed_in": int},
+                            pk=("tbl", "token_id"), if_not_exists=True)
+        db["deltas"].create({"tbl": str, "token_id": int, "layer": int, "commit_id": int, "data": bytes},
+                            pk=("tbl", "token_id", "layer", "commit_id"), if_not_exists=True)
+        db["deltas"].create_index(["commit_id"], if_not_exists=True)
+        self.tables = {}
+        for r in db["tables"].rows:
+            t = TableState(r["name"], r["kind"], r["dtype"], r["dim"], r["num_layers"], r["created_in"])
+            for b in log.query("select version, file from bases where tbl=? order by version", [t.name]).fetchall():
+                t.bases.append((b[0], self.map_base(b[1], t)))
+            toks = log.query("select token, added_in, removed_in from tokens where tbl=? order by token_id", [t.name]).fetchall()
+            t.add_tokens([w for w, _, _ in toks], 0)
+            t.added_in = np.array([a for _, a, _ in toks], dtype=np.int64)
+            t.removed_in = np.array([r_ for _, _, r_ in toks], dtype=np.int64)
+            cur = log.query("select commit_id, token_id, layer, data from deltas where tbl=? order by commit_id", [t.name])
+            _replay(t, cur.fetchall(), storage_dtype(t.dtype))
+            self.tables[t.name] = t
+
+    def map_base(self, file, table):
+        path = self.root / file
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise FailedPrecondition(f"data: base file {path} of table {table.name!r} is missing or unreadable ({e})")
+        if arr.ndim != 3 or arr.shape[1:] != (table.num_layers, table.dim) or arr.dtype != storage_dtype(table.dtype):
+            raise FailedPrecondition(f"data: base file {path} has shape {arr.shape} {arr.dtype}, the catalog says [*, {table.num_layers}, {table.dim}] {table.dtype}")
+        return arr
+
+    def write_base(self, table_name, version, rows, progress=False) -> str:
+        """Write an immutable base array atomically (tmp file, fsync, rename); returns its path
+        relative to the data dir."""
+        folder = self.root / "bases" / table_name
+        folder.mkdir(parents=True, exist_ok=True)
+        rel = f"bases/{table_name}/v{version}.npy"
+        tmp = self.root / (rel + ".tmp")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=rows.dtype, shape=rows.shape)
+        step = max(1, (1 << 24) // max(1, rows[0].nbytes))  # ~16 MB per chunk
+        for start in tqdm(range(0, rows.shape[0], step), desc=f"writing {table_name} base", unit="chunk", disable=not progress):
+            out[start:start + step] = rows[start:start + step]
+        out.flush()
+        del out
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / rel)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        os.fsync(dir_fd)
+        os.close(dir_fd)
+        return rel
+
+    def table(self, name, version=None) -> TableState:
+        version = self.log.head if version is None else version
+        t = self.tables.get(name)
+        if t is None or t.created_in > version:
+            raise NotFound(f"table: unknown table {name!r}" + ("" if t is None else f" at version {version}"))
+        return t
+
+    # ---------------------------------------------------------------- reads (at a resolved version)
+
+    def describe(self, name, v) -> TableInfo:
+        t = self.table(name, v)
+        return TableInfo(name=t.name, kind=t.kind, dtype=t.dtype, vocab_size=t.vocab_size(v),
+                         num_layers=t.num_layers, dim=t.dim, created_version=t.created_in,
+                         base_version=t.base_at(v)[0], version=v)
+
+    def list_tables(self, v) -> list:
+        return [self.describe(name, v) for name, t in sorted(self.tables.items()) if t.created_in <= v]
+
+    def vocabulary(self, name, v) -> list:
+        """The table's words by token id at a version ('' for ids that do not exist there)."""
+        t = self.table(name, v)
+        return [w if a else "" for w, a in zip(t.words, t.alive(v))]
+
+    def token_ids(self, name, words, v, field="tokens") -> np.ndarray:
+        t = self.table(name, v)
+        return np.array([t.id_of(w, v, field) for w in words], dtype=np.int64)
+
+    def lookup(self, name, tokens, layers, v, overrides, out) -> LookupResult:
+        """The one read of rows (KnowledgeBase.lookup): the table fetched once, the limits checked
+        before any row is gathered, rows gathered straight into ``out`` when it takes them."""
+        t = self.table(name, v)
+        ids = _requested_ids(t, tokens, v)
+        layer_idx = t.check_layers(layers)
+        self._check_size(t, len(ids), 0 if layer_idx is None else len(layer_idx))
+        if out is not None and layer_idx is None and not overrides:  # the decode hot path: request order, no copy
+            rows = out((len(ids), t.num_layers, t.dim), storage_dtype(t.dtype))
+            if rows is not None:
+                t.gather(ids, v, out=rows)
+                return LookupResult(rows=rows, unique_ids=ids, inverse=np.arange(len(ids)), version=v, dtype=t.dtype,
+                                    ordered=True, in_buffer=True)
+        unique_ids, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")  # first-occurrence order
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        unique_ids, inverse = unique_ids[order], rank[inverse]
+        rows = t.gather(unique_ids, v)
+        if overrides:
+            rows = self._apply_overrides(t, v, unique_ids, rows, overrides)
+        if layer_idx is not None:
+            rows = rows[:, layer_idx]
+        result = LookupResult(rows=rows, unique_ids=unique_ids, inverse=inverse, version=v, dtype=t.dtype)
+        target = None if out is None else out(rows.shape, rows.dtype)
+        if target is not None:
+            np.copyto(target, rows)
+            result.rows, result.in_buffer = target, True
+        return result
+
+    def _check_size(self, t, n_tokens, n_layers):
+        """The limits ServerConfig hands the store (StoreConfig.max_lookup_tokens, max_message_bytes)."""
+        max_tokens, max_bytes = self.limits.max_lookup_tokens, self.limits.max_message_bytes
+        if max_tokens is None and max_bytes is None:
+            return
+        row_bytes = (n_layers or t.num_layers) * t.dim * (4 if t.dtype == "float32" else 2)
+        if (max_tokens is not None and n_tokens > max_tokens) or \
+                (max_bytes is not None and n_tokens * row_bytes > max_bytes - (1 << 20)):
+            raise ResourceExhausted(f"token_ids: {n_tokens} tokens x {row_bytes} bytes exceed the lookup limit "
+                                    f"({max_tokens} tokens, {max_bytes} bytes); split the request")
+
+    def _apply_overrides(self, t, v, unique_ids, rows, overrides):
+        writes = self.plan(t.name, overrides, v, field="overrides")
+        stored = to_storage(writes.vectors, t.dtype)
+        position = {int(tok): i for i, tok in enumerate(unique_ids)}
+        for tok, layer, vec in zip(writes.token_ids.tolist(), writes.layers.tolist(), stored):
+            if tok in position:
+                rows[position[tok], layer] = vec
+        return rows
+
+    def snapshot(self, name, v) -> dict:
+        """A version as its read-only base file plus the full rows of every token edited since
+        that base: what a worker on the same host maps instead of asking per row."""
+        t = self.table(name, v)
+        base_version, base = t.base_at(v)
+        edited = [(tok, t.edited_row(tok, v, base_version)) for tok in np.flatnonzero(t.edited).tolist()]
+        edited = [(tok, row) for tok, row in edited if row is not None]
+        rows = np.stack([row for _, row in edited]) if edited else np.zeros((0, t.num_layers, t.dim), storage_dtype(t.dtype))
+        return dict(version=v, base_version=base_version, base_path=str(Path(base.filename).resolve()),
+                    delta_token_ids=np.array([tok for tok, _ in edited], dtype=np.int64), delta_rows=rows,
+                    vocab_size=len(t.words), dtype=t.dtype)
+
+    def read_rows(self, name, token_ids, v) -> np.ndarray:
+        """float32 rows (n, L, d) of token ids at a version (all layers)."""
+        t = self.table(name, v)
+        return to_float32(t.gather(t.check_ids(token_ids, v), v), t.dtype)
+
+    def plan(self, name, ops, v, field="ops") -> RowWrites:
+        """The row writes a batch of RowOps implies at a version (the dry run of an edit); errors name
+        ``field`` (``ops`` of an edit, ``overrides`` of a lookup)."""
+        t = self.table(name, v)
+        for i, op in enumerate(ops):
+            if op.token_id is None:
+                op.token_id = t.id_of(op.token, v, f"{field}[{i}].token") if op.token else None
+            if op.source_token_id is None and op.source_token:
+                op.source_token_id = t.id_of(op.source_token, v, f"{field}[{i}].source_token")
+            if op.token_id is None:
+                raise InvalidArgument(f"{field}[{i}].token: name the token by id or by word")
+            t.check_ids([op.token_id], v, f"{field}[{i}].token_id")
+            if op.source_token_id is not None:
+                t.check_ids([op.source_token_id], v, f"{field}[{i}].source_token_id")
+        return plan_row_ops(ops, lambda ids: to_float32(t.gather(ids, v), t.dtype),
+                            lambda ids: _base_rows(t, ids), t.num_layers, t.dim, field)
+
+    def planned_changes(self, name, writes, v) -> list:
+        """The RowChanges of planned writes against version v (rows that would read differently)."""
+        t = self.table(name, v)
+        new = to_float32(to_storage(writes.vectors, t.dtype), t.dtype)  # as the table would store them
+        old = to_float32(t.gather(writes.token_ids, v), t.dtype)[np.arange(len(writes)), writes.layers]
+        changes = (row_change(t, tok, layer, x, y) for tok, layer, x, y in
+                   zip(writes.token_ids.tolist(), writes.layers.tolist(), old, new))
+        return [c for c in changes if c is not None]
+
+    # ---------------------------------------------------------------- writes
+
+    def import_table(self, name, rows, vocab, dtype="float32", author="", message="", progress=False) -> CommitResult:
+        """Create a table from token-major rows (V, L, d) and a vocabulary of V words."""
+        check_table_name(name)
+        if rows.ndim != 3 or 0 in rows.shape:
+            raise InvalidArgument(f"rows: expected a non-empty [vocab, layers, dim] array, got shape {rows.shape}")
+        if len(vocab) != rows.shape[0]:
+            raise InvalidArgument(f"vocab: {len(vocab)} words for {rows.shape[0]} rows")
+        if len(set(vocab)) != len(vocab):
+            raise InvalidArgument("vocab: words repeat")
+        stored = rows if rows.dtype == storage_dtype(dtype) else to_storage(rows, dtype)
+        step = max(1, (1 << 24) // max(1, stored[0].nbytes))
+        if not all(np.isfinite(to_float32(stored[i:i + step], dtype)).all() for i in range(0, len(stored), step)):
+            raise InvalidArgument("rows: contain NaN or Inf")
+        with self.log.lock:
+            self.log.check_unused(name)
+            rel = self.write_base(name, self.log.head + 1, stored, progress)
+            n_rows = int(rows.shape[0] * rows.shape[1])
+
+            def write(conn, version):
+                conn.execute("insert into tables values (?,?,?,?,?,?)", [name, "bank", dtype, rows.shape[2], rows.shape[1], version])
+                conn.execute("insert into bases values (?,?,?,?)", [name, version, rel, rows.shape[0]])
+                conn.executemany("insert into tokens values (?,?,?,?,?)", [(name, i, w, version, NEVER) for i, w in enumerate(vocab)])
+
+            def publish(version):
+                t = TableState(name, "bank", dtype, rows.shape[2], rows.shape[1], version)
+                t.bases.append((version, self.map_base(rel, t)))
+                t.add_tokens(list(vocab), version)
+                self.tables[name] = t
+
+            version = self.log.commit("import", [name], write, publish, author, message or f"import {name}", n_rows)
+            return CommitResult(version=version, rows_changed=n_rows)
+
+    def edit(self, name, ops, author="", message="", request=None, metrics=None) -> CommitResult:
+        """Apply a batch of RowOps as one atomic commit; the result names the rows it changed."""
+        with self.log.lock:
+            v = self.log.head
+            writes = self.plan(name, ops, v)
+            changes = sorted(self.planned_changes(name, writes, v), key=lambda c: (c.token_id, c.layer))
+            result = self.commit_rows(name, writes, "edit", author, message, request, metrics)
+            result.changes = changes
+            return result
+
+    def commit_rows(self, name, writes, kind, author, message, request=None, metrics=None, new_tokens=(), removed_tokens=()):
+        t = self.tables[name]
+        stored = to_storage(writes.vectors, t.dtype)
+
+        def write(conn, commit):
+            conn.executemany("insert into tokens values (?,?,?,?,?)",
+                             [(name, len(t.words) + i, w, commit, NEVER) for i, w in enumerate(new_tokens)])
+            conn.executemany("update tokens set removed_in=? where tbl=? and token_id=?",
+                             [(commit, name, tok) for tok in removed_tokens])
+            conn.executemany("insert into deltas values (?,?,?,?,?)",
+                             [(name, tok, layer, commit, vec.tobytes()) for tok, layer, vec in
+                              zip(writes.token_ids.tolist(), writes.layers.tolist(), stored)])
+
+        def publish(commit):
+            if new_tokens:
+                t.add_tokens(list(new_tokens), commit)
+            for tok in removed_tokens:
+                t.removed_in[tok] = commit
+            t.record(commit, writes.token_ids, writes.layers, stored)
+
+        version = self.log.commit(kind, [name], write, publish, author, message, len(writes), request, metrics)
+        return CommitResult(version=version, rows_changed=len(writes))
+
+    def inject_token(self, name, word, vector=None, like=(), author="", message="") -> CommitResult:
+        """Grow the vocabulary by one token whose rows (every layer) are a vector, another
+        token's rows, or the mean of several tokens' rows. The commit's request records the word
+        and its source (editing/inject.py inject_request)."""
+        with self.log.lock:
+            v = self.log.head
+            t = self.table(name, v)
+            if not word or not word.strip():
+                raise InvalidArgument("token: the new token is empty")
+            if any(alive(t.added_in[i], t.removed_in[i], v) for i in t.ids_of_word.get(word, [])):
+                raise Conflict(f"token: {word!r} already exists in table {name!r}")
+            if (vector is None) == (not like):
+                raise InvalidArgument("vector: give exactly one of a vector or tokens to copy (like)")
+            like_ids = self.token_ids(name, like, v, "like") if like else []
+            if like:
+                rows = self.read_rows(name, like_ids, v).mean(axis=0)
+            else:
+                rows = np.asarray(vector, dtype=np.float32)
+                if rows.shape == (t.dim,):  # one vector for every layer
+                    rows = np.broadcast_to(rows, (t.num_layers, t.dim))
+                if rows.shape != (t.num_layers, t.dim):
+                    raise InvalidArgument(f"vector: expected {t.dim} values (or {t.num_layers}x{t.dim}), got shape {np.shape(vector)}")
+                if not np.isfinite(rows).all():
+                    raise InvalidArgument("vector: contains NaN or Inf")
+            new_id = len(t.words)
+            writes = RowWrites(token_ids=np.full(t.num_layers, new_id, dtype=np.int64),
+                               layers=np.arange(t.num_layers, dtype=np.int64), vectors=rows.astype(np.float32))
+            request = inject_request(word, [t.words[i] for i in like_ids], like_ids)  # workers rebuild its input embedding from it
+            return self.commit_rows(name, writes, "inject", author, message or f"inject {word}", request, new_tokens=[word])
+
+    def revert(self, v, info, author="", message="") -> CommitResult:
+        """Undo bank commit v (see KnowledgeBase.revert); call under the log's lock."""
+        before = self.log.resolve_version(v - 1)
+        name = info.tables[0]
+        t = self.tables[name]
+        cur = self.log.query("select token_id, layer from deltas where commit_id=? and tbl=?", [v, name]).fetchall()
+        later = self.log.query("select min(d.commit_id) from deltas d join deltas e on d.tbl=e.tbl and d.token_id=e.token_id "
+                               "and d.layer=e.layer where e.commit_id=? and e.tbl=? and d.commit_id>?", [v, name, v]).fetchone()[0]
+        if later is not None:
+            raise FailedPrecondition(f"version: rows written by commit {v} were changed again by commit {later}; revert {later} first")
+        injected = np.flatnonzero((t.added_in == v) & (t.removed_in > self.log.head)).tolist()
+        restore = [(tok, layer) for tok, layer in cur if tok not in injected]
+        old = {tok: to_float32(t.gather(np.array([tok]), before)[0], t.dtype) for tok, _ in restore}
+        writes = RowWrites(token_ids=np.array([tok for tok, _ in restore], dtype=np.int64),
+                           layers=np.array([layer for _, layer in restore], dtype=np.int64),
+                           vectors=np.array([old[tok][layer] for tok, layer in restore], dtype=np.float32).reshape(-1, t.dim))
+        return self.commit_rows(name, writes, "revert", author, message or f"revert {v}: {info.message}",
+                                removed_tokens=injected)
+
+
+def row_change(t, token_id, layer, old, new):
+    """The change of one row (L2 distance, cosine of old and new), or None when it is equal."""
+    if np.array_equal(old, new):
+        return None
+    denom = float(np.linalg.norm(old) * np.linalg.norm(new))
+    return RowChange(table=t.name, token_id=token_id, token=t.words[token_id], layer=layer,
+                     l2=float(np.linalg.norm(new - old)), cosine=float(old @ new / denom) if denom else 0.0)
+
+
+def _requested_ids(t, tokens, v) -> np.ndarray:
+    """Token ids of a request: ids as given, words resolved at v (ids then words, as the wire's
+    LookupRequest.token_ids + tokens)."""
+    if isinstance(tokens, np.ndarray) and np.issubdtype(tokens.dtype, np.integer):
+        ids = tokens
+    else:
+        tokens = tokens.tolist() if isinstance(tokens, np.ndarray) else list(tokens)
+        ids = [t.id_of(w, v, "tokens") if isinstance(w, str) else w for w in tokens]
+        if any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in ids):
+            raise InvalidArgument("tokens: give token ids or words")
+    ids = t.check_ids(ids, v)
+    if len(ids) == 0:
+        raise InvalidArgument("token_ids: the request names no tokens")
+    return ids
+
+
+def _base_rows(t, ids):
+    """Rows as the table's first base had them (an injected token's base is its injected row)."""
+    first_base_version, first_base = t.bases[0]
+    out = np.empty((len(ids), t.num_layers, t.dim), dtype=np.float32)
+    for i, tok in enumerate(ids.tolist()):
+        if tok < first_base.shape[0]:
+            out[i] = to_float32(first_base[tok], t.dtype)
+        else:
+            commits, rows = t.history[tok]
+            out[i] = to_float32(rows[0], t.dtype)
+    return out
+
+
+def _replay(table, rows, dt):
+    """Mirror the catalog's deltas (ordered by commit) in the table's history, one commit at a time."""
+    batch, commit = [], None
+    for c, token_id, layer, data in list(rows) + [(None, None, None, None)]:
+        if c != commit and batch:
+            ids, layers, vecs = zip(*batch)
+            table.record(commit, np.array(ids), np.array(layers), vecs)
+            batch = []
+        commit = c
+        if c is not None:
+            batch.append((token_id, layer, np.frombuffer(data, dtype=dt)))

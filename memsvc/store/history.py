@@ -1,0 +1,56 @@
+"""History of bank tables: what one commit changed (show) and which rows read differently at two
+versions (diff), each row with the L2 distance and cosine of its change."""
+import numpy as np
+
+from memsvc.core.dtypes import to_float32
+from memsvc.store.banks import BankTables, row_change
+from memsvc.store.commit_log import CommitLog
+
+
+def show(log: CommitLog, banks: BankTables, version) -> tuple:
+    """One commit: its metadata and the rows it changed."""
+    v = log.resolve_version(version)
+    info = log.commit_info(v)
+    if info.kind in ("import", "compact") or (v - 1) in log.gone or v == 1:
+        return info, []
+    return info, diff(log, banks, v - 1, v)
+
+
+def diff(log: CommitLog, banks: BankTables, from_version, to_version, table=None) -> list:
+    """Rows that read differently at two versions."""
+    a, b = log.resolve_version(from_version), log.resolve_version(to_version)
+    lo, hi = min(a, b), max(a, b)
+    changes = []
+    for name in sorted(banks.tables) if table is None else [table]:
+        t = banks.table(name, hi)
+        if t.created_in > lo:
+            continue
+        keys = set(log.query("select token_id, layer from deltas where tbl=? and commit_id>? and commit_id<=?",
+                             [name, lo, hi]).fetchall())
+        (ba, base_a), (bb, base_b) = t.base_at(a), t.base_at(b)
+        if ba != bb:
+            keys |= _differing_rows(base_a, base_b)
+        changes += _row_changes(t, sorted(keys), a, b)
+    return changes
+
+
+def _row_changes(t, keys, a, b):
+    tokens = sorted({tok for tok, _ in keys})
+    if not tokens:
+        return []
+    ids = np.array(tokens, dtype=np.int64)
+    old, new = (to_float32(t.gather(ids, v), t.dtype) for v in (a, b))
+    pos = {tok: i for i, tok in enumerate(tokens)}
+    changes = (row_change(t, tok, layer, old[pos[tok], layer], new[pos[tok], layer]) for tok, layer in keys)
+    return [c for c in changes if c is not None]
+
+
+def _differing_rows(base_a, base_b, chunk=4096) -> set:
+    """(token, layer) pairs whose rows differ between two base arrays (compared in chunks)."""
+    n = min(base_a.shape[0], base_b.shape[0])
+    keys = set()
+    for start in range(0, n, chunk):
+        diff = np.any(base_a[start:start + chunk] != base_b[start:start + chunk], axis=2)
+        keys |= {(start + int(i), int(l)) for i, l in zip(*np.nonzero(diff))}
+    keys |= {(i, l) for i in range(n, max(base_a.shape[0], base_b.shape[0])) for l in range(base_a.shape[1])}
+    return keys
