@@ -16,15 +16,8 @@ import time
 import grpc
 import numpy as np
 
-from memsvc.core.errors import (
-    Conflict,
-    FailedPrecondition,
-    InvalidArgument,
-    MemsvcError,
-    NotFound,
-    OutOfRange,
-    ResourceExhausted,
-)
+from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError, NotFound, OutOfRange,
+                                ResourceExhausted)
 from memsvc.core.values import CommitResult, EditRequest, LookupResult, RowWrites, split_tokens
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc

@@ -11,15 +11,8 @@ from clients.backbone.checkpoint import load_checkpoint
 from clients.backbone.model import generate
 from clients.banks import StoreBank
 from clients.editor import Editor, entity_ops, evaluate
-from editing.evaluate import (
-    EditRecord,
-    before_prompts,
-    fact_edit_records,
-    format_table,
-    load_records,
-    score_record,
-    summarize,
-)
+from editing.evaluate import (EditRecord, before_prompts, fact_edit_records, format_table, load_records, score_record,
+                              summarize)
 from editing.fact import fit_fact
 from memsvc.cli.demo import MODEL_DIR
 from memsvc.core.errors import InvalidArgument

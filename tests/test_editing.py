@@ -5,15 +5,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from editing.entity import (
-    EntityEdit,
-    assign_targets,
-    entity_edit_from_text,
-    entity_row_ops,
-    parse_override,
-    parse_vector_arg,
-    plan_entity_edit,
-)
+from editing.entity import (EntityEdit, assign_targets, entity_edit_from_text, entity_row_ops, parse_override,
+                            parse_vector_arg, plan_entity_edit)
 from editing.neighbours import nearest_tokens
 from editing.rows import plan_row_ops
 from editing.tokens import Vocabulary

@@ -4,13 +4,7 @@ import numpy as np
 import pytest
 
 from indexes import lsh
-from indexes.lsh import (
-    SimHashConfig,
-    SimHashIndex,
-    choose_tables,
-    inclusion_probability,
-    log_inclusion_table,
-)
+from indexes.lsh import SimHashConfig, SimHashIndex, choose_tables, inclusion_probability, log_inclusion_table
 from indexes.lsh_kernels import log_inclusion
 from indexes.mosaic import exact_topk, kernel_regression, lsh_regression, merge_results, topk_regression
 from memsvc.core.errors import InvalidArgument

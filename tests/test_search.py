@@ -8,15 +8,8 @@ from click.testing import CliRunner
 from clients.client import MemoryClient
 from clients.search import SearchClient
 from memsvc.cli import cli
-from memsvc.core.errors import (
-    Conflict,
-    FailedPrecondition,
-    InvalidArgument,
-    MemsvcError,
-    NotFound,
-    OutOfRange,
-    ResourceExhausted,
-)
+from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError, NotFound, OutOfRange,
+                                ResourceExhausted)
 from memsvc.core.values import RowOp
 from memsvc.search.config import SearchConfig
 from memsvc.search.manager import IndexManager

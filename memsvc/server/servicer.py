@@ -5,15 +5,8 @@ import logging
 import grpc
 import numpy as np
 
-from memsvc.core.errors import (
-    Conflict,
-    FailedPrecondition,
-    InvalidArgument,
-    MemsvcError,
-    NotFound,
-    OutOfRange,
-    ResourceExhausted,
-)
+from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError, NotFound, OutOfRange,
+                                ResourceExhausted)
 from memsvc.server.shared_buffers import SharedBuffers
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc

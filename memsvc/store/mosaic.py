@@ -46,15 +46,8 @@ from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, No
 from memsvc.core.mosaic import BetaPolicy, LshParams, MosaicInfo, MosaicResult, PairsResult
 from memsvc.core.values import CommitResult, TableInfo
 from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
-from memsvc.store.mosaic_input import (
-    check_lsh,
-    check_matrix,
-    check_pair_ids,
-    check_policy,
-    hashed_cosines,
-    resolve_beta,
-    unit_keys,
-)
+from memsvc.store.mosaic_input import (check_lsh, check_matrix, check_pair_ids, check_policy, hashed_cosines,
+                                       resolve_beta, unit_keys)
 
 MODES = ("exact", "topk", "lsh")
 TOPK_INDEX_KINDS = ("exact", "hnsw")  # ANN kinds that build without training queries
