@@ -72,6 +72,7 @@ def test_secure_by_default():
         check_exposure(host, {}, insecure=False)
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_public_host_without_keys(tmp_path):
     out = subprocess.run([sys.executable, "-m", "memsvc", "serve", "--data", str(tmp_path / "d"), "--host", "0.0.0.0",
                           "--port", "0", "--no-seed"], capture_output=True, text=True, cwd=ROOT, timeout=60,

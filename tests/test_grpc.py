@@ -178,6 +178,7 @@ def test_lookup_stream_answers_like_lookup_and_an_error_ends_it_with_the_same_st
         np.testing.assert_array_equal(again.rows, plain.lookup("stem", ["Spain", "Paris"]).rows)
 
 
+@pytest.mark.slow
 def test_a_streamed_lookup_times_out_when_the_server_stops_answering(server_process):
     proc, address, _ = server_process
     with MemoryClient(address, timeout=1.0) as c:

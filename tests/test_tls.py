@@ -10,6 +10,8 @@ from memsvc.core.errors import FailedPrecondition
 from memsvc.store import KnowledgeBase, StoreConfig
 from tests.conftest import WORDS, small_bank, start_server, stop_server
 
+pytestmark = pytest.mark.slow  # TLS is served by a real `memsvc serve` process
+
 
 def self_signed(folder, name):
     """A certificate for 127.0.0.1/localhost and its key (openssl CLI; `cryptography` is not installed)."""
