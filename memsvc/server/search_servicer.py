@@ -13,7 +13,7 @@ def _version(ref):
 
 
 class SearchServicer(spb_grpc.SearchServiceServicer):
-    """SearchService, except SearchStream: server.StreamOfUnaryCalls serves each of its messages
+    """SearchService, except SearchStream: interceptors.StreamOfUnaryCalls serves each of its messages
     as a Search call."""
 
     def __init__(self, manager: IndexManager):

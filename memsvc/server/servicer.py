@@ -15,7 +15,7 @@ def _version(ref: pb.VersionRef):
 
 
 class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
-    """KnowledgeService, except LookupStream: server.StreamOfUnaryCalls serves each of its
+    """KnowledgeService, except LookupStream: interceptors.StreamOfUnaryCalls serves each of its
     messages as a call of Lookup."""
 
     def __init__(self, kb, config):
