@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from memsvc.server.main import ServerConfig, create_server
-from memsvc.server.spawn import spawn_server as start_server  # noqa: F401  (used by tests)
-from memsvc.server.spawn import stop_server  # noqa: F401
+from memsvc.server.spawn import spawn_server, stop_server
 from memsvc.store import KnowledgeBase, StoreConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+# test_cli, test_cli_edits, test_search and test_backbone_memory still import these names from here
+start_server = spawn_server
 torch.set_num_threads(1)  # test processes share 2 cores with the servers they start
 WORDS = ["Spain", "Germany", "France", "Madrid", "Berlin", "Paris"] + [f"w{i}" for i in range(58)]
 
@@ -72,6 +73,6 @@ def server(tmp_path):
 def server_process(tmp_path):
     """A real `memsvc serve` process over `served_kb`; yields (process, address, data_dir)."""
     data = served_kb(tmp_path / "served")
-    proc, address = start_server(data)
+    proc, address = spawn_server(data)
     yield proc, address, data
     stop_server(proc)

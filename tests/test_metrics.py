@@ -19,8 +19,9 @@ from memsvc.core.errors import FailedPrecondition, NotFound
 from memsvc.core.values import RowOp
 from memsvc.server.main import HEALTH_NAMES, SERVICE
 from memsvc.server.metrics import Metrics, ServingState, start_http
+from memsvc.server.spawn import spawn_server, stop_server
 from memsvc.store import KnowledgeBase, StoreConfig
-from tests.conftest import WORDS, serving, small_bank, start_server, stop_server
+from tests.conftest import WORDS, serving, small_bank
 
 
 def free_port():
@@ -113,7 +114,7 @@ def test_not_serving_until_the_store_is_served(data):
 def test_sigterm_drains_finishes_calls_and_closes_the_store(data):
     port = free_port()
     log = data.parent / "server.log"
-    proc, address = start_server(data, "--metrics-port", str(port), "--drain-seconds", "2", log=log)
+    proc, address = spawn_server(data, "--metrics-port", str(port), "--drain-seconds", "2", log=log)
     acked, errors, stop = [], [], threading.Event()
 
     def editor():

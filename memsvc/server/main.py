@@ -16,8 +16,8 @@ from memsvc.core.errors import InvalidArgument
 from memsvc.search.manager import IndexManager, SearchConfig
 from memsvc.server import mosaic_servicer, search_servicer
 from memsvc.server.auth import AuthInterceptor, check_exposure, load_keys
-from memsvc.server.metrics import Metrics, MetricsInterceptor, ServingState, start_http
 from memsvc.server.interceptors import ErrorInterceptor, RawReplies, StreamOfUnaryCalls, UnparsableRequestInterceptor
+from memsvc.server.metrics import Metrics, MetricsInterceptor, ServingState, start_http
 from memsvc.server.servicer import KnowledgeServicer
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.v1 import knowledge_pb2 as pb
