@@ -24,8 +24,8 @@ from clients.mosaic import MosaicClient
 from indexes.lsh import SimHashConfig, SimHashIndex
 from indexes.mosaic import kernel_regression, lsh_regression, topk_regression
 from memsvc.core.mosaic import LshParams
+from memsvc.server.spawn import spawn_server, stop_server
 from memsvc.store import KnowledgeBase, StoreConfig
-from tests.conftest import start_server, stop_server
 
 LOG = logging.getLogger("bench.mosaic_service")
 
@@ -68,7 +68,7 @@ def main(config=BenchConfig()):
         half = config.pairs // 2
         kb.mosaic.add("m", 0, 0, keys[:half], values[:half])
         old = kb.mosaic.add("m", 0, 0, keys[half:], values[half:]).version - 1
-    proc, address = start_server(data)
+    proc, address = spawn_server(data)
     simhash = SimHashIndex(SimHashConfig(bits=config.lsh_bits, tables=config.lsh_tables), config.dim)
     simhash.add(np.arange(config.pairs), keys)
     raw = {"exact": lambda: kernel_regression(queries, keys, values, config.beta),

@@ -1,6 +1,9 @@
-"""Shared fixtures: a small real bank, a temp-path knowledge base, a real server process; a micro
-demo backbone trained once per session and a KB over its bank."""
+"""Shared fixtures: a small real bank, a temp-path knowledge base, a server in this process
+(create_server: milliseconds to start) and a real `memsvc serve` process for the tests that need
+one (signals, crashes, shutdown, TLS, serve's own options); a micro demo backbone trained once per
+session and a KB over its bank."""
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 # Before torch/faiss start OpenMP: idle OpenMP threads sleep instead of spinning, which on 2 shared
@@ -11,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from memsvc.server.spawn import spawn_server as start_server  # noqa: F401  (used by tests)
-from memsvc.server.spawn import stop_server  # noqa: F401
+from memsvc.server.main import ServerConfig, create_server
+from memsvc.server.spawn import spawn_server, stop_server
 from memsvc.store import KnowledgeBase, StoreConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,22 +36,46 @@ def kb(tmp_path):
     store.close()
 
 
+def served_kb(data_dir):
+    """A KB like `kb`'s, stored as float16 as a served bank usually is; returns data_dir."""
+    with KnowledgeBase(StoreConfig(data_dir=data_dir, create=True)) as store:
+        store.import_table("stem", small_bank(), WORDS, dtype="float16", message="import")
+    return data_dir
+
+
+@contextmanager
+def serving(data_dir, metrics=None, state=None, **config):
+    """create_server over the KB in data_dir on a free loopback port, in this process (ServerConfig
+    fields as keywords; metrics and serving state as serve() passes them); yields its address. At
+    exit the server stops and its index manager and the KB close."""
+    kb = KnowledgeBase(StoreConfig(data_dir=data_dir))
+    try:
+        server, port, _, indexes = create_server(kb, ServerConfig(data_dir=data_dir, port=0, **config), metrics, state)
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            server.stop(None).wait()
+            indexes.close()
+    finally:
+        kb.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A fresh in-process server over `served_kb`; yields (address, data_dir)."""
+    data = served_kb(tmp_path / "served")
+    with serving(data) as address:
+        yield address, data
+
+
 @pytest.fixture
 def server_process(tmp_path):
-    """A real server process over a KB like `kb`'s; yields (process, address, data_dir)."""
-    data = tmp_path / "served"
-    with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as store:
-        store.import_table("stem", small_bank(), WORDS, dtype="float16", message="import")
-    proc, address = start_server(data)
+    """A real `memsvc serve` process over `served_kb`; yields (process, address, data_dir)."""
+    data = served_kb(tmp_path / "served")
+    proc, address = spawn_server(data)
     yield proc, address, data
     stop_server(proc)
 
-
-@pytest.fixture
-def server(server_process):
-    """yields (address, data_dir) of `server_process`."""
-    _, address, data = server_process
-    return address, data
 
 
 # ---------------------------------------------------------------- a micro demo backbone (edit tests)

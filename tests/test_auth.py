@@ -1,5 +1,5 @@
-"""API keys and roles: the method->role table, key loading, secure-by-default, and a real server
-that answers UNAUTHENTICATED / PERMISSION_DENIED and changes nothing when it refuses."""
+"""API keys and roles: the method->role table, key loading, secure-by-default, and a server that
+answers UNAUTHENTICATED / PERMISSION_DENIED and changes nothing when it refuses."""
 import subprocess
 import sys
 
@@ -18,7 +18,7 @@ from memsvc.server.auth import READ, WRITE, check_exposure, load_keys, required_
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
-from tests.conftest import ROOT, WORDS, small_bank, start_server, stop_server
+from tests.conftest import ROOT, WORDS, serving, small_bank
 
 READ_KEY, WRITE_KEY = "reader-key-1", "editor-key-1"
 
@@ -72,6 +72,7 @@ def test_secure_by_default():
         check_exposure(host, {}, insecure=False)
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_public_host_without_keys(tmp_path):
     out = subprocess.run([sys.executable, "-m", "memsvc", "serve", "--data", str(tmp_path / "d"), "--host", "0.0.0.0",
                           "--port", "0", "--no-seed"], capture_output=True, text=True, cwd=ROOT, timeout=60,
@@ -88,9 +89,10 @@ def keyed(tmp_path_factory):
     data = tmp / "kb"
     with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as kb:
         kb.import_table("stem", small_bank(), WORDS)
-    proc, address = start_server(data, "--api-keys-file", str(tmp / "keys.txt"), env={"MEMSVC_WRITE_KEYS": WRITE_KEY})
-    yield address, data
-    stop_server(proc)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MEMSVC_WRITE_KEYS", WRITE_KEY)
+        with serving(data, api_keys_file=tmp / "keys.txt") as address:
+            yield address, data
 
 
 def call(address, name, request, key=None):

@@ -16,7 +16,7 @@ from memsvc.store import KnowledgeBase, StoreConfig
 from research.corpus import CorpusConfig, DemoCorpus
 from research.inject import InjectConfig, injection_report, make_requests, request_prompts
 from research.train import TrainConfig, fact_accuracy, fact_pairs, train_demo
-from tests.conftest import start_server, stop_server
+from memsvc.server.spawn import spawn_server, stop_server
 
 CORPUS = CorpusConfig(n_entities=8, n_languages=3, n_currencies=3, n_continents=2)
 MODEL = ModelConfig(d_model=32, d_ff=64, n_layer=2, n_head=2, max_seq_len=16, memory_layers=[1], memory_heads=2,
@@ -36,7 +36,7 @@ def world(tmp_path_factory):
     for data in (served_dir, local_dir):
         with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as kb:
             trained.export(kb.mosaic, "memory", labels=fact_pairs(corpus))
-    proc, address = start_server(served_dir)
+    proc, address = spawn_server(served_dir)
     client, local = MemoryClient(address), KnowledgeBase(StoreConfig(data_dir=local_dir))
     yield {"model": model, "bank": bank, "tokenizer": tokenizer, "trained": trained, "corpus": corpus,
            "metrics": metrics, "mosaic": MosaicClient(client), "local": local}

@@ -3,6 +3,7 @@ import shutil
 import sqlite3
 import tarfile
 import threading
+from contextlib import ExitStack
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from memsvc.core.errors import FailedPrecondition
 from memsvc.core.values import RowOp
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.store.backup import backup, fsck, restore
-from tests.conftest import WORDS, small_bank, start_server, stop_server
+from tests.conftest import WORDS, serving, small_bank
 
 
 def make_kb(path, edits=3, compact=False):
@@ -36,7 +37,8 @@ def all_rows(store, version):
 
 def test_backup_while_serving_restores_exactly(tmp_path):
     data = make_kb(tmp_path / "kb", compact=True)
-    proc, address = start_server(data)
+    server = ExitStack()
+    address = server.enter_context(serving(data))
     stop = threading.Event()
     try:
         with MemoryClient(address) as c:
@@ -65,7 +67,7 @@ def test_backup_while_serving_restores_exactly(tmp_path):
                 assert [x.message for x in copy.log()] == [x.message for x in c.log() if x.version <= head]
     finally:
         stop.set()
-        stop_server(proc)
+        server.close()
 
 
 def test_backup_retries_then_refuses_when_a_named_base_is_gone(tmp_path):

@@ -11,7 +11,7 @@ from clients.client import MemoryClient
 from memsvc.cli.demo import SHIPPED, import_checkpoint
 from memsvc.core.values import RowOp
 from memsvc.store import KnowledgeBase, StoreConfig
-from tests.conftest import start_server, stop_server
+from tests.conftest import serving
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +24,8 @@ def demo():
     with tempfile.TemporaryDirectory() as tmp:
         with KnowledgeBase(StoreConfig(data_dir=Path(tmp) / "kb", create=True)) as kb:
             import_checkpoint(kb, SHIPPED)
-        proc, address = start_server(Path(tmp) / "kb")
-        with MemoryClient(address) as client:
+        with serving(Path(tmp) / "kb") as address, MemoryClient(address) as client:
             yield model, bank, tokenizer, client
-        stop_server(proc)
 
 
 def prompts(tokenizer, n=6):

@@ -44,9 +44,9 @@ def test_local_and_remote_give_the_same_history(bank_files, tmp_path):
     for name in ("local", "remote"):
         assert "as version 1" in run("import", rows, "--vocab", words, "--data", tmp_path / name, "--dtype", "float16")
     local_log = edit_session(["--data", tmp_path / "local"])
-    from tests.conftest import start_server, stop_server
+    from memsvc.server.spawn import spawn_server, stop_server
 
-    proc, address = start_server(tmp_path / "remote")
+    proc, address = spawn_server(tmp_path / "remote")
     try:
         remote_log = edit_session(["--server", address])
         dry = run("edit", "--server", address, "--token", "France", "--like", "Berlin", "--dry-run")

@@ -10,7 +10,8 @@ from memsvc.cli import cli
 from memsvc.cli.demo import MODEL_DIR
 from memsvc.store import KnowledgeBase, StoreConfig
 from research.corpus import DemoCorpus, write_edit_records
-from tests.conftest import MICRO_CORPUS, start_server, stop_server
+from memsvc.server.spawn import spawn_server, stop_server
+from tests.conftest import MICRO_CORPUS
 
 
 def memsvc(*args):
@@ -64,7 +65,7 @@ def test_edit_errors_are_one_line(micro_kb):
 
 def test_eval_edits_through_the_server_commits_with_metrics(micro_kb, tmp_path):
     write_edit_records(tmp_path / "edits.jsonl", DemoCorpus(MICRO_CORPUS), n_records=4)
-    proc, address = start_server(micro_kb)
+    proc, address = spawn_server(micro_kb)
     try:
         code, out = memsvc("eval-edits", tmp_path / "edits.jsonl", "--server", address, "--model", micro_kb / "models" / "demo",
                            "--commit", "--plot", tmp_path / "edits.png")
@@ -84,7 +85,7 @@ def test_injected_alias_answers_like_its_entity_until_reverted(micro_kb):
     entity = corpus.entities[4]
     with KnowledgeBase(StoreConfig(data_dir=micro_kb)) as kb:
         np.save(micro_kb / "rows.npy", kb.read_rows("stem", kb.token_ids("stem", [entity]))[0])  # (layers, d_ff)
-    proc, address = start_server(micro_kb)
+    proc, address = spawn_server(micro_kb)
     try:
         served = ("--data", micro_kb, "--server", address)  # --data: where the model is
         assert memsvc("inject", *served, "--token", "Atlantis", "--like", entity) == (0, "committed version 2: injected 'Atlantis'\n")

@@ -23,6 +23,7 @@ def test_every_rpc_is_fuzzed():
     assert {"Lookup", "Edit", "InjectToken", "Revert", "Tag", "Diff", "AddPairs", "QueryMosaic"} <= names
 
 
+@pytest.mark.slow  # a real server process under a memory limit
 def test_unparsable_bytes_are_invalid_argument_and_change_nothing(target):
     for method, _ in target.methods:
         for data in [b"\xff\xff\xff", b"\x0a\x05st", b"\x08" + b"\x80" * 11]:
@@ -30,6 +31,7 @@ def test_unparsable_bytes_are_invalid_argument_and_change_nothing(target):
     assert target.changed == []
 
 
+@pytest.mark.slow  # a real server process under a memory limit
 def test_fuzzed_requests_get_expected_codes_and_change_nothing(target):
     fuzz(target, 200)
     assert sum(target.histogram.values()) >= 200

@@ -1,5 +1,6 @@
-"""End to end over a real `memsvc serve` process on loopback: the client, health, reflection,
-and a clear status for every bad input (the server keeps serving, nothing is written)."""
+"""End to end over gRPC on loopback (a server in this process; a real `memsvc serve` process where
+one is stopped): the client, health, reflection, and a clear status for every bad input (the
+server keeps serving, nothing is written)."""
 import os
 import signal
 import time
@@ -89,7 +90,7 @@ def test_health_and_reflection(server):
     address, _ = server
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "memsvc.v1.KnowledgeService"):
+        for service in ("", "memsvc.v1.KnowledgeService", "memsvc.v1.SearchService", "memsvc.v1.MosaicService"):
             assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
         reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
         reply = next(reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
@@ -177,6 +178,7 @@ def test_lookup_stream_answers_like_lookup_and_an_error_ends_it_with_the_same_st
         np.testing.assert_array_equal(again.rows, plain.lookup("stem", ["Spain", "Paris"]).rows)
 
 
+@pytest.mark.slow
 def test_a_streamed_lookup_times_out_when_the_server_stops_answering(server_process):
     proc, address, _ = server_process
     with MemoryClient(address, timeout=1.0) as c:

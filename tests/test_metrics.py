@@ -1,12 +1,13 @@
 """Metrics, probes and graceful shutdown: /metrics counts what the server did, /readyz and the gRPC
-health service say NOT_SERVING before the store is served and from SIGTERM on, in-flight calls
-finish, and the store closes cleanly."""
+health service say NOT_SERVING before the store is served and from SIGTERM on (a real process),
+in-flight calls finish, and the store closes cleanly."""
 import signal
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 
 import grpc
 import pytest
@@ -16,10 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from clients.client import MemoryClient
 from memsvc.core.errors import FailedPrecondition, NotFound
 from memsvc.core.values import RowOp
-from memsvc.server.main import SERVICE, ServerConfig, create_server
+from memsvc.server.main import HEALTH_NAMES, SERVICE
 from memsvc.server.metrics import Metrics, ServingState, start_http
+from memsvc.server.spawn import spawn_server, stop_server
 from memsvc.store import KnowledgeBase, StoreConfig
-from tests.conftest import WORDS, small_bank, start_server, stop_server
+from tests.conftest import WORDS, serving, small_bank
 
 
 def free_port():
@@ -49,6 +51,24 @@ def health_status(address):
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5).status
 
 
+@contextmanager
+def probes(metrics, state):
+    """/metrics, /healthz and /readyz over metrics and state, as serve() starts them; yields the HTTP port."""
+    httpd, port = start_http("127.0.0.1", 0, metrics, state)
+    try:
+        yield port
+    finally:
+        httpd.shutdown()
+
+
+@contextmanager
+def metered(data):
+    """An in-process server with its metrics and probes; yields (gRPC address, HTTP port)."""
+    metrics, state = Metrics(), ServingState(health.HealthServicer(), HEALTH_NAMES)
+    with probes(metrics, state) as port, serving(data, metrics, state) as address:
+        yield address, port
+
+
 @pytest.fixture
 def data(tmp_path):
     with KnowledgeBase(StoreConfig(data_dir=tmp_path / "kb", create=True)) as kb:
@@ -57,9 +77,7 @@ def data(tmp_path):
 
 
 def test_metrics_count_calls_rows_errors_and_commits(data):
-    port = free_port()
-    proc, address = start_server(data, "--metrics-port", str(port))
-    try:
+    with metered(data) as (address, port):
         with MemoryClient(address) as c:
             for _ in range(3):
                 c.lookup("stem", ["Spain", "Paris", "Spain"], layers=[0, 2])  # 2 unique tokens x 2 layers
@@ -78,32 +96,25 @@ def test_metrics_count_calls_rows_errors_and_commits(data):
         assert http_get(port, "/healthz") == (200, "ok\n")
         assert http_get(port, "/readyz") == (200, "ready\n")
         assert http_get(port, "/nothing")[0] == 404
-    finally:
-        stop_server(proc)
 
 
 def test_not_serving_until_the_store_is_served(data):
     """serve()'s order: probes first (not ready), then the store, then SERVING."""
-    state, metrics = ServingState(health.HealthServicer(), ("", SERVICE)), Metrics()
-    httpd, port = start_http("127.0.0.1", 0, metrics, state)
+    state, metrics = ServingState(health.HealthServicer(), HEALTH_NAMES), Metrics()
     request = health_pb2.HealthCheckRequest(service=SERVICE)
-    assert http_get(port, "/readyz")[0] == 503
-    assert state.health.Check(request, None).status == health_pb2.HealthCheckResponse.NOT_SERVING
-    kb = KnowledgeBase(StoreConfig(data_dir=data))
-    server, grpc_port, _, _ = create_server(kb, ServerConfig(data_dir=data, port=0), metrics, state)
-    try:
-        assert http_get(port, "/readyz")[0] == 200
-        assert health_status(f"127.0.0.1:{grpc_port}") == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        server.stop(None).wait()
-        kb.close()
-        httpd.shutdown()
+    with probes(metrics, state) as port:
+        assert http_get(port, "/readyz")[0] == 503
+        assert state.health.Check(request, None).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with serving(data, metrics, state) as address:
+            assert http_get(port, "/readyz")[0] == 200
+            assert health_status(address) == health_pb2.HealthCheckResponse.SERVING
 
 
+@pytest.mark.slow
 def test_sigterm_drains_finishes_calls_and_closes_the_store(data):
     port = free_port()
     log = data.parent / "server.log"
-    proc, address = start_server(data, "--metrics-port", str(port), "--drain-seconds", "2", log=log)
+    proc, address = spawn_server(data, "--metrics-port", str(port), "--drain-seconds", "2", log=log)
     acked, errors, stop = [], [], threading.Event()
 
     def editor():
@@ -127,7 +138,8 @@ def test_sigterm_drains_finishes_calls_and_closes_the_store(data):
         pass  # the drain window: NOT_SERVING is visible while calls are still answered
     assert http_get(port, "/readyz")[0] == 503
     with MemoryClient(address) as c:
-        assert c.lookup("stem", ["Berlin"]).version >= acked[-1]  # still answering while draining
+        seen = acked[-1]  # read before the lookup: the editor may ack more commits while it runs
+        assert c.lookup("stem", ["Berlin"]).version >= seen  # still answering while draining
     assert proc.wait(timeout=30) == 0
     stop.set()
     thread.join()
@@ -146,9 +158,7 @@ def test_sigterm_drains_finishes_calls_and_closes_the_store(data):
 def test_metrics_report_index_lag_in_commits_and_rows(data):
     from clients.search import SearchClient
 
-    port = free_port()
-    proc, address = start_server(data, "--metrics-port", str(port))
-    try:
+    with metered(data) as (address, port):
         with MemoryClient(address) as c:
             SearchClient(c).create("near", "stem", layer=1, config={"kind": "exact"}, wait=True)
             assert samples(port)[("memsvc_index_lag_commits", frozenset({("index", "near")}))] == 0
@@ -157,5 +167,3 @@ def test_metrics_report_index_lag_in_commits_and_rows(data):
         m = samples(port)
         assert m[("memsvc_index_lag_commits", frozenset({("index", "near")}))] == 2
         assert m[("memsvc_index_lag_rows", frozenset({("index", "near")}))] == 1
-    finally:
-        stop_server(proc)

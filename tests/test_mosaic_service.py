@@ -1,5 +1,5 @@
 """Memory Mosaic stores as a table kind: pairs as commits read at any version, EXACT/TOPK/LSH
-through a real server against indexes/mosaic.py on the same pairs, bad input, gc, the CLI."""
+through a server against indexes/mosaic.py on the same pairs, bad input, gc, the CLI."""
 import re
 
 import numpy as np
@@ -13,7 +13,7 @@ from memsvc.cli import cli
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from memsvc.core.mosaic import BetaPolicy, LshParams, merge
 from memsvc.store import KnowledgeBase, StoreConfig
-from tests.conftest import start_server, stop_server
+from tests.conftest import serving
 
 KEY_DIM, VALUE_DIM = 8, 4
 FULL_RECALL = LshParams(bits=1, tables=400)  # u ≈ 1 for every key: LSH reads like EXACT
@@ -52,18 +52,15 @@ def kb(tmp_path):
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
-    """A real server whose KB holds stores 'a' (pairs 0..24), 'b' (25..39), 'all' (0..39)."""
+    """A server whose KB holds stores 'a' (pairs 0..24), 'b' (25..39), 'all' (0..39)."""
     data = tmp_path_factory.mktemp("served") / "kb"
     KnowledgeBase(StoreConfig(data_dir=data, create=True)).close()
-    proc, address = start_server(data)
-    client = MemoryClient(address)
-    mosaic = MosaicClient(client)
-    for name, rows in (("a", slice(0, 25)), ("b", slice(25, 40)), ("all", slice(0, 40))):
-        mosaic.create(name, num_layers=2, num_heads=2, key_dim=KEY_DIM, value_dim=VALUE_DIM, topk_index="exact")
-        mosaic.add(name, 0, 1, K[rows], V[rows])
-    yield mosaic
-    client.close()
-    stop_server(proc)
+    with serving(data) as address, MemoryClient(address) as client:
+        mosaic = MosaicClient(client)
+        for name, rows in (("a", slice(0, 25)), ("b", slice(25, 40)), ("all", slice(0, 40))):
+            mosaic.create(name, num_layers=2, num_heads=2, key_dim=KEY_DIM, value_dim=VALUE_DIM, topk_index="exact")
+            mosaic.add(name, 0, 1, K[rows], V[rows])
+        yield mosaic
 
 
 def test_add_remove_replace_are_commits_read_at_every_version(kb):

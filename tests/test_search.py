@@ -417,12 +417,12 @@ def test_mosaic_bad_input_names_the_field(facts):
 
 def test_mosaic_search_through_grpc_cli_and_a_restart(tmp_path):
     from clients.mosaic import MosaicClient
-    from tests.conftest import start_server, stop_server
+    from memsvc.server.spawn import spawn_server, stop_server
 
     data = tmp_path / "served"
     with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as store:
         store.import_table("stem", small_bank(), WORDS, dtype="float16")
-    proc, address = start_server(data)
+    proc, address = spawn_server(data)
     try:
         with MemoryClient(address) as client:
             search, mosaic = SearchClient(client), MosaicClient(client)
@@ -476,7 +476,7 @@ def test_mosaic_search_through_grpc_cli_and_a_restart(tmp_path):
         stop_server(proc)
     assert (data / "indexes" / "querylog" / "facts@1.2.npz").exists()  # saved at shutdown
 
-    proc, address = start_server(data)  # indexes reload at start and answer as before
+    proc, address = spawn_server(data)  # indexes reload at start and answer as before
     try:
         with MemoryClient(address) as client:
             search = SearchClient(client)

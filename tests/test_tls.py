@@ -7,8 +7,11 @@ from click.testing import CliRunner
 from clients.client import MemoryClient
 from memsvc.cli import cli
 from memsvc.core.errors import FailedPrecondition
+from memsvc.server.spawn import spawn_server, stop_server
 from memsvc.store import KnowledgeBase, StoreConfig
-from tests.conftest import WORDS, small_bank, start_server, stop_server
+from tests.conftest import WORDS, small_bank
+
+pytestmark = pytest.mark.slow  # TLS is served by a real `memsvc serve` process
 
 
 def self_signed(folder, name):
@@ -28,7 +31,7 @@ def tls_server(tmp_path_factory):
     data = tmp / "kb"
     with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as kb:
         kb.import_table("stem", small_bank(), WORDS)
-    proc, address = start_server(data, "--tls-cert", str(cert), "--tls-key", str(key))
+    proc, address = spawn_server(data, "--tls-cert", str(cert), "--tls-key", str(key))
     yield address, cert, other_ca
     stop_server(proc)
 
@@ -58,4 +61,4 @@ def test_serve_needs_both_cert_and_key(tmp_path):
     with KnowledgeBase(StoreConfig(data_dir=tmp_path / "kb", create=True)) as kb:
         kb.import_table("stem", small_bank(), WORDS)
     with pytest.raises(RuntimeError, match="did not start"):
-        start_server(tmp_path / "kb", "--tls-cert", str(cert))
+        spawn_server(tmp_path / "kb", "--tls-cert", str(cert))

@@ -1,6 +1,6 @@
 """The errors memsvc raises, defined once.
 
-The gRPC layer maps each class to one status code (memsvc/servicer.py, ``STATUS_OF``); the CLI
+The gRPC layer maps each class to one status code (memsvc/server/interceptors.py, ``STATUS_OF``); the CLI
 turns every one into a one-line ``Error: ...`` with exit status 1. Messages name the field.
 """
 

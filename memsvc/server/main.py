@@ -17,8 +17,9 @@ from memsvc.search.config import SearchConfig
 from memsvc.search.manager import IndexManager
 from memsvc.server import mosaic_servicer, search_servicer
 from memsvc.server.auth import AuthInterceptor, check_exposure, load_keys
+from memsvc.server.interceptors import ErrorInterceptor, RawReplies, StreamOfUnaryCalls, UnparsableRequestInterceptor
 from memsvc.server.metrics import Metrics, MetricsInterceptor, ServingState, start_http
-from memsvc.server.servicer import ErrorInterceptor, KnowledgeServicer, UnaryInterceptor
+from memsvc.server.servicer import KnowledgeServicer
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
@@ -29,6 +30,8 @@ from memsvc.wire import search as search_wire
 from memsvc.wire.knowledge import SERVICE
 
 LOG = logging.getLogger("memsvc.server")
+SERVICES = (SERVICE, mosaic_wire.SERVICE, search_wire.SERVICE)
+HEALTH_NAMES = ("", *SERVICES)  # the names the health service answers for: the server, and each service
 
 
 @dataclass
@@ -55,11 +58,12 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
                   state: ServingState | None = None):
     """A started, SERVING gRPC server over ``kb``; returns (server, port, serving_state, index_manager).
     Interceptors run outermost first: metrics (sees every status), auth, streams as unary calls
-    (whose messages get the metrics and error wraps too), unparsable requests, error mapping."""
+    (whose messages get the metrics and error wraps too), unparsable requests, error mapping,
+    and Lookup's reply bytes sent as written."""
     keys = load_keys(config.api_keys_file)
     check_exposure(config.host, keys, config.insecure)
     measured = [MetricsInterceptor(metrics)] if metrics else []
-    checked = [UnparsableRequestInterceptor(), ErrorInterceptor()]
+    checked = [UnparsableRequestInterceptor(), ErrorInterceptor(), RawReplies({f"/{SERVICE}/Lookup"})]
     servicer = KnowledgeServicer(kb, config)
     searcher = search_servicer.SearchServicer(IndexManager(kb, SearchConfig(build_niceness=config.build_niceness)))
     streams = StreamOfUnaryCalls({
@@ -79,9 +83,9 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
     indexes = searcher.manager
     if metrics is not None:
         metrics.track_store(lambda: kb.version, indexes.list)
-    state = state or ServingState(health.HealthServicer(), ("", SERVICE))
+    state = state or ServingState(health.HealthServicer(), HEALTH_NAMES)
     health_pb2_grpc.add_HealthServicer_to_server(state.health, server)
-    reflection.enable_server_reflection([SERVICE, mosaic_wire.SERVICE, search_wire.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     address = f"{config.host}:{config.port}"
     port = server.add_secure_port(address, tls_credentials(config)) if config.tls_cert or config.tls_key \
         else server.add_insecure_port(address)
@@ -95,53 +99,6 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
 def _unary(behaviour, request_type, response_type):
     return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=request_type.FromString,
                                                response_serializer=response_type.SerializeToString)
-
-
-class StreamOfUnaryCalls(grpc.ServerInterceptor):
-    """Serves a streaming method as one call of its unary twin per message (LookupStream ->
-    Lookup, SearchStream -> Search): ``twins`` maps the stream's full name to (the unary's full
-    name, its servicer handler), and each message goes through ``per_message`` interceptors'
-    wraps (metrics, parsing, errors) exactly as a unary call does. The interceptors outside this one (auth) see
-    the stream once, when it opens. An error ends the stream with its status."""
-
-    def __init__(self, twins: dict, per_message: list):
-        self.calls = {}
-        for stream, (unary, handler) in twins.items():
-            for interceptor in reversed(per_message):
-                handler = interceptor.wrap(unary, handler)
-            self.calls[stream] = handler
-
-    def intercept_service(self, continuation, details):
-        call = self.calls.get(details.method)
-        if call is None:
-            return continuation(details)
-        behaviour = call.unary_unary
-        return grpc.stream_stream_rpc_method_handler(
-            lambda requests, context: (behaviour(request, context) for request in requests),
-            request_deserializer=call.request_deserializer, response_serializer=call.response_serializer)
-
-
-class UnparsableRequestInterceptor(UnaryInterceptor):
-    """A request whose bytes do not parse is INVALID_ARGUMENT (gRPC itself answers INTERNAL)."""
-
-    def wrap(self, method, handler):
-        if handler.request_deserializer is None:
-            return handler
-        parse, behaviour = handler.request_deserializer, handler.unary_unary
-
-        def lenient(data):
-            try:
-                return parse(data)
-            except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
-                return e
-
-        def guarded(request, context):
-            if isinstance(request, Exception):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {method} request ({request})")
-            return behaviour(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=lenient,
-                                                   response_serializer=handler.response_serializer)
 
 
 def tls_credentials(config: ServerConfig) -> grpc.ServerCredentials:
@@ -172,7 +129,7 @@ def serve(config: ServerConfig, ready=None):
     if not reuse_freed_memory():
         LOG.info("allocator: not glibc, large replies use fresh pages")
     check_exposure(config.host, load_keys(config.api_keys_file), config.insecure)  # fail before loading
-    metrics, state = Metrics(), ServingState(health.HealthServicer(), ("", SERVICE))
+    metrics, state = Metrics(), ServingState(health.HealthServicer(), HEALTH_NAMES)
     if config.metrics_port is not None:  # up before the store opens: /readyz says 503 while it loads
         _, http_port = start_http(config.host, config.metrics_port, metrics, state)
         print(f"memsvc: metrics and probes on http://{config.host}:{http_port}/metrics", flush=True)

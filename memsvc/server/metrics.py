@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from memsvc.server.servicer import UnaryInterceptor
+from memsvc.server.interceptors import UnaryInterceptor
 from memsvc.wire import lookup as lookup_wire
 
 # 50 µs .. 10 s: a cached lookup is ~0.3 ms over Python gRPC, a big edit or diff seconds.

@@ -9,7 +9,7 @@ from memsvc.wire.search import head_of, info_to_pb, json_object
 
 
 class SearchServicer(spb_grpc.SearchServiceServicer):
-    """SearchService, except SearchStream: server.StreamOfUnaryCalls serves each of its messages
+    """SearchService, except SearchStream: interceptors.StreamOfUnaryCalls serves each of its messages
     as a Search call."""
 
     def __init__(self, manager: IndexManager):

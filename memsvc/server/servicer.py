@@ -1,75 +1,17 @@
 """The gRPC servicer: adapters only. Each method decodes a request, calls one store function
-and encodes the reply; errors become status codes in one place (ErrorInterceptor)."""
-import logging
-
-import grpc
+and encodes the reply; errors become status codes in one place (interceptors.ErrorInterceptor)."""
 import numpy as np
 
-from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError, NotFound, OutOfRange,
-                                ResourceExhausted)
+from memsvc.core.errors import InvalidArgument
 from memsvc.server.shared_buffers import SharedBuffers
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 from memsvc.wire import knowledge as convert
 from memsvc.wire import lookup as lookup_wire
 
-LOG = logging.getLogger("memsvc.servicer")
-
-# The single mapping from memsvc errors to gRPC status codes (most specific class first).
-STATUS_OF = [
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
-    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
-    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
-    (MemsvcError, grpc.StatusCode.FAILED_PRECONDITION),
-]
-
-
-def status_of(error: Exception) -> grpc.StatusCode:
-    return next((code for cls, code in STATUS_OF if isinstance(error, cls)), grpc.StatusCode.INTERNAL)
-
-
-class UnaryInterceptor(grpc.ServerInterceptor):
-    """An interceptor of unary-unary calls: ``wrap(method, handler)`` returns the handler with its
-    behaviour wrapped. server.StreamOfUnaryCalls applies the same wraps to each message of a stream."""
-
-    def intercept_service(self, continuation, details):
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        return self.wrap(details.method, handler)
-
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        raise NotImplementedError
-
-
-class ErrorInterceptor(UnaryInterceptor):
-    """Turns exceptions raised by servicer methods into status codes with their message."""
-
-    def wrap(self, method, handler):
-        behaviour = handler.unary_unary
-
-        def guarded(request, context):
-            try:
-                return behaviour(request, context)
-            except Exception as e:  # noqa: BLE001 - every error gets a status, the server keeps serving
-                code = status_of(e)
-                if code == grpc.StatusCode.INTERNAL:
-                    LOG.exception("internal error in %s", method)
-                context.abort(code, str(e))
-
-        serialize = handler.response_serializer
-        # Lookup writes its reply as wire bytes itself (lookup_wire.lookup_to_wire): pass them through.
-        return grpc.unary_unary_rpc_method_handler(
-            guarded, request_deserializer=handler.request_deserializer,
-            response_serializer=lambda r: r.data if isinstance(r, lookup_wire.LookupWire) else serialize(r))
-
 
 class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
-    """KnowledgeService, except LookupStream: server.StreamOfUnaryCalls serves each of its
+    """KnowledgeService, except LookupStream: interceptors.StreamOfUnaryCalls serves each of its
     messages as a call of Lookup."""
 
     def __init__(self, kb, config):
