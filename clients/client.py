@@ -136,6 +136,11 @@ class MemoryClient:
         """Words by token id ('' for ids that do not exist at that version)."""
         return list(self._call("Vocabulary", pb.VocabularyRequest(table=table, at=_ref(version))).words)
 
+    def tokenizer(self, table, version=None) -> tuple:
+        """(kind, file bytes) of the tokenizer imported with the table; ("", b"") for a word list."""
+        reply = self._call("Vocabulary", pb.VocabularyRequest(table=table, at=_ref(version), with_tokenizer=True))
+        return reply.tokenizer_kind, reply.tokenizer
+
     def lookup(self, table, tokens, layers=None, version=None, tag=None, overrides=None) -> LookupResult:
         """Rows of tokens (ids or words); ``.in_request_order()`` gives float32 (n, L, d)."""
         request, sent = self._lookup_request(table, tokens, layers, version, tag, overrides)
@@ -338,6 +343,9 @@ class PinnedClient:
 
     def vocabulary(self, table) -> list:
         return self.client.vocabulary(table, self.version)
+
+    def tokenizer(self, table) -> tuple:
+        return self.client.tokenizer(table, self.version)
 
     def lookup(self, table, tokens, layers=None, overrides=None) -> LookupResult:
         return self.client.lookup(table, tokens, layers, version=self.version, overrides=overrides)

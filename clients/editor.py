@@ -7,16 +7,54 @@ a commit would write; nothing written)."""
 from memsvc.core.errors import InvalidArgument
 
 
-def entity_ops(store, table, source, target, mode="auto", layers=(), version=None):
-    """RowOps that make the words of `source` read `target`'s rows (editing/entity.py modes)."""
+def entity_ops(store, table, source, target, mode="auto", layers=(), version=None, shared_ok=False):
+    """RowOps that make the pieces of `source` read `target`'s rows (editing/entity.py modes): the
+    pieces the table's tokenizer gives each in running text (words split on spaces for a word list).
+    An entity of several pieces shares them with other words ("new" of "new york"): refused unless
+    ``shared_ok``, because the edit rewrites them for every word that uses them."""
     from editing.entity import EntityEdit, entity_row_ops
 
-    ids = lambda text, field: store.token_ids(table, text.split(), version, field).tolist()
+    ids, pieces = entity_ids(store, table, version)
     edit = EntityEdit(source=ids(source, "entity"), target=ids(target, "to"), mode=mode, layers=list(layers))
+    if len(edit.source) > 1 and not shared_ok:
+        raise InvalidArgument(f"--entity: {source!r} is {len(edit.source)} pieces other words share too "
+                              f"({', '.join(pieces(edit.source))}); the edit would change them wherever they occur; "
+                              "pass --shared-ok to edit them anyway")
     ops = entity_row_ops(edit, lambda tokens: store.read_rows(table, tokens, version))
     if not ops:
         raise InvalidArgument("--to: the edit changes nothing (source and target are the same tokens)")
     return ops
+
+
+def entity_ids(store, table, version=None) -> tuple:
+    """(ids(text, field), pieces(ids)) of a table: its tokenizer's running-text pieces, or its words
+    split on spaces for a word-list table (resolved by the store, whose errors name the table)."""
+    from editing.tokens import Vocabulary
+
+    if store.tokenizer(table, version)[0]:
+        vocab = Vocabulary.of(store, table, version)
+        return vocab.encode_entity, vocab.pieces
+    words = store.vocabulary(table, version)
+    return (lambda text, field: store.token_ids(table, text.split(), version, field).tolist(),
+            lambda token_ids: [words[i] for i in token_ids])
+
+
+def entity_pieces(store, table, text, version=None) -> str:
+    """What an entity resolves to in a table, for a dry run: its pieces and their ids."""
+    ids, pieces = entity_ids(store, table, version)
+    found = ids(text, "entity")
+    shared = " (pieces other words share: editing them needs --shared-ok)" if len(found) > 1 else ""
+    return f"{text!r} -> " + " ".join(f"{p}({i})" for p, i in zip(pieces(found), found)) + shared
+
+
+def resolve_token(store, table, word, version=None):
+    """A typed word as the row op names it: the word itself for a word-list table (the store resolves
+    it exactly), else the one piece the table's tokenizer reads for it ("Paris" -> "paris" uncased)."""
+    from editing.tokens import Vocabulary
+
+    if word is None or not store.tokenizer(table, version)[0]:
+        return dict(token=word)
+    return dict(token_id=Vocabulary.of(store, table, version).resolve(word, "--token"))
 
 
 def guess_subject(prompt):
@@ -105,7 +143,8 @@ def evaluate(editor, records, kind="auto", progress=True):
         if kind == "entity" or (kind == "auto" and record.target_subject):
             if not record.target_subject:
                 raise InvalidArgument(f"records: {record.prompt!r} has no target_subject for an entity edit")
-            ops = entity_ops(editor.store, editor.table, record.subject, record.target_subject, version=editor.version)
+            ops = entity_ops(editor.store, editor.table, record.subject, record.target_subject, version=editor.version,
+                             shared_ok=True)  # overrides: measured, nothing written
         else:
             ops = editor.fact_ops(record.prompt, record.target_new, record.subject)[0]
         results.append((ops, editor.score(record, ops, before)))

@@ -32,6 +32,8 @@ class Vocabulary:
         self._words = list(words)
         self._ids = {}
         for i, word in enumerate(self._words):
+            if not word:
+                continue  # an id that does not exist at this version (a removed injection)
             if word in self._ids:
                 raise InvalidArgument(f"words: duplicate word {word!r} at ids {self._ids[word]} and {i}")
             self._ids[word] = i
@@ -66,10 +68,15 @@ class Vocabulary:
         return cls(words, encoder)
 
     @classmethod
-    def from_stored(cls, words, kind, data, added=()):
-        """The vocabulary a table stores: its words by id, its tokenizer, the words injected since."""
+    def of(cls, store, table, version=None):
+        """The vocabulary of a store's table at a version (a KnowledgeBase or a MemoryClient): its
+        words, encoded by the tokenizer imported with it; words past the tokenizer's own pieces
+        (injected since, or ids the tokenizer has no text for) are matched whole."""
+        words = store.vocabulary(table, version)
+        kind, data = store.tokenizer(table, version)
         vocab = cls(words, encoder_from(kind, data) if kind else None)
-        vocab._added = {w: vocab._ids[w] for w in added if w in vocab._ids}
+        if vocab.encoder is not None:
+            vocab._added = {w: i for i, w in enumerate(words) if i >= len(vocab.encoder.pieces) and w}
         return vocab
 
     def __len__(self):

@@ -3,13 +3,15 @@ checkpoint written in exactly their layout (params.json, consolidated.pth under 
 consolidated_stem.pth), checked against a plain reference forward written here from the tensors,
 then decoded with its bank in process, through RemoteBank and through LocalBank."""
 import json
+from dataclasses import replace
 
+import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
 from clients.backbone.model import InProcessBank, generate
-from clients.backbone.official import hidden_dim, load_official
+from clients.backbone.official import check_table, hidden_dim, load_official
 from clients.banks import LocalBank, RemoteBank
 from clients.client import MemoryClient
 from memsvc.cli import cli
@@ -91,6 +93,11 @@ def test_the_authors_backbone_decodes_the_same_in_process_and_through_memsvc(tmp
     server, port, _, indexes = create_server(kb, ServerConfig(data_dir=tmp_path / "kb", port=0))
     try:
         with MemoryClient(f"127.0.0.1:{port}") as client:
+            info = client.describe("stem")
+            assert info.model_layers == [2, 1]  # params.json's stem_layers, recorded by the import
+            check_table(model.config, info)
+            with pytest.raises(ValueError, match=r"feeds model layers \[1, 2\], this model's STEM layers are \[2, 1\]"):
+                check_table(model.config, replace(info, model_layers=[1, 2]))
             for served in (RemoteBank(client, "stem", cache_tokens=8), LocalBank(client, "stem")):
                 assert torch.equal(generate(model, served, tokens[None], max_new_tokens=10), expected)
     finally:

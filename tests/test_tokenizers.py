@@ -102,3 +102,48 @@ def test_bad_tokenizer_files_are_one_line_errors(tmp_path):
         Vocabulary.from_file(tmp_path / "ranks.tiktoken")
     (tmp_path / "words.txt").write_text("Spain\nFrance\n")
     assert Vocabulary.from_file(tmp_path / "words.txt").encode_entity("France Spain") == [1, 0]
+
+
+def test_a_table_keeps_its_tokenizer_and_edits_encode_words_with_it(tmp_path):
+    """memsvc import stores the tokenizer with the table; --token, --entity and the dry run read
+    words through it, locally and through a server; an injected word is encoded whole."""
+    import numpy as np
+    from click.testing import CliRunner
+
+    from clients.client import MemoryClient
+    from memsvc.cli import cli
+    from memsvc.store import KnowledgeBase, StoreConfig
+    from tests.conftest import serving
+
+    vocab = bert_uncased(tmp_path)
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).standard_normal((len(vocab), 2, 4)).astype(np.float32))
+    data = str(tmp_path / "kb")
+    run = lambda *args: CliRunner().invoke(cli, [str(a) for a in args])
+    out = run("import", tmp_path / "rows.npy", "--vocab", tmp_path / "tokenizer.json", "--table", "bert", "--data", data)
+    assert out.exit_code == 0 and "words encoded by its tokenizer.json" in out.output, out.output
+    assert run("tables", "--data", data).output.rstrip().endswith("\ttokenizer.json")
+
+    paris, france = vocab.id_of("paris"), vocab.id_of("france")
+    out = run("edit", "--data", data, "--table", "bert", "--token", "Paris", "--like", "France", "-m", "cased words")
+    assert out.exit_code == 0 and "committed version 2: 2 rows changed" in out.output, out.output
+    out = run("edit", "--data", data, "--table", "bert", "--entity", "New York", "--to", "Paris")
+    assert out.exit_code == 1 and out.output.startswith("Error: --entity: 'New York' is 2 pieces other words share too (new, york)")
+    out = run("edit", "--data", data, "--table", "bert", "--entity", "Elbriar", "--to", "Paris", "--dry-run")
+    assert out.exit_code == 0 and "'Elbriar' -> el(11) ##bria(12) ##r(13) (pieces other words share" in out.output
+    with KnowledgeBase(StoreConfig(data_dir=tmp_path / "kb")) as kb:
+        assert kb.version == 2  # the refusal and the dry run wrote nothing
+        rows = kb.lookup("bert", [paris, france]).in_request_order()
+        np.testing.assert_array_equal(rows[0], rows[1])
+        assert kb.inject_token("bert", "Atlantis", like=["paris"]).version == 3
+
+    with serving(tmp_path / "kb") as address:
+        out = run("edit", "--server", address, "--table", "bert", "--entity", "new york", "--to", "Atlantis",
+                  "--shared-ok", "-m", "new york reads Atlantis")
+        assert out.exit_code == 0 and "committed version 4: 4 rows changed" in out.output, out.output
+        with MemoryClient(address) as client:
+            info = client.describe("bert")
+            assert info.tokenizer == "tokenizer.json" and info.model_layers == []
+            rows = client.lookup("bert", ["new", "york", "Atlantis"]).in_request_order()
+            np.testing.assert_array_equal(rows[0], rows[2])
+            np.testing.assert_array_equal(rows[1], rows[2])
+            assert Vocabulary.of(client, "bert").encode_entity("Atlantis") == [len(vocab)]

@@ -80,3 +80,15 @@ def stem_transformer_state(state: dict, config: ModelConfig) -> dict:
             if theirs.format(i) in state:
                 out[ours.format(i)] = state[theirs.format(i)]
     return out
+
+
+def check_table(config: ModelConfig, info) -> None:
+    """Refuse a memsvc table (its TableInfo) that does not feed this model: the table's layer j must
+    feed config.stem_layers[j] (its recorded model_layers, when the import knew them) and its rows
+    must be d_ff wide."""
+    if (info.num_layers, info.dim) != (config.n_stem, config.d_ff):
+        raise ValueError(f"table {info.name!r}: {info.num_layers} layers x {info.dim}, the model reads "
+                         f"{config.n_stem} x {config.d_ff}")
+    if info.model_layers and list(info.model_layers) != list(config.stem_layers):
+        raise ValueError(f"table {info.name!r} feeds model layers {list(info.model_layers)}, this model's STEM "
+                         f"layers are {config.stem_layers}")

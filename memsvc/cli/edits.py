@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from clients.editor import Editor, entity_ops, evaluate, guess_subject
+from clients.editor import Editor, entity_ops, entity_pieces, evaluate, guess_subject, resolve_token
 from memsvc.cli.options import commit_options, open_store, print_dry_run, store_options, table_option
 from memsvc.core.errors import InvalidArgument
 
@@ -27,8 +27,9 @@ from memsvc.core.errors import InvalidArgument
 @click.option("--alpha", type=float, default=None, help="Blend: new = (1 - alpha) * old + alpha * source.")
 @commit_options
 @click.option("--dry-run", is_flag=True, help="Print the rows that would change and their 5 nearest tokens; write nothing.")
+@click.option("--shared-ok", is_flag=True, help="Edit an entity of several pieces that other words share too.")
 def edit(data, server, table, token, entity, to, mode, fact, target, subject, model_dir, vector, like, layers, alpha,
-         message, author, dry_run):
+         message, author, dry_run, shared_ok):
     """Change a token's rows, an entity's rows or one fact as one commit.
 
     \b
@@ -45,31 +46,35 @@ def edit(data, server, table, token, entity, to, mode, fact, target, subject, mo
     if entity or fact:
         with open_store(data, server) as store:
             return edit_entity_or_fact(store, table, entity, to, mode, fact, target, subject, layers,
-                                       model_dir or Path(data) / "models" / "demo", author, message, dry_run)
+                                       model_dir or Path(data) / "models" / "demo", author, message, dry_run, shared_ok)
     if token is None:
         raise InvalidArgument("--token: give --token, --entity or --fact")
     if (vector is None) == (like is None):
         raise InvalidArgument("--vector/--like: give exactly one")
-    op = RowOp(op="copy" if alpha is None else "blend", token=token, layers=list(layers),
-               vector=parse_vector_arg(vector) if vector is not None else None, source_token=like,
-               alpha=1.0 if alpha is None else alpha)
-    if vector is not None and alpha is None:
-        op.op = "set"
     with open_store(data, server) as store:
+        source = {f"source_{k}": v for k, v in resolve_token(store, table, like).items()}
+        op = RowOp(op="copy" if alpha is None else "blend", **resolve_token(store, table, token), layers=list(layers),
+                   vector=parse_vector_arg(vector) if vector is not None else None, **source,
+                   alpha=1.0 if alpha is None else alpha)
+        if vector is not None and alpha is None:
+            op.op = "set"
         if dry_run:
             return print_dry_run(store, table, [op])
         r = store.edit(table, [op], author=author, message=message)
     click.echo(f"committed version {r.version}: {r.rows_changed} rows changed")
 
 
-def edit_entity_or_fact(store, table, entity, to, mode, fact, target, subject, layers, model_dir, author, message, dry_run):
+def edit_entity_or_fact(store, table, entity, to, mode, fact, target, subject, layers, model_dir, author, message, dry_run,
+                        shared_ok=False):
     """`memsvc edit --entity A --to B` or `memsvc edit --fact PROMPT --target WORD` (see edit)."""
     from memsvc.core.values import EditRequest
 
     if entity:
         if not to or fact:
             raise InvalidArgument("--entity: give --to (and no --fact)")
-        ops = entity_ops(store, table, entity, to, mode, layers)
+        if dry_run:
+            click.echo(entity_pieces(store, table, entity) + "\n" + entity_pieces(store, table, to))
+        ops = entity_ops(store, table, entity, to, mode, layers, shared_ok=shared_ok or dry_run)
         request, metrics = EditRequest(subject=entity, target_new=to), None
     else:
         if not target:

@@ -30,13 +30,15 @@ def import_(bank_file, vocab_file, data, table, dtype, num_layers, tensor, messa
     from memsvc.store.importers import load_bank, load_vocab
 
     bank = load_bank(bank_file, num_layers, tensor)
-    vocab = load_vocab(vocab_file)
+    v, n_layers, dim = bank.rows.shape
+    words, tokenizer = load_vocab(vocab_file, v)
     dtype = dtype or bank.dtype
     with open_store(data, None, create=True) as kb:
-        r = kb.import_table(table, converted(bank.rows, bank.dtype, dtype), vocab, dtype=dtype, message=message, progress=True)
-    v, n_layers, dim = bank.rows.shape
+        r = kb.import_table(table, converted(bank.rows, bank.dtype, dtype), words, dtype=dtype, message=message,
+                            progress=True, model_layers=bank.model_layers, tokenizer=tokenizer)
     feeds = f", feeding model layers {bank.model_layers}" if bank.model_layers else ""
-    click.echo(f"imported {table}: {v} tokens x {n_layers} layers x {dim} ({dtype}){feeds} as version {r.version}")
+    encoded = f", words encoded by its {tokenizer[0]}" if tokenizer else ""
+    click.echo(f"imported {table}: {v} tokens x {n_layers} layers x {dim} ({dtype}){feeds}{encoded} as version {r.version}")
 
 
 @click.command()
@@ -73,7 +75,10 @@ def tables(data, server, version):
     """
     with open_store(data, server) as store:
         for t in store.list_tables(version):
-            click.echo(f"{t.name}\t{t.kind}\t{t.vocab_size} tokens x {t.num_layers} layers x {t.dim}\t{t.dtype}\t(version {t.version}, base {t.base_version})")
+            model = (f"\tmodel layers {','.join(map(str, t.model_layers))}" if t.model_layers else "") + \
+                (f"\t{t.tokenizer}" if t.tokenizer else "")
+            click.echo(f"{t.name}\t{t.kind}\t{t.vocab_size} tokens x {t.num_layers} layers x {t.dim}\t{t.dtype}\t"
+                       f"(version {t.version}, base {t.base_version}){model}")
 
 
 @click.command()

@@ -101,6 +101,8 @@ class TableInfo:
     created_version: int
     base_version: int
     version: int  # the version this description was read at
+    model_layers: list = field(default_factory=list)  # the transformer layer each table layer feeds, when known
+    tokenizer: str = ""  # the stored tokenizer's kind ("" for a plain word list)
 
 
 @dataclass

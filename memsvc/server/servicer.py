@@ -28,7 +28,9 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
 
     def Vocabulary(self, request, context):
         v = self.kb.resolve_version(**convert.version_from_pb(request.at))
-        return pb.VocabularyResponse(words=self.kb.vocabulary(request.table, v), version=v)
+        kind, data = self.kb.tokenizer(request.table, v) if request.with_tokenizer else ("", b"")
+        return pb.VocabularyResponse(words=self.kb.vocabulary(request.table, v), version=v, tokenizer_kind=kind,
+                                     tokenizer=data)
 
     def Lookup(self, request, context):
         ids = np.fromiter(request.token_ids, np.int64, len(request.token_ids))

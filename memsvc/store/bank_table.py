@@ -23,6 +23,8 @@ class TableState:
         self.history = {}  # token id -> ([commit ids], [full rows (L, d) storage dtype])
         self.edited = np.zeros(0, dtype=bool)
         self._word_array = np.array([""], dtype=object)  # see word_array()
+        self.model_layers = []  # the transformer layer each table layer feeds (from an imported model), or []
+        self.tokenizer = ("", b"")  # (kind, file bytes) of the tokenizer imported with the table; kind "" = a word list
 
     def add_tokens(self, words, added_in):
         start = len(self.words)

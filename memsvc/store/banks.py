@@ -4,6 +4,7 @@ Catalog tables: tables, bases, tokens, deltas. Reading version v of a table = th
 or below v, overlaid with the rows that commits in (base, v] wrote (bank_table.TableState keeps
 all of it in memory); every write is a commit of the KB's CommitLog.
 """
+import json
 import os
 from pathlib import Path
 
@@ -34,6 +35,10 @@ class BankTables:
         db["deltas"].create({"tbl": str, "token_id": int, "layer": int, "commit_id": int, "data": bytes},
                             pk=("tbl", "token_id", "layer", "commit_id"), if_not_exists=True)
         db["deltas"].create_index(["commit_id"], if_not_exists=True)
+        # what an import knew of the model: its layer mapping and its tokenizer file (immutable)
+        db["table_models"].create({"tbl": str, "model_layers": str, "tokenizer_kind": str, "tokenizer": bytes},
+                                  pk="tbl", if_not_exists=True)
+        models = {r["tbl"]: r for r in db["table_models"].rows}
         self.tables = {}
         for r in db["tables"].rows:
             t = TableState(r["name"], r["kind"], r["dtype"], r["dim"], r["num_layers"], r["created_in"])
@@ -45,6 +50,9 @@ class BankTables:
             t.removed_in = np.array([r_ for _, _, r_ in toks], dtype=np.int64)
             cur = log.query("select commit_id, token_id, layer, data from deltas where tbl=? order by commit_id", [t.name])
             _replay(t, cur.fetchall(), storage_dtype(t.dtype))
+            if t.name in models:
+                m = models[t.name]
+                t.model_layers, t.tokenizer = json.loads(m["model_layers"]), (m["tokenizer_kind"], m["tokenizer"] or b"")
             self.tables[t.name] = t
 
     def map_base(self, file, table):
@@ -91,7 +99,8 @@ class BankTables:
         t = self.table(name, v)
         return TableInfo(name=t.name, kind=t.kind, dtype=t.dtype, vocab_size=t.vocab_size(v),
                          num_layers=t.num_layers, dim=t.dim, created_version=t.created_in,
-                         base_version=t.base_at(v)[0], version=v)
+                         base_version=t.base_at(v)[0], version=v, model_layers=list(t.model_layers),
+                         tokenizer=t.tokenizer[0])
 
     def list_tables(self, v) -> list:
         return [self.describe(name, v) for name, t in sorted(self.tables.items()) if t.created_in <= v]
@@ -100,6 +109,10 @@ class BankTables:
         """The table's words by token id at a version ('' for ids that do not exist there)."""
         t = self.table(name, v)
         return [w if a else "" for w, a in zip(t.words, t.alive(v))]
+
+    def tokenizer(self, name, v) -> tuple:
+        """(kind, file bytes) of the tokenizer imported with the table; ("", b"") for a word list."""
+        return self.table(name, v).tokenizer
 
     def token_ids(self, name, words, v, field="tokens") -> np.ndarray:
         t = self.table(name, v)
@@ -200,9 +213,15 @@ class BankTables:
 
     # ---------------------------------------------------------------- writes
 
-    def import_table(self, name, rows, vocab, dtype="float32", author="", message="", progress=False) -> CommitResult:
-        """Create a table from token-major rows (V, L, d) and a vocabulary of V words."""
+    def import_table(self, name, rows, vocab, dtype="float32", author="", message="", progress=False,
+                     model_layers=(), tokenizer=None) -> CommitResult:
+        """Create a table from token-major rows (V, L, d) and a vocabulary of V words; optionally the
+        transformer layer each table layer feeds and the tokenizer file (kind, bytes) the words come from."""
         check_table_name(name)
+        model_layers = [int(i) for i in model_layers]
+        if model_layers and len(model_layers) != rows.shape[1]:
+            raise InvalidArgument(f"model_layers: {len(model_layers)} layers named for a table of {rows.shape[1]}")
+        tokenizer = tokenizer or ("", b"")
         if rows.ndim != 3 or 0 in rows.shape:
             raise InvalidArgument(f"rows: expected a non-empty [vocab, layers, dim] array, got shape {rows.shape}")
         if len(vocab) != rows.shape[0]:
@@ -222,9 +241,13 @@ class BankTables:
                 conn.execute("insert into tables values (?,?,?,?,?,?)", [name, "bank", dtype, rows.shape[2], rows.shape[1], version])
                 conn.execute("insert into bases values (?,?,?,?)", [name, version, rel, rows.shape[0]])
                 conn.executemany("insert into tokens values (?,?,?,?,?)", [(name, i, w, version, NEVER) for i, w in enumerate(vocab)])
+                if model_layers or tokenizer[0]:
+                    conn.execute("insert into table_models values (?,?,?,?)",
+                                 [name, json.dumps(model_layers), tokenizer[0], tokenizer[1]])
 
             def publish(version):
                 t = TableState(name, "bank", dtype, rows.shape[2], rows.shape[1], version)
+                t.model_layers, t.tokenizer = model_layers, tokenizer
                 t.bases.append((version, self.map_base(rel, t)))
                 t.add_tokens(list(vocab), version)
                 self.tables[name] = t

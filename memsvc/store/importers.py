@@ -88,14 +88,21 @@ def load_bank(path, num_layers=None, tensor=None) -> BankFile:
     return BankFile(rows, dtype)
 
 
-def load_vocab(path) -> list:
-    """Words by token id from a word list, tokenizer.json, sentencepiece .model or tiktoken file."""
+def load_vocab(path, vocab_size) -> tuple:
+    """(words by token id for a table of vocab_size rows, tokenizer (kind, file bytes) or None) of a
+    word list, tokenizer.json, sentencepiece .model or tiktoken file. A model's table and its
+    tokenizer need not have the same size: ids past the tokenizer's pieces (Llama 3's 256 special
+    tokens beyond its 128,000 BPE ranks) get placeholder words, and pieces past the table (Gemma 3n's
+    per-layer table covers the first 262,144 of 262,400 ids) are left out."""
     path = Path(path)
     if not path.exists():
         raise InvalidArgument(f"vocab: {path} does not exist")
     from editing.tokens import Vocabulary
 
-    return Vocabulary.from_file(path).words()
+    vocab = Vocabulary.from_file(path)
+    words = vocab.words()[:vocab_size]
+    words += [f"<token {i}>" for i in range(len(words), vocab_size)]
+    return words, (vocab.encoder.kind, vocab.encoder.data) if vocab.encoder is not None else None
 
 
 def export_bank(rows: np.ndarray, dtype: str, path):

@@ -133,6 +133,11 @@ class KnowledgeBase:
         """The table's words by token id at a version ('' for ids that do not exist there)."""
         return self.banks.vocabulary(table, self.resolve_version(version))
 
+    def tokenizer(self, table, version=None) -> tuple:
+        """(kind, file bytes) of the tokenizer imported with a table; ("", b"") for a word list
+        (editing.tokens.Vocabulary.of builds the table's vocabulary from it and its words)."""
+        return self.banks.tokenizer(table, self.resolve_version(version))
+
     def token_ids(self, table, words, version=None, field="tokens"):
         return self.banks.token_ids(table, words, self.resolve_version(version), field)
 
@@ -170,8 +175,12 @@ class KnowledgeBase:
 
     # ---------------------------------------------------------------- writes
 
-    def import_table(self, table, rows, vocab, dtype="float32", author="", message="", progress=False) -> CommitResult:
-        return self.banks.import_table(table, rows, vocab, dtype, author, message, progress)
+    def import_table(self, table, rows, vocab, dtype="float32", author="", message="", progress=False,
+                     model_layers=(), tokenizer=None) -> CommitResult:
+        """A new bank table from rows [V, L, d] (an array or ChunkedRows, written chunk by chunk) and
+        V words; ``model_layers``: the transformer layer each table layer feeds; ``tokenizer``:
+        (kind, file bytes) of the tokenizer the words come from (editing/tokenizers.py)."""
+        return self.banks.import_table(table, rows, vocab, dtype, author, message, progress, model_layers, tokenizer)
 
     def edit(self, table, ops, author="", message="", request=None, metrics=None) -> CommitResult:
         """Apply a batch of RowOps as one atomic commit; ``changes`` lists the rows it changed."""
@@ -259,6 +268,9 @@ class Checkout:
 
     def token_ids(self, table, words, field="tokens"):
         return self.kb.token_ids(table, words, self.version, field)
+
+    def tokenizer(self, table) -> tuple:
+        return self.kb.tokenizer(table, self.version)
 
     def read_rows(self, table, token_ids):
         return self.kb.read_rows(table, token_ids, self.version)

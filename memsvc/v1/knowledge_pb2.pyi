@@ -26,7 +26,7 @@ class VersionRef(_message.Message):
     def __init__(self, version: _Optional[int] = ..., tag: _Optional[str] = ...) -> None: ...
 
 class TableInfo(_message.Message):
-    __slots__ = ("name", "kind", "dtype", "vocab_size", "num_layers", "dim", "created_version", "base_version", "version")
+    __slots__ = ("name", "kind", "dtype", "vocab_size", "num_layers", "dim", "created_version", "base_version", "version", "model_layers", "tokenizer")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,8 @@ class TableInfo(_message.Message):
     CREATED_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     dtype: str
@@ -45,7 +47,9 @@ class TableInfo(_message.Message):
     created_version: int
     base_version: int
     version: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., dtype: _Optional[str] = ..., vocab_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., dim: _Optional[int] = ..., created_version: _Optional[int] = ..., base_version: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+    model_layers: _containers.RepeatedScalarFieldContainer[int]
+    tokenizer: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., dtype: _Optional[str] = ..., vocab_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., dim: _Optional[int] = ..., created_version: _Optional[int] = ..., base_version: _Optional[int] = ..., version: _Optional[int] = ..., model_layers: _Optional[_Iterable[int]] = ..., tokenizer: _Optional[str] = ...) -> None: ...
 
 class ListTablesRequest(_message.Message):
     __slots__ = ("at",)
@@ -70,20 +74,26 @@ class DescribeTableRequest(_message.Message):
     def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
 
 class VocabularyRequest(_message.Message):
-    __slots__ = ("table", "at")
+    __slots__ = ("table", "at", "with_tokenizer")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    WITH_TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     table: str
     at: VersionRef
-    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
+    with_tokenizer: bool
+    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., with_tokenizer: _Optional[bool] = ...) -> None: ...
 
 class VocabularyResponse(_message.Message):
-    __slots__ = ("words", "version")
+    __slots__ = ("words", "version", "tokenizer_kind", "tokenizer")
     WORDS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_KIND_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     words: _containers.RepeatedScalarFieldContainer[str]
     version: int
-    def __init__(self, words: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ...) -> None: ...
+    tokenizer_kind: str
+    tokenizer: bytes
+    def __init__(self, words: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ..., tokenizer_kind: _Optional[str] = ..., tokenizer: _Optional[bytes] = ...) -> None: ...
 
 class RowOp(_message.Message):
     __slots__ = ("op", "token_id", "token", "layers", "vector", "source_token_id", "source_token", "alpha")

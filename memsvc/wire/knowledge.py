@@ -87,7 +87,8 @@ def table_to_pb(t: TableInfo) -> pb.TableInfo:
 def table_from_pb(msg: pb.TableInfo) -> TableInfo:
     return TableInfo(name=msg.name, kind=msg.kind, dtype=msg.dtype, vocab_size=msg.vocab_size,
                      num_layers=msg.num_layers, dim=msg.dim, created_version=msg.created_version,
-                     base_version=msg.base_version, version=msg.version)
+                     base_version=msg.base_version, version=msg.version, model_layers=list(msg.model_layers),
+                     tokenizer=msg.tokenizer)
 
 
 def commit_result_to_pb(r: CommitResult) -> pb.CommitResult:
