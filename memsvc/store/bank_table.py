@@ -24,6 +24,21 @@ def map_for_lookups(path) -> np.memmap:
     return arr
 
 
+def will_need(base, ids):
+    """MADV_WILLNEED on the rows of ``ids`` of a mapped base: their reads are queued at once, not
+    one page fault at a time (MADV_RANDOM faults read one page each). A cold b=32 lookup of
+    STEM-1B rows: 44 ms -> 2.7 ms, the same bytes read; on cached rows it costs about as much as
+    the gather, so the store asks only for rows it has not read before (bench/cold_reads.py)."""
+    if not hasattr(mmap, "MADV_WILLNEED"):
+        return
+    map_start = base.offset - base.offset % mmap.ALLOCATIONGRANULARITY  # numpy maps from here
+    row = base.strides[0]
+    for tok in ids.tolist():
+        lo = base.offset - map_start + tok * row
+        aligned = lo - lo % mmap.PAGESIZE
+        base._mmap.madvise(mmap.MADV_WILLNEED, aligned, lo + row - aligned)
+
+
 def read_base_rows(base, start, stop, out) -> np.ndarray:
     """Rows [start, stop) of a mapped base file read into ``out`` with pread: a whole-table pass
     reads sequentially with the kernel's read-ahead, which the map's MADV_RANDOM turns off."""
@@ -55,6 +70,7 @@ class TableState:
         self.history = {}  # token id -> ([commit ids], [full rows (L, d) storage dtype])
         self.compactions = []  # versions of the compactions that folded this table, ascending
         self.folds = {}  # compaction version -> (token id, layer) pairs (n, 2) whose rows it changed
+        self.unread = {}  # base version -> bool per base row: not yet gathered since the KB opened
         self.edited = np.zeros(0, dtype=bool)
         self._word_array = np.array([""], dtype=object)  # see word_array()
 
@@ -126,9 +142,18 @@ class TableState:
         return rows[j] if j >= 0 and commits[j] > base_version else None
 
     def gather(self, ids, version, out=None):
-        """Rows (n, L, d) of token ids at a version, storage dtype (a copy, into ``out`` if given)."""
+        """Rows (n, L, d) of token ids at a version, storage dtype (a copy, into ``out`` if given).
+        Base rows read for the first time are asked for at once (will_need) before the gather."""
         base_version, base = self.base_at(version)
-        rows = np.take(base, np.minimum(ids, base.shape[0] - 1), axis=0, out=out, mode="clip")
+        base_ids = np.minimum(ids, base.shape[0] - 1)
+        unread = self.unread.get(base_version)
+        if unread is None:  # two threads may both create it: each then asks for some rows twice, harmless
+            unread = self.unread[base_version] = np.ones(base.shape[0], bool)
+        first = base_ids[unread[base_ids]]
+        if len(first):
+            will_need(base, np.unique(first))
+            unread[first] = False
+        rows = np.take(base, base_ids, axis=0, out=out, mode="clip")
         for i in np.flatnonzero(self.edited[ids]):
             row = self.edited_row(ids[i], version, base_version)
             if row is not None:
