@@ -165,9 +165,10 @@ class TableState:
         base that no commit up to the version wrote), the base part read sequentially: what a
         whole-table pass reads chunk by chunk."""
         base_version, base = self.base_at(version)
-        rows = np.zeros((stop - start, self.num_layers, self.dim), base.dtype)
+        rows = np.empty((stop - start, self.num_layers, self.dim), base.dtype)
         n_base = max(0, min(stop, base.shape[0]) - start)
         read_base_rows(base, start, start + n_base, rows[:n_base])
+        rows[n_base:] = 0
         for tok in (np.flatnonzero(self.edited[start:stop]) + start).tolist():
             row = self.edited_row(tok, version, base_version)
             if row is not None:
