@@ -37,6 +37,7 @@ ERROR_OF = {
 }
 
 MAX_MESSAGE_BYTES = 256 << 20
+SNAPSHOT_PAGE_BYTES = 16 << 20  # rows per Snapshot reply: far under any message limit, ~10 ms each to move
 
 
 def open_channel(address: str, tls_ca: str | None = None) -> grpc.Channel:
@@ -195,12 +196,27 @@ class MemoryClient:
         result = self.lookup(table, list(words), version=version)
         return result.unique_ids[result.inverse]
 
-    def snapshot(self, table, version=None) -> dict:
-        """The base file and delta rows of a version (see KnowledgeBase.snapshot)."""
-        r = self._call("Snapshot", pb.SnapshotRequest(table=table, at=_ref(version)))
-        return dict(version=r.version, base_version=r.base_version, base_path=r.base_path, vocab_size=r.vocab_size,
-                    delta_token_ids=np.array(r.delta_token_ids, dtype=np.int64),
-                    delta_rows=convert.stored_tensor(r.delta_rows), dtype=r.delta_rows.dtype)
+    def snapshot(self, table, version=None, *, page_bytes=SNAPSHOT_PAGE_BYTES) -> dict:
+        """The base file and delta rows of a version (see KnowledgeBase.snapshot), fetched in
+        pages of at most ``page_bytes`` of rows into arrays allocated once."""
+        r = self._call("Snapshot", pb.SnapshotRequest(table=table, at=_ref(version), max_bytes=page_bytes))
+        first = convert.stored_tensor(r.delta_rows)
+        ids = np.empty(r.delta_tokens_total, np.int64)
+        rows = np.empty((r.delta_tokens_total, *first.shape[1:]), first.dtype)
+        filled, version = 0, r.version
+        while True:
+            n = len(r.delta_token_ids)
+            if filled + n > len(ids):
+                raise FailedPrecondition(f"snapshot: the server sent more than the {len(ids)} delta rows it announced")
+            ids[filled:filled + n] = r.delta_token_ids
+            rows[filled:filled + n] = convert.stored_tensor(r.delta_rows)
+            filled += n
+            if not r.next_token_id:
+                break
+            r = self._call("Snapshot", pb.SnapshotRequest(table=table, at=_ref(version), start_token_id=r.next_token_id,
+                                                          max_bytes=page_bytes))
+        return dict(version=version, base_version=r.base_version, base_path=r.base_path, vocab_size=r.vocab_size,
+                    delta_token_ids=ids[:filled], delta_rows=rows[:filled], dtype=r.delta_rows.dtype)
 
     def changed_tokens(self, table, from_version, to_version) -> np.ndarray:
         """Token ids whose rows read differently at two versions."""

@@ -22,11 +22,20 @@ def alive_ids(t, version) -> np.ndarray:
 
 
 def layer_rows(t, ids, version, layer, chunk=4096):
-    """float32 rows (n, d) of token ids in one layer at a version, read in chunks."""
+    """float32 rows (n, d) of token ids in one layer at a version, read in chunks of at most
+    ``chunk`` tokens and the store's chunk of bytes. A dense ascending run of ids (an index build
+    or an exact search reads every alive token) is read sequentially (TableState.rows_in_range):
+    the base's map is advised for random lookups, without read-ahead."""
     out = np.empty((len(ids), t.dim), np.float32)
-    for start in range(0, len(ids), chunk):
-        part = ids[start:start + chunk]
-        out[start:start + len(part)] = to_float32(t.gather(part, version)[:, layer], t.dtype)
+    step = min(chunk, t.chunk_tokens())
+    for start in range(0, len(ids), step):
+        part = ids[start:start + step]
+        lo, hi = int(part[0]), int(part[-1]) + 1
+        if hi - lo <= 2 * len(part) and np.all(np.diff(part) > 0):
+            rows = t.rows_in_range(lo, hi, version)[part - lo, layer]
+        else:
+            rows = t.gather(part, version)[:, layer]
+        out[start:start + len(part)] = to_float32(rows, t.dtype)
     return out
 
 

@@ -2,11 +2,58 @@
 token's lifetime, and the full-row history of edits, so that any retained version is read
 without touching SQLite."""
 import bisect
+import mmap
+import os
 
 import numpy as np
 
-from memsvc.core.errors import InvalidArgument, NotFound, OutOfRange
+from memsvc.core.dtypes import storage_dtype
+from memsvc.core.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from memsvc.store.commit_log import NEVER, alive
+
+CHUNK_BYTES = 1 << 24  # whole-table passes (compact, index builds) hold ~16 MB of rows at a time
+
+
+def map_for_lookups(path) -> np.memmap:
+    """A base file mapped read-only for lookups, which touch a few rows each: MADV_RANDOM turns
+    off the kernel's read-ahead around each first-touched page, which made a cold first lookup
+    of 10 MB of rows read 0.98 GB from disk at STEM-1B size (issue 17; bench/cold_reads.py)."""
+    arr = np.load(path, mmap_mode="r")
+    if hasattr(mmap, "MADV_RANDOM"):
+        arr._mmap.madvise(mmap.MADV_RANDOM)
+    return arr
+
+
+def will_need(base, ids):
+    """MADV_WILLNEED on the rows of ``ids`` of a mapped base: their reads are queued at once, not
+    one page fault at a time (MADV_RANDOM faults read one page each). A cold b=32 lookup of
+    STEM-1B rows: 44 ms -> 2.7 ms, the same bytes read; on cached rows it costs about as much as
+    the gather, so the store asks only for rows it has not read before (bench/cold_reads.py)."""
+    if not hasattr(mmap, "MADV_WILLNEED"):
+        return
+    map_start = base.offset - base.offset % mmap.ALLOCATIONGRANULARITY  # numpy maps from here
+    row = base.strides[0]
+    for tok in ids.tolist():
+        lo = base.offset - map_start + tok * row
+        aligned = lo - lo % mmap.PAGESIZE
+        base._mmap.madvise(mmap.MADV_WILLNEED, aligned, lo + row - aligned)
+
+
+def read_base_rows(base, start, stop, out) -> np.ndarray:
+    """Rows [start, stop) of a mapped base file read into ``out`` with pread: a whole-table pass
+    reads sequentially with the kernel's read-ahead, which the map's MADV_RANDOM turns off."""
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    offset, done = base.offset + start * base.strides[0], 0
+    fd = os.open(base.filename, os.O_RDONLY)
+    try:
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n == 0:
+                raise FailedPrecondition(f"data: base file {base.filename} ends before row {stop}")
+            done += n
+    finally:
+        os.close(fd)
+    return out
 
 
 class TableState:
@@ -21,6 +68,9 @@ class TableState:
         self.added_in = np.zeros(0, dtype=np.int64)
         self.removed_in = np.zeros(0, dtype=np.int64)
         self.history = {}  # token id -> ([commit ids], [full rows (L, d) storage dtype])
+        self.compactions = []  # versions of the compactions that folded this table, ascending
+        self.folds = {}  # compaction version -> (token id, layer) pairs (n, 2) whose rows it changed
+        self.unread = {}  # base version -> bool per base row: not yet gathered since the KB opened
         self.edited = np.zeros(0, dtype=bool)
         self._word_array = np.array([""], dtype=object)  # see word_array()
         self.model_layers = []  # the transformer layer each table layer feeds (from an imported model), or []
@@ -94,42 +144,92 @@ class TableState:
         return rows[j] if j >= 0 and commits[j] > base_version else None
 
     def gather(self, ids, version, out=None):
-        """Rows (n, L, d) of token ids at a version, storage dtype (a copy, into ``out`` if given)."""
+        """Rows (n, L, d) of token ids at a version, storage dtype (a copy, into ``out`` if given).
+        Base rows read for the first time are asked for at once (will_need) before the gather."""
         base_version, base = self.base_at(version)
-        rows = np.take(base, np.minimum(ids, base.shape[0] - 1), axis=0, out=out, mode="clip")
+        base_ids = np.minimum(ids, base.shape[0] - 1)
+        unread = self.unread.get(base_version)
+        if unread is None:  # two threads may both create it: each then asks for some rows twice, harmless
+            unread = self.unread[base_version] = np.ones(base.shape[0], bool)
+        first = base_ids[unread[base_ids]]
+        if len(first):
+            will_need(base, np.unique(first))
+            unread[first] = False
+        rows = np.take(base, base_ids, axis=0, out=out, mode="clip")
         for i in np.flatnonzero(self.edited[ids]):
             row = self.edited_row(ids[i], version, base_version)
             if row is not None:
                 rows[i] = row
         return rows
 
+    def rows_in_range(self, start, stop, version) -> np.ndarray:
+        """Rows of token ids [start, stop) at a version (storage dtype; zeros for ids past the
+        base that no commit up to the version wrote), the base part read sequentially: what a
+        whole-table pass reads chunk by chunk."""
+        base_version, base = self.base_at(version)
+        rows = np.empty((stop - start, self.num_layers, self.dim), base.dtype)
+        n_base = max(0, min(stop, base.shape[0]) - start)
+        read_base_rows(base, start, start + n_base, rows[:n_base])
+        rows[n_base:] = 0
+        for tok in (np.flatnonzero(self.edited[start:stop]) + start).tolist():
+            row = self.edited_row(tok, version, base_version)
+            if row is not None:
+                rows[tok - start] = row
+        return rows
+
+    def chunk_tokens(self) -> int:
+        """Tokens per chunk of a whole-table pass (CHUNK_BYTES of rows)."""
+        return max(1, CHUNK_BYTES // (self.num_layers * self.dim * storage_dtype(self.dtype).itemsize))
+
+    def folded_pairs(self, lo, hi):
+        """(token, layer) pairs (n, 2) whose rows some compaction in (lo, hi] changed, from the
+        records compactions keep in the catalog (the deltas they folded may be gone after gc);
+        None when one of them has no record (compacted before records were kept)."""
+        parts = [np.zeros((0, 2), np.int64)]
+        for version in self.compactions[bisect.bisect_right(self.compactions, lo):bisect.bisect_right(self.compactions, hi)]:
+            if version not in self.folds:
+                return None
+            parts.append(self.folds[version])
+        return np.concatenate(parts)
+
     def changed_tokens(self, a, b, layer=None) -> np.ndarray:
         """Sorted token ids whose rows (in ``layer``, or any layer) read differently at a and b,
-        tokens injected or removed in between included. Within one base the in-memory history
-        names the candidates; across a compaction the folded deltas may be gone (gc), so the
-        whole table is compared."""
+        tokens injected or removed in between included. The candidates are the tokens the
+        in-memory history wrote in between and those each compaction in between recorded as
+        folded; only they are read (every token across a compaction that has no record)."""
         lo, hi = min(a, b), max(a, b)
         n = min(len(self.added_in), len(self.removed_in))  # a concurrent inject may have grown one already
         added, removed = self.added_in[:n], self.removed_in[:n]
         moved = np.flatnonzero(((added > lo) & (added <= hi)) | ((removed > lo) & (removed <= hi)))
-        if self.base_at(lo)[0] != self.base_at(hi)[0]:
+        edited = np.array([tok for tok, (commits, _) in list(self.history.items())
+                           if tok < n and bisect.bisect_right(commits, hi) > bisect.bisect_right(commits, lo)],
+                          dtype=np.int64)
+        folded = self.folded_pairs(lo, hi)
+        if folded is None:
             candidates = np.arange(n, dtype=np.int64)
         else:
-            candidates = np.array([tok for tok, (commits, _) in list(self.history.items())
-                                   if tok < n and bisect.bisect_right(commits, hi) > bisect.bisect_right(commits, lo)],
-                                  dtype=np.int64)
+            folded = folded[:, 0] if layer is None else folded[folded[:, 1] == layer, 0]
+            candidates = np.union1d(edited, folded[folded < n]).astype(np.int64)
         both = candidates[(added[candidates] <= lo) & (removed[candidates] > hi)]
         cols = slice(None) if layer is None else [layer]
+        step = self.chunk_tokens()
         differ = [part[np.any(self.gather(part, lo)[:, cols] != self.gather(part, hi)[:, cols], axis=(1, 2))]
-                  for part in np.array_split(both, max(1, len(both) // 4096))]
-        return np.union1d(moved, np.concatenate(differ)).astype(np.int64)
+                  for part in (both[i:i + step] for i in range(0, len(both), step))]
+        return np.union1d(moved, np.concatenate([np.zeros(0, np.int64)] + differ)).astype(np.int64)
 
     def record(self, commit, token_ids, layers, stored_vectors):
-        """Mirror a commit's row writes as full rows in the history (commit > every earlier one)."""
-        full = {}
-        for t, l, v in zip(token_ids.tolist(), layers.tolist(), stored_vectors):
+        """Mirror a commit's row writes as full rows in the history (commit > every earlier one).
+        A token the commit writes in every layer needs no earlier row, so replaying it at start
+        reads no base row (issue 17: a cold restart read each edited token's base row)."""
+        written = {}
+        for t, l in zip(token_ids.tolist(), layers.tolist()):
+            written.setdefault(t, set()).add(l)
+        partial = np.array([t for t, ls in written.items() if len(ls) < self.num_layers], dtype=np.int64)
+        full = dict(zip(partial.tolist(), self.gather(partial, commit - 1))) if len(partial) else {}
+        for t in written:
             if t not in full:
-                full[t] = self.gather(np.array([t]), commit - 1)[0]
+                full[t] = np.empty((self.num_layers, self.dim), storage_dtype(self.dtype))
+        for t, l, v in zip(token_ids.tolist(), layers.tolist(), stored_vectors):
             full[t][l] = v
         for t, row in full.items():
             commits, rows = self.history.setdefault(t, ([], []))

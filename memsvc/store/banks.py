@@ -4,6 +4,7 @@ Catalog tables: tables, bases, tokens, deltas. Reading version v of a table = th
 or below v, overlaid with the rows that commits in (base, v] wrote (bank_table.TableState keeps
 all of it in memory); every write is a commit of the KB's CommitLog.
 """
+import itertools
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,8 @@ from editing.rows import plan_row_ops
 from memsvc.core.dtypes import storage_dtype, to_float32, to_storage
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from memsvc.core.values import CommitResult, LookupResult, RowChange, RowWrites, TableInfo
-from memsvc.store.bank_table import TableState
+from memsvc.store import bank_table
+from memsvc.store.bank_table import TableState, map_for_lookups
 from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
 
 
@@ -39,7 +41,13 @@ class BankTables:
         db["table_models"].create({"tbl": str, "model_layers": str, "tokenizer_kind": str, "tokenizer": bytes},
                                   pk="tbl", if_not_exists=True)
         models = {r["tbl"]: r for r in db["table_models"].rows}
+        # what each compaction folded: the (token, layer) pairs whose rows its base changed, as int64 (n, 2)
+        db["folds"].create({"tbl": str, "version": int, "pairs": bytes}, pk=("tbl", "version"), if_not_exists=True)
         self.tables = {}
+        compactions = {}  # table -> versions of the compactions that folded it (gc may have deleted their bases)
+        for version, tables in log.query("select id, tables from commits where kind='compact' order by id").fetchall():
+            for name in json.loads(tables):
+                compactions.setdefault(name, []).append(version)
         for r in db["tables"].rows:
             t = TableState(r["name"], r["kind"], r["dtype"], r["dim"], r["num_layers"], r["created_in"])
             for b in log.query("select version, file from bases where tbl=? order by version", [t.name]).fetchall():
@@ -48,8 +56,11 @@ class BankTables:
             t.add_tokens([w for w, _, _ in toks], 0)
             t.added_in = np.array([a for _, a, _ in toks], dtype=np.int64)
             t.removed_in = np.array([r_ for _, _, r_ in toks], dtype=np.int64)
+            t.compactions = compactions.get(t.name, [])
+            for version, pairs in log.query("select version, pairs from folds where tbl=?", [t.name]).fetchall():
+                t.folds[version] = np.frombuffer(pairs, np.int64).reshape(-1, 2)
             cur = log.query("select commit_id, token_id, layer, data from deltas where tbl=? order by commit_id", [t.name])
-            _replay(t, cur.fetchall(), storage_dtype(t.dtype))
+            _replay(t, cur, storage_dtype(t.dtype))
             if t.name in models:
                 m = models[t.name]
                 t.model_layers, t.tokenizer = json.loads(m["model_layers"]), (m["tokenizer_kind"], m["tokenizer"] or b"")
@@ -58,28 +69,28 @@ class BankTables:
     def map_base(self, file, table):
         path = self.root / file
         try:
-            arr = np.load(path, mmap_mode="r")
+            arr = map_for_lookups(path)
         except (OSError, ValueError) as e:
             raise FailedPrecondition(f"data: base file {path} of table {table.name!r} is missing or unreadable ({e})")
         if arr.ndim != 3 or arr.shape[1:] != (table.num_layers, table.dim) or arr.dtype != storage_dtype(table.dtype):
             raise FailedPrecondition(f"data: base file {path} has shape {arr.shape} {arr.dtype}, the catalog says [*, {table.num_layers}, {table.dim}] {table.dtype}")
         return arr
 
-    def write_base(self, table_name, version, rows, progress=False) -> str:
-        """Write an immutable base array atomically (tmp file, fsync, rename); returns its path
-        relative to the data dir."""
+    def write_base(self, table_name, version, shape, dtype, chunks, progress=False) -> str:
+        """Write an immutable base array of ``shape`` atomically (tmp file, fsync, rename) from
+        ``chunks``, consecutive row blocks written straight into the file as they come, so no
+        more than one is in memory; returns its path relative to the data dir."""
         folder = self.root / "bases" / table_name
         folder.mkdir(parents=True, exist_ok=True)
         rel = f"bases/{table_name}/v{version}.npy"
         tmp = self.root / (rel + ".tmp")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=rows.dtype, shape=rows.shape)
-        step = max(1, (1 << 24) // max(1, rows[0].nbytes))  # ~16 MB per chunk
-        for start in tqdm(range(0, rows.shape[0], step), desc=f"writing {table_name} base", unit="chunk", disable=not progress):
-            out[start:start + step] = rows[start:start + step]
-        out.flush()
-        del out
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        try:
+            _write_npy(tmp, shape, dtype, chunks, f"writing {table_name} base", progress)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a refused, failed or interrupted write leaves nothing
+            if not any(folder.iterdir()):
+                folder.rmdir()
+            raise
         os.replace(tmp, self.root / rel)
         dir_fd = os.open(folder, os.O_RDONLY)
         os.fsync(dir_fd)
@@ -168,17 +179,37 @@ class BankTables:
                 rows[position[tok], layer] = vec
         return rows
 
-    def snapshot(self, name, v) -> dict:
+    def snapshot(self, name, v, start_token_id=0, max_bytes=None) -> dict:
         """A version as its read-only base file plus the full rows of every token edited since
-        that base: what a worker on the same host maps instead of asking per row."""
+        that base, in ascending token id order: what a worker on the same host maps instead of
+        asking per row. Paged so that any number of edited tokens fits in bounded messages: rows
+        of tokens >= ``start_token_id``, at most ``max_bytes`` of them (at least one token's);
+        ``next_token_id`` starts the next page (0 after the last). ``delta_tokens_total`` counts
+        every page's tokens on the first page (start_token_id 0), and is 0 on the others."""
         t = self.table(name, v)
+        if start_token_id < 0:
+            raise InvalidArgument(f"start_token_id: {start_token_id} is negative")
         base_version, base = t.base_at(v)
-        edited = [(tok, t.edited_row(tok, v, base_version)) for tok in np.flatnonzero(t.edited).tolist()]
-        edited = [(tok, row) for tok, row in edited if row is not None]
-        rows = np.stack([row for _, row in edited]) if edited else np.zeros((0, t.num_layers, t.dim), storage_dtype(t.dtype))
+        row_bytes = t.num_layers * t.dim * storage_dtype(t.dtype).itemsize
+        edited = (tok for tok in (np.flatnonzero(t.edited[start_token_id:]) + start_token_id).tolist()
+                  if t.edited_row(tok, v, base_version) is not None)
+        ids, next_token_id = [], 0
+        for tok in edited:
+            if max_bytes and ids and (len(ids) + 1) * row_bytes > max_bytes:
+                next_token_id = tok
+                break
+            ids.append(tok)
+        limit = self.limits.max_message_bytes
+        if not max_bytes and limit is not None and len(ids) * row_bytes > limit - (1 << 20):
+            raise ResourceExhausted(f"max_bytes: the delta rows of {len(ids)} tokens are {len(ids) * row_bytes} bytes, "
+                                    f"over the message limit ({limit}); page them with max_bytes")
+        rows = np.empty((len(ids), t.num_layers, t.dim), storage_dtype(t.dtype))
+        for i, tok in enumerate(ids):
+            rows[i] = t.edited_row(tok, v, base_version)
+        total = (len(ids) + sum(1 for _ in edited) + (next_token_id > 0)) if start_token_id == 0 else 0
         return dict(version=v, base_version=base_version, base_path=str(Path(base.filename).resolve()),
-                    delta_token_ids=np.array([tok for tok, _ in edited], dtype=np.int64), delta_rows=rows,
-                    vocab_size=len(t.words), dtype=t.dtype)
+                    delta_token_ids=np.array(ids, dtype=np.int64), delta_rows=rows, vocab_size=len(t.words),
+                    dtype=t.dtype, next_token_id=next_token_id, delta_tokens_total=total)
 
     def read_rows(self, name, token_ids, v) -> np.ndarray:
         """float32 rows (n, L, d) of token ids at a version (all layers)."""
@@ -228,13 +259,11 @@ class BankTables:
             raise InvalidArgument(f"vocab: {len(vocab)} words for {rows.shape[0]} rows")
         if len(set(vocab)) != len(vocab):
             raise InvalidArgument("vocab: words repeat")
-        stored = rows if rows.dtype == storage_dtype(dtype) else to_storage(rows, dtype)
-        step = max(1, (1 << 24) // max(1, stored[0].nbytes))
-        if not all(np.isfinite(to_float32(stored[i:i + step], dtype)).all() for i in range(0, len(stored), step)):
-            raise InvalidArgument("rows: contain NaN or Inf")
         with self.log.lock:
             self.log.check_unused(name)
-            rel = self.write_base(name, self.log.head + 1, stored, progress)
+            step = max(1, bank_table.CHUNK_BYTES // max(1, rows[0].nbytes))
+            chunks = (_checked_chunk(rows[i:i + step], dtype) for i in range(0, len(rows), step))
+            rel = self.write_base(name, self.log.head + 1, rows.shape, storage_dtype(dtype), chunks, progress)
             n_rows = int(rows.shape[0] * rows.shape[1])
 
             def write(conn, version):
@@ -363,6 +392,31 @@ def _requested_ids(t, tokens, v) -> np.ndarray:
     return ids
 
 
+def _write_npy(path, shape, dtype, chunks, desc, progress):
+    """A .npy file of ``shape`` written from consecutive row blocks, then fsynced."""
+    with open(path, "wb") as f, tqdm(total=shape[0], desc=desc, unit="token", disable=not progress) as bar:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                 "fortran_order": False, "shape": tuple(shape)})
+        written = 0
+        for chunk in chunks:
+            f.write(np.ascontiguousarray(chunk, dtype=dtype).data)
+            written += len(chunk)
+            bar.update(len(chunk))
+        if written != shape[0]:
+            raise AssertionError(f"{path}: {written} rows written for {shape[0]}")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _checked_chunk(rows, dtype) -> np.ndarray:
+    """Imported rows in the table's storage dtype, converted a chunk at a time as they are written."""
+    with np.errstate(over="ignore"):  # a value past the dtype's range becomes inf, refused here
+        stored = rows if rows.dtype == storage_dtype(dtype) else to_storage(rows, dtype)
+    if not np.isfinite(to_float32(stored, dtype)).all():
+        raise InvalidArgument("rows: contain NaN or Inf")
+    return stored
+
+
 def _base_rows(t, ids):
     """Rows as the table's first base had them (an injected token's base is its injected row)."""
     first_base_version, first_base = t.bases[0]
@@ -377,9 +431,10 @@ def _base_rows(t, ids):
 
 
 def _replay(table, rows, dt):
-    """Mirror the catalog's deltas (ordered by commit) in the table's history, one commit at a time."""
+    """Mirror the catalog's deltas (ordered by commit, read as they come) in the table's history,
+    one commit at a time."""
     batch, commit = [], None
-    for c, token_id, layer, data in list(rows) + [(None, None, None, None)]:
+    for c, token_id, layer, data in itertools.chain(rows, [(None, None, None, None)]):
         if c != commit and batch:
             ids, layers, vecs = zip(*batch)
             table.record(commit, np.array(ids), np.array(layers), vecs)

@@ -27,26 +27,31 @@ def diff(log: CommitLog, banks: BankTables, from_version, to_version, table=None
             continue
         keys = set(log.query("select token_id, layer from deltas where tbl=? and commit_id>? and commit_id<=?",
                              [name, lo, hi]).fetchall())
-        (ba, base_a), (bb, base_b) = t.base_at(a), t.base_at(b)
-        if ba != bb:
-            keys |= _differing_rows(base_a, base_b)
+        folded = t.folded_pairs(lo, hi)  # what compactions in between changed, from their records
+        if folded is None:
+            keys |= _differing_rows(t.base_at(a)[1], t.base_at(b)[1])
+        else:
+            keys |= set(map(tuple, folded.tolist()))
         changes += _row_changes(t, sorted(keys), a, b)
     return changes
 
 
 def _row_changes(t, keys, a, b):
+    """The RowChanges of (token, layer) keys between a and b; a token that does not exist at a
+    version reads as zeros there (an injected token is all new rows)."""
     tokens = sorted({tok for tok, _ in keys})
     if not tokens:
         return []
     ids = np.array(tokens, dtype=np.int64)
-    old, new = (to_float32(t.gather(ids, v), t.dtype) for v in (a, b))
+    old, new = (to_float32(t.gather(ids, v), t.dtype) * t.alive(v)[ids, None, None] for v in (a, b))
     pos = {tok: i for i, tok in enumerate(tokens)}
     changes = (row_change(t, tok, layer, old[pos[tok], layer], new[pos[tok], layer]) for tok, layer in keys)
     return [c for c in changes if c is not None]
 
 
 def _differing_rows(base_a, base_b, chunk=4096) -> set:
-    """(token, layer) pairs whose rows differ between two base arrays (compared in chunks)."""
+    """(token, layer) pairs whose rows differ between two base arrays (compared in chunks): diff
+    across a compaction that kept no record of what it folded."""
     n = min(base_a.shape[0], base_b.shape[0])
     keys = set()
     for start in range(0, n, chunk):

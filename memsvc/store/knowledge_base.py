@@ -155,8 +155,10 @@ class KnowledgeBase:
         """float32 rows (n, L, d) of token ids at a version (all layers)."""
         return self.banks.read_rows(table, token_ids, self.resolve_version(version))
 
-    def snapshot(self, table, version=None) -> dict:
-        return self.banks.snapshot(table, self.resolve_version(version))
+    def snapshot(self, table, version=None, *, start_token_id=0, max_bytes=None) -> dict:
+        """The base file and the delta rows of a version, paged by ``start_token_id`` and
+        ``max_bytes`` (BankTables.snapshot)."""
+        return self.banks.snapshot(table, self.resolve_version(version), start_token_id, max_bytes)
 
     def changed_tokens(self, table, from_version, to_version):
         """Token ids whose rows read differently at two versions (what a cache must drop)."""

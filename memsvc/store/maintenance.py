@@ -2,6 +2,7 @@
 old versions and delete what no retained version reads)."""
 import numpy as np
 
+from memsvc.core.dtypes import storage_dtype
 from memsvc.core.values import CommitResult
 from memsvc.store.banks import BankTables
 from memsvc.store.commit_log import CommitLog
@@ -9,25 +10,51 @@ from memsvc.store.mosaic import MosaicStore
 
 
 def compact(log: CommitLog, banks: BankTables, author="", message="", progress=False) -> CommitResult:
-    """Fold every bank table's deltas into new base arrays, as one commit that changes no row."""
+    """Fold every bank table's deltas into new base arrays, as one commit that changes no row.
+    Each base is written chunk by chunk (bounded memory), and the commit records which (token,
+    layer) rows it changed, so history across it reads no base (TableState.folded_pairs)."""
     with log.lock:
         version = log.head + 1
-        files = {}
+        files, folds = {}, {}
         for name, t in banks.tables.items():
-            ids = np.arange(len(t.words), dtype=np.int64)
-            files[name] = banks.write_base(name, version, t.gather(ids, log.head), progress)
+            shape = (len(t.words), t.num_layers, t.dim)
+            pairs = []
+            files[name] = banks.write_base(name, version, shape, storage_dtype(t.dtype),
+                                           _folded_chunks(t, log.head, pairs), progress)
+            folds[name] = np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
         def write(conn, version):
             conn.executemany("insert into bases values (?,?,?,?)",
                              [(name, version, rel, len(banks.tables[name].words)) for name, rel in files.items()])
+            conn.executemany("insert into folds values (?,?,?)",
+                             [(name, version, pairs.tobytes()) for name, pairs in folds.items()])
 
         def publish(version):
             for name, rel in files.items():
                 t = banks.tables[name]
                 t.bases.append((version, banks.map_base(rel, t)))
+                t.compactions.append(version)
+                t.folds[version] = folds[name]
 
         log.commit("compact", list(files), write, publish, author, message or "compact")
         return CommitResult(version=version, rows_changed=0)
+
+
+def _folded_chunks(t, head, pairs):
+    """The rows of every token at ``head``, a chunk of tokens at a time, read from the current base
+    and its deltas; appends to ``pairs`` the (token, layer) rows that differ from that base (every
+    layer of a token past its end)."""
+    base_version, base = t.base_at(head)
+    step = t.chunk_tokens()
+    for start in range(0, len(t.words), step):
+        rows = t.rows_in_range(start, min(len(t.words), start + step), base_version)  # as the base has them
+        for tok in (np.flatnonzero(t.edited[start:start + step]) + start).tolist():
+            row = t.edited_row(tok, head, base_version)
+            if row is not None:
+                differ = np.ones(t.num_layers, bool) if tok >= base.shape[0] else np.any(row != rows[tok - start], axis=1)
+                pairs += [(tok, layer) for layer in np.flatnonzero(differ).tolist()]
+                rows[tok - start] = row
+        yield rows
 
 
 def gc(log: CommitLog, banks: BankTables, mosaic: MosaicStore, retention, now) -> dict:
@@ -52,6 +79,7 @@ def gc(log: CommitLog, banks: BankTables, mosaic: MosaicStore, retention, now) -
             conn.executemany("update commits set gone=1 where id=?", [(v,) for v in dropped])
             conn.executemany("delete from deltas where tbl=? and token_id=? and layer=? and commit_id=?", stale_deltas)
             conn.executemany("delete from bases where tbl=? and version=?", stale_bases)
+            conn.execute("delete from folds where version<=?", [min(retained)])  # no retained pair of versions spans it
             pairs_deleted = mosaic.gc(conn, retained)
         for f in files:
             (banks.root / f).unlink(missing_ok=True)
