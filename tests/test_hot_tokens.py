@@ -1,6 +1,8 @@
 """HotTokens: the server's sketch of the tokens it serves follows the served distribution in fixed
 memory, and a RemoteBank warmed from it hits from its first step without ever serving a row that
 changed since (issue 17 item 5)."""
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -51,6 +53,26 @@ def test_sketch_recovers_the_top_of_a_zipfian_stream_in_fixed_memory():
     assert len(np.intersect1d(ids[:50], exact_top[:50])) >= 48
     assert sketch.counters.shape == (4 * 4096,) and len(sketch.heavy_ids) == config.heavy  # full: tokens came and went
     assert (np.diff(sketch.heavy_ids) > 0).all()  # kept sorted by id through the merges
+
+
+def test_lookups_recorded_from_many_threads_are_all_counted():
+    sketch = TokenSketch(SketchConfig(flush_tokens=100))
+    streams = [zipf(1000, 5000, seed=10 + i) for i in range(4)]
+
+    def feed(stream):
+        for i in range(0, len(stream), 7):
+            ids, inverse = np.unique(stream[i:i + 7], return_inverse=True)
+            sketch.record(ids, inverse)
+
+    threads = [threading.Thread(target=feed, args=(s,)) for s in streams]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids, counts, total = sketch.top(1000, np.ones(1000, dtype=bool))
+    true = np.bincount(np.concatenate(streams), minlength=1000)
+    assert total == 20_000 and counts.tolist() == true[ids].tolist()  # none lost, none twice
+    assert sorted(ids.tolist()) == np.flatnonzero(true).tolist()
 
 
 def test_hot_tokens_follow_the_served_distribution(client):

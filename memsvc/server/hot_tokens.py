@@ -42,21 +42,23 @@ class TokenSketch:
         self.heavy_counts = np.zeros(0, dtype=np.int64)  # estimates of heavy_ids
         self.total = 0  # requested positions counted
         self.pending, self.pending_tokens = [], 0
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards pending: a Lookup never waits for another's flush
+        self.sketch_lock = threading.RLock()  # guards the counters and the heavy list (top holds it to flush)
 
     def record(self, ids: np.ndarray, inverse: np.ndarray | None = None):
         """Count one lookup: ``ids`` once each, or ``ids[inverse]`` (one per request position)."""
         with self.lock:
             self.pending.append((ids, inverse))
             self.pending_tokens += len(ids) if inverse is None else len(inverse)
-            if self.pending_tokens >= self.config.flush_tokens:
-                self._flush()
+            if self.pending_tokens < self.config.flush_tokens:
+                return
+        self._flush()
 
     def top(self, n: int, alive: np.ndarray) -> tuple:
         """(token ids, estimated counts, positions counted): the n most requested tokens with
         alive[id] true, most requested first (fewer when fewer are tracked); an estimate is never
         below the true count."""
-        with self.lock:
+        with self.sketch_lock:
             self._flush()
             ids, counts = self.heavy_ids, self.heavy_counts
             keep = alive[np.minimum(ids, len(alive) - 1)] & (ids < len(alive))
@@ -70,18 +72,20 @@ class TokenSketch:
         return hashed.astype(np.int64) + self.offsets
 
     def _flush(self):
-        if not self.pending:
+        """The pending ids into the sketch; ids sorted and counted before taking sketch_lock."""
+        with self.lock:
+            pending, self.pending, self.pending_tokens = self.pending, [], 0
+        if not pending:
             return
-        ids = np.concatenate([u if inv is None else u[inv] for u, inv in self.pending])
-        self.pending, self.pending_tokens = [], 0
-        ids, counts = np.unique(ids, return_counts=True)
+        ids, counts = np.unique(np.concatenate([u if inv is None else u[inv] for u, inv in pending]), return_counts=True)
         cells = self._cells(ids)
-        # conservative update: raise each cell only to the token's new estimate
-        estimates = self.counters[cells].min(axis=0) + counts
-        for row in cells:
-            np.maximum.at(self.counters, row, estimates)
-        self.total += int(counts.sum())
-        self._track(ids, estimates)
+        with self.sketch_lock:
+            # conservative update: raise each cell only to the token's new estimate
+            estimates = self.counters[cells].min(axis=0) + counts
+            for row in cells:
+                np.maximum.at(self.counters, row, estimates)
+            self.total += int(counts.sum())
+            self._track(ids, estimates)
 
     def _track(self, ids, estimates):
         """Keep the `heavy` tokens with the highest estimates (ids sorted, estimates refreshed).
