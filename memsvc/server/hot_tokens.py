@@ -5,8 +5,10 @@ short generation starts cold; the server sees every worker's lookups.
 Memory is fixed whatever the traffic: a count-min sketch (depth x width counters, conservative
 update, so a count is over-estimated only by collisions that raised every one of its cells) and a
 list of the `heavy` tokens with the highest estimates (the "count-min + heap" heavy hitters of
-Cormode & Muthukrishnan, 2005). Lookup only appends the served ids to a short list; the sketch takes
-them in batches of `flush_tokens`, where numpy's per-call cost is shared by thousands of tokens.
+Cormode & Muthukrishnan, 2005). A Lookup appends the ids it served to a short list; the one that
+fills it to `flush_tokens` folds the list into the sketch, where numpy's per-call cost is shared by
+thousands of ids (bench/hot_tokens.py: 0.15-0.4 us a request position, flushes included, on 2
+loaded cores). Other Lookups never wait for a flush.
 A count is how many times a token was requested (request positions, duplicates included), so
 it does not depend on how workers batch their lookups. Counts start at 0 when the server starts.
 """
