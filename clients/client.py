@@ -281,6 +281,13 @@ class MemoryClient:
         reply = self._call("Diff", pb.DiffRequest(**{"from": _ref(from_version), "to": _ref(to_version)}, table=table or ""))
         return [convert.row_change_from_pb(c) for c in reply.changes]
 
+    def hot_tokens(self, table, n, version=None) -> tuple:
+        """(token ids, estimated request counts): the n tokens the server has read most often from
+        the table since it started, most requested first, among those that exist at ``version``
+        (default the head) (memsvc/server/hot_tokens.py)."""
+        reply = self._call("HotTokens", pb.HotTokensRequest(table=table, n=int(n), at=_ref(version)))
+        return np.array(reply.token_ids, dtype=np.int64), np.array(reply.counts, dtype=np.int64)
+
 
 class OpenStream:
     """One open stream of a method served as its unary twin per message (LookupStream,

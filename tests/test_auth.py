@@ -29,7 +29,8 @@ def method(name, service="memsvc.v1.KnowledgeService"):
 
 @pytest.mark.parametrize("name", ["ListTables", "DescribeTable", "Vocabulary", "Lookup", "Log", "Show", "Diff",
                                   "ListTags", "Search", "SearchTokens", "GetIndex", "ListIndexes", "Snapshot",
-                                  "ChangedTokens", "ReadPairs", "QueryMosaic", "ListMosaics", "DescribeMosaic"])
+                                  "ChangedTokens", "ReadPairs", "QueryMosaic", "ListMosaics", "DescribeMosaic",
+                                  "HotTokens"])
 def test_reads_need_a_read_key(name):
     assert required_role(method(name)) == READ
     assert required_role(method(name, "memsvc.v1.SearchService")) == READ

@@ -27,7 +27,7 @@ OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflect
 # Methods are classified by their first CamelCase word, so RPCs added later get a role without
 # editing this table: ListTags, SearchTokens, GetIndex read; Edit, Tag, CreateIndex, AddPairs write.
 READ_VERBS = {"List", "Describe", "Get", "Lookup", "Search", "Vocabulary", "Log", "Show", "Diff",
-              "Read", "Query", "Retrieve", "Nearest", "Stats", "Check", "Watch", "Snapshot", "Changed"}
+              "Read", "Query", "Retrieve", "Nearest", "Stats", "Check", "Watch", "Snapshot", "Changed", "Hot"}
 ENV_KEYS = {READ: "MEMSVC_READ_KEYS", WRITE: "MEMSVC_WRITE_KEYS"}
 
 

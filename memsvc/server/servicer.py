@@ -3,6 +3,7 @@ and encodes the reply; errors become status codes in one place (interceptors.Err
 import numpy as np
 
 from memsvc.core.errors import InvalidArgument
+from memsvc.server.hot_tokens import HotTokens
 from memsvc.server.shared_buffers import SharedBuffers
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
@@ -18,6 +19,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
         self.kb = kb
         kb.limit_lookups(config.max_lookup_tokens, config.max_message_bytes)
         self.shared_buffers = SharedBuffers()
+        self.hot_tokens = HotTokens()  # what Lookup served, per table, for HotTokens
 
     def ListTables(self, request, context):
         v = self.kb.resolve_version(**convert.version_from_pb(request.at))
@@ -42,6 +44,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
             out = lambda shape, dtype: self.shared_buffers.view(buffer.name, buffer.key, buffer.size, shape, dtype)
         result = self.kb.lookup(request.table, tokens, list(request.layers), overrides=overrides, out=out,
                                 **convert.version_from_pb(request.at))
+        self.hot_tokens.record(request.table, result)
         return lookup_wire.lookup_to_wire(result, rows_in_buffer=result.in_buffer)
 
     def Snapshot(self, request, context):
@@ -104,6 +107,12 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
 
     def ListTags(self, request, context):
         return pb.ListTagsResponse(tags=self.kb.tags())
+
+    def HotTokens(self, request, context):
+        v = self.kb.resolve_version(**convert.version_from_pb(request.at))
+        alive = self.kb.table(request.table, v).alive(v)  # NOT_FOUND for a bank the version lacks
+        ids, counts, served = self.hot_tokens.top(request.table, request.n, alive)
+        return pb.HotTokensResponse(token_ids=ids.tolist(), counts=counts.tolist(), served=served, version=v)
 
 
 def _missing(field):

@@ -427,3 +427,25 @@ class ListTagsResponse(_message.Message):
     TAGS_FIELD_NUMBER: _ClassVar[int]
     tags: _containers.ScalarMap[str, int]
     def __init__(self, tags: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class HotTokensRequest(_message.Message):
+    __slots__ = ("table", "n", "at")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    n: int
+    at: VersionRef
+    def __init__(self, table: _Optional[str] = ..., n: _Optional[int] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
+
+class HotTokensResponse(_message.Message):
+    __slots__ = ("token_ids", "counts", "served", "version")
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    served: int
+    version: int
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., counts: _Optional[_Iterable[int]] = ..., served: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...

@@ -109,6 +109,11 @@ class KnowledgeServiceStub:
                 request_serializer=memsvc_dot_v1_dot_knowledge__pb2.ListTagsRequest.SerializeToString,
                 response_deserializer=memsvc_dot_v1_dot_knowledge__pb2.ListTagsResponse.FromString,
                 _registered_method=True)
+        self.HotTokens = channel.unary_unary(
+                '/memsvc.v1.KnowledgeService/HotTokens',
+                request_serializer=memsvc_dot_v1_dot_knowledge__pb2.HotTokensRequest.SerializeToString,
+                response_deserializer=memsvc_dot_v1_dot_knowledge__pb2.HotTokensResponse.FromString,
+                _registered_method=True)
 
 
 class KnowledgeServiceServicer:
@@ -206,6 +211,14 @@ class KnowledgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HotTokens(self, request, context):
+        """The tokens this server has read most often from a table: what a worker's cache should hold
+        from its first step. A read (read key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KnowledgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -283,6 +296,11 @@ def add_KnowledgeServiceServicer_to_server(servicer, server):
                     servicer.ListTags,
                     request_deserializer=memsvc_dot_v1_dot_knowledge__pb2.ListTagsRequest.FromString,
                     response_serializer=memsvc_dot_v1_dot_knowledge__pb2.ListTagsResponse.SerializeToString,
+            ),
+            'HotTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.HotTokens,
+                    request_deserializer=memsvc_dot_v1_dot_knowledge__pb2.HotTokensRequest.FromString,
+                    response_serializer=memsvc_dot_v1_dot_knowledge__pb2.HotTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -690,6 +708,33 @@ class KnowledgeService:
             '/memsvc.v1.KnowledgeService/ListTags',
             memsvc_dot_v1_dot_knowledge__pb2.ListTagsRequest.SerializeToString,
             memsvc_dot_v1_dot_knowledge__pb2.ListTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HotTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memsvc.v1.KnowledgeService/HotTokens',
+            memsvc_dot_v1_dot_knowledge__pb2.HotTokensRequest.SerializeToString,
+            memsvc_dot_v1_dot_knowledge__pb2.HotTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,
