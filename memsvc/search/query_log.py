@@ -135,8 +135,12 @@ class QueryLogs:
             self._saved, self.saving = time.monotonic(), False
 
     def save_all(self):
+        """Saves every log; one that cannot be written (a full disk) keeps its last saved file."""
         for where, log in list(self._logs.items()):
-            self.save(where, log)
+            try:
+                self.save(where, log)
+            except OSError as e:
+                LOG.warning("query log of %s not saved (%s); the last saved one stays", where, e)
 
     def save(self, where, log):
         self.folder.mkdir(parents=True, exist_ok=True)

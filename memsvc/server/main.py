@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from memsvc.core.errors import InvalidArgument
+from memsvc.core.errors import FailedPrecondition, InvalidArgument, MemsvcError
 from memsvc.search.config import SearchConfig
 from memsvc.search.manager import IndexManager
 from memsvc.server import mosaic_servicer, search_servicer
@@ -137,6 +137,19 @@ def reuse_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold) and mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
+def open_store(data_dir) -> KnowledgeBase:
+    """The KB to serve. Damage the store does not name itself (a flipped byte in the catalog's
+    first page surfaced as a UnicodeDecodeError, issue 19) is one FailedPrecondition naming the
+    directory and what failed, in one line as `memsvc serve` prints it."""
+    try:
+        return KnowledgeBase(StoreConfig(data_dir=Path(data_dir)))
+    except Exception as e:  # noqa: BLE001 - any damage: one line (SQLite quotes schema text with newlines)
+        LOG.debug("opening %s failed", data_dir, exc_info=True)
+        known = isinstance(e, MemsvcError)
+        message = str(e) if known else f"data: {data_dir} does not load ({type(e).__name__}: {e})"
+        raise (type(e) if known else FailedPrecondition)(" ".join(message.split())) from None
+
+
 def serve(config: ServerConfig, ready=None):
     """Serve until SIGTERM/SIGINT: then NOT_SERVING, let in-flight calls finish, close the store."""
     if not reuse_freed_memory():
@@ -146,7 +159,7 @@ def serve(config: ServerConfig, ready=None):
     if config.metrics_port is not None:  # up before the store opens: /readyz says 503 while it loads
         _, http_port = start_http(config.host, config.metrics_port, metrics, state)
         print(f"memsvc: metrics and probes on http://{config.host}:{http_port}/metrics", flush=True)
-    kb = KnowledgeBase(StoreConfig(data_dir=Path(config.data_dir)))
+    kb = open_store(config.data_dir)
     server, port, _, indexes = create_server(kb, config, metrics, state)
     LOG.info("memsvc serving %s on %s:%d (head version %d)", config.data_dir, config.host, port, kb.version)
     print(f"memsvc: serving {config.data_dir} on {config.host}:{port} (version {kb.version})", flush=True)
