@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from bench.faults import fill
 from clients.client import MemoryClient
 from clients.search import SearchClient
 from memsvc.cli import cli
@@ -35,19 +36,6 @@ def tiny_disk(folder, size="8m"):
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=True)
-
-
-def fill(folder):
-    """Fills the file system of folder; returns the filler file (delete it to free the space)."""
-    filler = folder / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * (1 << 16))
-                f.flush()
-        except OSError:
-            pass
-    return filler
 
 
 def test_a_full_disk_refuses_edits_and_tags_keeps_reads_and_recovers(tmp_path):
