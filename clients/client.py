@@ -80,7 +80,7 @@ class MemoryClient:
         self.reply_buffers = reply_buffers.ReplyBuffers() if shared_memory else None
         self.row_bytes = {}  # (table, layers) -> bytes of one token's rows, from the last inline reply
         self.streams = []  # every OpenStream of this client (closed with it)
-        self.lookup_stream = self.open_stream(self.stub.LookupStream) if stream_lookups else None
+        self.lookup_stream = self.open_stream(self.stub.LookupStream, self.stub.Lookup) if stream_lookups else None
 
     def _call(self, method, request, stub=None):
         """One RPC (on ``stub``, default the KnowledgeService one) with errors as memsvc exceptions."""
@@ -94,9 +94,10 @@ class MemoryClient:
                 raise FailedPrecondition(f"server: cannot reach memsvc at {self.address} ({e.details()})") from None
             raise ERROR_OF.get(e.code(), MemsvcError)(e.details()) from None
 
-    def open_stream(self, method) -> "OpenStream":
-        """An OpenStream over the stream-stream ``method`` of this channel, closed with the client."""
-        stream = OpenStream(method, self.metadata, self.timeout, self.address)
+    def open_stream(self, method, unary) -> "OpenStream":
+        """An OpenStream over the stream-stream ``method`` of this channel (``unary``: its unary
+        twin, for a call the stream fails), closed with the client."""
+        stream = OpenStream(method, self.metadata, self.timeout, self.address, unary)
         self.streams.append(stream)
         return stream
 
@@ -289,15 +290,23 @@ class MemoryClient:
         return np.array(reply.token_ids, dtype=np.int64), np.array(reply.counts, dtype=np.int64)
 
 
+# the codes of a stream the server refused (too many open) or ended (idle, stopping): the call goes unary
+STREAM_ENDED = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
 class OpenStream:
     """One open stream of a method served as its unary twin per message (LookupStream,
     SearchStream), opened on first use: one call at a time, replies in order. After an error
     (which ends a stream) the next call opens a new one. A call not answered within ``timeout``
     seconds cancels the stream (a watchdog thread checks a few times per timeout) and raises
-    FailedPrecondition, as a unary call's deadline would."""
+    FailedPrecondition, as a unary call's deadline would. A call whose stream was refused or ended
+    (RESOURCE_EXHAUSTED, UNAVAILABLE, CANCELLED) is sent once more as the ``unary`` twin: the
+    server bounds its open streams and ends idle ones (memsvc/server/interceptors.py), and both
+    twins are reads, so a repeat is harmless."""
 
-    def __init__(self, method, metadata, timeout: float | None, address: str):
+    def __init__(self, method, metadata, timeout: float | None, address: str, unary=None):
         self.method, self.metadata, self.timeout, self.address = method, metadata, timeout, address
+        self.unary = unary
         self.lock = threading.Lock()
         self.requests = self.replies = None
         self.sent_at = None  # monotonic time the call in flight was sent
@@ -317,14 +326,16 @@ class OpenStream:
             self.requests.put(request)
             try:
                 return next(self.replies)
-            except BaseException:
+            except BaseException as e:
                 self._end()
                 if self.overdue.is_set():
                     raise FailedPrecondition(f"server: no reply from memsvc at {self.address} "
                                              f"within {self.timeout} s") from None
-                raise
+                if self.unary is None or not isinstance(e, grpc.RpcError) or e.code() not in STREAM_ENDED:
+                    raise
             finally:
                 self.sent_at = None
+        return self.unary(request, timeout=self.timeout, metadata=self.metadata)
 
     def _watch(self):
         while not self.closed.wait(min(1.0, self.timeout / 4)):

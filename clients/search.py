@@ -35,7 +35,7 @@ class SearchClient:
         self.stub = spb_grpc.SearchServiceStub(client.channel)
         self.stream = client.open_stream(client.channel.stream_stream(
             f"/{SERVICE}/SearchStream", request_serializer=spb.SearchRequest.SerializeToString,
-            response_deserializer=spb.SearchResponse.FromString)) if stream else None
+            response_deserializer=spb.SearchResponse.FromString), self.stub.Search) if stream else None
 
     def _call(self, method, request):
         return self.client._call(method, request, stub=self.stub)

@@ -2,7 +2,7 @@
 root/<name>/meta.json (written atomically) beside the saved index root/<name>/v<iv>/."""
 import json
 import logging
-import os
+import shutil
 import threading
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -11,6 +11,7 @@ import numpy as np
 
 from memsvc.core.errors import NotFound
 from memsvc.core.search import BUILDING, FAILED, READY, IndexInfo
+from memsvc.store.files import write_atomic
 
 LOG = logging.getLogger("memsvc.search")
 
@@ -34,8 +35,13 @@ class Catalog:
         self.root = Path(root)
         self._entries: dict[str, Entry] = {}
         for meta in sorted(self.root.glob("*/meta.json")):
-            saved = json.loads(meta.read_text())
-            entry = Entry(IndexInfo(**saved["info"]), saved.get("unindexed", []))
+            try:
+                saved = json.loads(meta.read_text())
+                entry = Entry(IndexInfo(**saved["info"]), saved.get("unindexed", []))
+            except Exception as e:  # noqa: BLE001 - a damaged derived file must not stop the server
+                LOG.warning("index catalog: %s is damaged (%s); dropping that index", meta, e)
+                shutil.rmtree(meta.parent, ignore_errors=True)
+                continue
             if entry.info.state == BUILDING:
                 entry.info = replace(entry.info, state=FAILED, error="interrupted by a restart; drop and create it again")
             elif entry.info.state == READY:
@@ -64,8 +70,13 @@ class Catalog:
         return entry
 
     def add(self, entry: Entry):
+        """Saves the entry, then lists it: one that cannot be saved (a full disk) is not left behind."""
+        try:
+            self.save(entry)
+        except BaseException:
+            shutil.rmtree(self.root / entry.info.name, ignore_errors=True)
+            raise
         self._entries[entry.info.name] = entry
-        self.save(entry)
 
     def remove(self, name) -> Entry:
         return self._entries.pop(name)
@@ -76,6 +87,5 @@ class Catalog:
     def save(self, entry: Entry):
         folder = self.root / entry.info.name
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "meta.json.tmp"
-        tmp.write_text(json.dumps({"info": asdict(entry.info), "unindexed": entry.unindexed.tolist()}, indent=1))
-        os.replace(tmp, folder / "meta.json")
+        meta = json.dumps({"info": asdict(entry.info), "unindexed": entry.unindexed.tolist()}, indent=1)
+        write_atomic(folder / "meta.json", lambda f: f.write(meta.encode()))

@@ -1,11 +1,20 @@
 """The search service's limits and knobs, each with the measurement that chose it."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from memsvc.search.limits import INDEX_LIMITS
 
 
 @dataclass
 class SearchConfig:
     max_k: int = 1024  # larger k gets RESOURCE_EXHAUSTED naming `k`
     max_queries: int = 16384  # query vectors or tokens per request
+    # queries x k per request (16384 x 1024 took 79 s of server CPU, issue 19); RESOURCE_EXHAUSTED naming k
+    max_results: int = 1 << 22
+    # queries x rows an exact search scores per request (2^30 at d 128: ~1.4e11 multiply-adds,
+    # seconds on 2 cores); RESOURCE_EXHAUSTED naming queries, beyond which an index answers
+    max_scored: int = 1 << 30
+    max_search_param: int = 65536  # complexity, ef_search, nprobe, beam_width per query
+    index_limits: dict = field(default_factory=lambda: dict(INDEX_LIMITS))  # CreateIndex: field -> largest value
     query_log_size: int = 4096  # queries sampled per (table, layer) (reservoir)
     query_log_save_seconds: float = 30.0  # persist a changed log at most this often, off the request path
     min_log_queries: int = 256  # learned_pq trains on the log once it holds this many, else on rows

@@ -64,11 +64,14 @@ from memsvc.core.search import BUILDING, FAILED, READY, IndexInfo, SearchResult,
 from memsvc.search.builds import build_and_save, build_in_worker
 from memsvc.search.catalog import Catalog, Entry
 from memsvc.search.config import SearchConfig
+from memsvc.search.limits import checked_index_config
 from memsvc.search.query_log import QueryLog, QueryLogs
 from memsvc.search.search_worker import GIL_HOLDING_KINDS, SearchWorker
+from memsvc.store.files import fsync_dir, fsync_tree
 from memsvc.search.sources import BankLayer, MosaicGroup
 
 LOG = logging.getLogger("memsvc.search")
+MAX_NAME_BYTES = 255  # an index's name is its directory's name: most file systems allow 255 bytes
 
 
 class IndexManager:
@@ -151,11 +154,13 @@ class IndexManager:
 
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name or "") or name == "querylog":
             raise InvalidArgument(f"name: invalid index name {name!r} (letters, digits, _ . -)")
+        if len(name) > MAX_NAME_BYTES:  # a directory name: longer ones fail to mkdir
+            raise InvalidArgument(f"name: {len(name)} bytes, over the limit of {MAX_NAME_BYTES}")
         v = self.kb.resolve_version(version, tag)
         src = self._source(table, layer, head, v)
         if not len(src.alive_ids(v)):
             raise FailedPrecondition(f"table: {place(src.where)} holds no rows at version {v}; add pairs first")
-        config = config if isinstance(config, IndexConfig) else IndexConfig.from_dict(dict(config or {}))
+        config = config if isinstance(config, IndexConfig) else checked_index_config(config or {}, self.config.index_limits)
         config = replace(config, progress=False).validate()  # the service reports progress itself
         with self._lock:
             if name in self.catalog:
@@ -197,7 +202,9 @@ class IndexManager:
 
             final = self.catalog.index_dir(info)
             shutil.rmtree(final, ignore_errors=True)
+            fsync_tree(folder / "index")  # durable before it is named: a crash leaves the old index or this one
             os.replace(folder / "index", final)
+            fsync_dir(final.parent)
             index = load_index(final)
             self._warm_worker([info.kind])
             with self._lock:
@@ -312,6 +319,7 @@ class IndexManager:
         if metric not in ("l2", "ip", "cosine"):
             raise InvalidArgument(f"metric: {metric!r} is not one of l2, ip, cosine")
         q = self._queries(src, v, queries, tokens)
+        self._check_work(len(q), k, params)
         self.query_logs.add(src.where, q, v)
         if entry is None:
             if params:
@@ -330,6 +338,14 @@ class IndexManager:
         if k > self.config.max_k:
             raise ResourceExhausted(f"k: {k} exceeds the limit of {self.config.max_k} results per query")
         return int(k)
+
+    def _check_work(self, n, k, params):
+        if n * k > self.config.max_results:
+            raise ResourceExhausted(f"k: {n} queries x k {k} exceed the limit of {self.config.max_results} results "
+                                    f"per request")
+        for key, value in (params or {}).items():
+            if isinstance(value, (int, np.integer)) and value > self.config.max_search_param:
+                raise ResourceExhausted(f"params.{key}: {value} exceeds the limit of {self.config.max_search_param}")
 
     def _pick(self, where, name, metric) -> Entry | None:
         if name:
@@ -362,6 +378,9 @@ class IndexManager:
     def _exact_all(self, src, v, q, k, metric):
         """Exact top-k over every row of the source at v, a chunk of rows at a time."""
         ids = src.alive_ids(v)
+        if len(q) * len(ids) > self.config.max_scored:
+            raise ResourceExhausted(f"queries: {len(q)} queries x {len(ids)} rows exceed the limit of "
+                                    f"{self.config.max_scored} scored by an exact search; send fewer or build an index")
         best = empty_hits(len(q))
         for start in range(0, len(ids), self.config.read_chunk):
             part = ids[start:start + self.config.read_chunk]
@@ -430,7 +449,13 @@ class IndexManager:
                     raise
                 unindexed = np.union1d(np.setdiff1d(entry.unindexed, stale), new[zero])
                 updated = replace(info, version=head, count=len(entry.index))
-                entry.index.save(self.catalog.index_dir(updated))
+                try:
+                    entry.index.save(self.catalog.index_dir(updated))
+                    fsync_tree(self.catalog.index_dir(updated))  # durable before meta.json names it
+                except BaseException:  # a full disk: the index stays at iv, as saved
+                    shutil.rmtree(self.catalog.index_dir(updated), ignore_errors=True)
+                    entry.index = load_index(self.catalog.index_dir(info))
+                    raise
                 index = load_index(self.catalog.index_dir(updated))  # disk kinds read the files they were loaded from
                 with self._lock:
                     if entry.dropped:

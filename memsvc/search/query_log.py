@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from memsvc.store.files import write_atomic
+
 LOG = logging.getLogger("memsvc.search")
 
 
@@ -73,7 +75,7 @@ class QueryLog:
     def save(self, path):
         with self._lock:  # copy under the lock, write outside it: adds never wait on the disk
             queries, versions, seen = self.queries.copy(), self.versions.copy(), self.seen
-        np.savez(path, queries=queries, versions=versions, seen=seen)
+        write_atomic(path, lambda f: np.savez(f, queries=queries, versions=versions, seen=seen))
 
     @classmethod
     def load(cls, path, size, seed=0):
@@ -99,8 +101,12 @@ class QueryLogs:
         self._saved = time.monotonic()  # when the logs were last persisted
         self.saving = False  # a background save is running
         for path in sorted(self.folder.glob("*.npz")) if self.folder.is_dir() else []:
-            table, layer = path.stem.rsplit("@", 1)  # layer or layer.head
-            self._logs[(table, *map(int, layer.split(".")))] = QueryLog.load(path, size)
+            try:
+                table, layer = path.stem.rsplit("@", 1)  # layer or layer.head
+                self._logs[(table, *map(int, layer.split(".")))] = QueryLog.load(path, size)
+            except Exception as e:  # noqa: BLE001 - a sample of queries: a damaged one is dropped, not fatal
+                LOG.warning("query log %s is damaged (%s); dropping it", path, e)
+                path.unlink(missing_ok=True)
 
     def get(self, where) -> QueryLog | None:
         return self._logs.get(where)
@@ -129,8 +135,12 @@ class QueryLogs:
             self._saved, self.saving = time.monotonic(), False
 
     def save_all(self):
+        """Saves every log; one that cannot be written (a full disk) keeps its last saved file."""
         for where, log in list(self._logs.items()):
-            self.save(where, log)
+            try:
+                self.save(where, log)
+            except OSError as e:
+                LOG.warning("query log of %s not saved (%s); the last saved one stays", where, e)
 
     def save(self, where, log):
         self.folder.mkdir(parents=True, exist_ok=True)

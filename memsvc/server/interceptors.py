@@ -1,6 +1,9 @@
 """The interceptors between gRPC and the servicers: error mapping, unparsable requests, streams
 served as unary calls, and replies whose wire bytes a servicer wrote itself."""
+import errno
 import logging
+import threading
+import time
 
 import grpc
 
@@ -22,6 +25,8 @@ STATUS_OF = [
 
 
 def status_of(error: Exception) -> grpc.StatusCode:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:  # a file write on a full disk
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     return next((code for cls, code in STATUS_OF if isinstance(error, cls)), grpc.StatusCode.INTERNAL)
 
 
@@ -102,20 +107,83 @@ class StreamOfUnaryCalls(grpc.ServerInterceptor):
     Lookup, SearchStream -> Search): ``twins`` maps the stream's full name to (the unary's full
     name, its servicer handler), and each message goes through ``per_message`` interceptors'
     wraps (metrics, parsing, errors) exactly as a unary call does. The interceptors outside this one (auth) see
-    the stream once, when it opens. An error ends the stream with its status."""
+    the stream once, when it opens. An error ends the stream with its status.
 
-    def __init__(self, twins: dict, per_message: list):
-        self.calls = {}
+    An open stream holds one worker thread for its whole life (grpc's sync server), so streams
+    are bounded (issue 19: sixteen idle streams used to freeze every call and the health check):
+    at most ``max_streams`` open at once (beyond: RESOURCE_EXHAUSTED, the unary twin still
+    answers), and one that waits ``idle_seconds`` for its next message is ended with UNAVAILABLE,
+    which frees its thread. Clients send their message as a unary call when a stream fails."""
+
+    def __init__(self, twins: dict, per_message: list, max_streams: int, idle_seconds: float):
+        self.calls, self.unary_of = {}, {}
         for stream, (unary, handler) in twins.items():
             for interceptor in reversed(per_message):
                 handler = interceptor.wrap(unary, handler)
-            self.calls[stream] = handler
+            self.calls[stream], self.unary_of[stream] = handler, unary
+        self.max_streams, self.idle_seconds = max_streams, idle_seconds
+        self.lock = threading.Lock()
+        self.idle_since = {}  # the context of each open stream -> monotonic time it went idle (None: serving)
+        self.reaper = None  # the thread that ends idle streams; runs while any stream is open
 
     def intercept_service(self, continuation, details):
         call = self.calls.get(details.method)
         if call is None:
             return continuation(details)
-        behaviour = call.unary_unary
+        behaviour, unary = call.unary_unary, self.unary_of[details.method]
         return grpc.stream_stream_rpc_method_handler(
-            lambda requests, context: (behaviour(request, context) for request in requests),
+            lambda requests, context: self._open(behaviour, unary, requests, context),
             request_deserializer=call.request_deserializer, response_serializer=call.response_serializer)
+
+    def _open(self, behaviour, unary, requests, context):
+        with self.lock:
+            if len(self.idle_since) >= self.max_streams:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"streams: {len(self.idle_since)} streams open, the limit (max_streams "
+                              f"{self.max_streams}); send {unary} as unary calls")
+            self.idle_since[context] = time.monotonic()
+            if self.reaper is None:
+                self.reaper = threading.Thread(target=self._end_idle_streams, daemon=True, name="memsvc-stream-reaper")
+                self.reaper.start()
+        if not context.add_callback(lambda: self._closed(context)):
+            self._closed(context)
+        return self._replies(behaviour, requests, context)
+
+    def _replies(self, behaviour, requests, context):
+        for request in requests:
+            self._mark(context, None)
+            yield behaviour(request, context)
+            self._mark(context, time.monotonic())
+
+    def _mark(self, context, idle_since):
+        with self.lock:  # a stream that has closed meanwhile stays out
+            if context in self.idle_since:
+                self.idle_since[context] = idle_since
+
+    def _closed(self, context):
+        with self.lock:
+            self.idle_since.pop(context, None)
+
+    def _end_idle_streams(self):
+        while True:
+            time.sleep(min(1.0, self.idle_seconds / 4))
+            now = time.monotonic()
+            with self.lock:
+                if not self.idle_since:
+                    self.reaper = None
+                    return
+                idle = [c for c, since in self.idle_since.items() if since is not None and now - since > self.idle_seconds]
+            for context in idle:
+                end_stream(context, grpc.StatusCode.UNAVAILABLE,
+                           f"stream: idle for {self.idle_seconds} s (stream_idle_seconds), ended; open a new one")
+
+
+def end_stream(context, code: grpc.StatusCode, details: str):
+    """Ends a stream from another thread than the one serving it (which is blocked waiting for the
+    next message). grpc's public ``cancel()`` only sends CANCELLED; the call object under it can send
+    a status with details, which tells a client why."""
+    call = getattr(getattr(context, "_rpc_event", None), "call", None)
+    if call is None:
+        context.cancel()
+    else:
+        call.cancel(code.value[0], details)

@@ -5,14 +5,14 @@ import signal
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from memsvc.core.errors import InvalidArgument
+from memsvc.core.errors import FailedPrecondition, InvalidArgument, MemsvcError
 from memsvc.search.config import SearchConfig
 from memsvc.search.manager import IndexManager
 from memsvc.server import mosaic_servicer, search_servicer
@@ -21,6 +21,7 @@ from memsvc.server.interceptors import ErrorInterceptor, RawReplies, StreamOfUna
 from memsvc.server.metrics import Metrics, MetricsInterceptor, ServingState, start_http
 from memsvc.server.servicer import KnowledgeServicer
 from memsvc.store import KnowledgeBase, StoreConfig
+from memsvc.store.mosaic_input import MosaicLimits
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 from memsvc.v1 import search_pb2 as spb
@@ -39,7 +40,12 @@ class ServerConfig:
     data_dir: Path = Path("./memsvc-data")
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port
-    max_workers: int = 16
+    max_workers: int = 32
+    # An open LookupStream/SearchStream holds one worker thread for its life: at most this many
+    # are open at once (RESOURCE_EXHAUSTED beyond; clients then send unary calls), which leaves
+    # max_workers - max_streams threads for unary calls and health checks whatever streams do.
+    max_streams: int = 16
+    stream_idle_seconds: float = 60.0  # a stream with no message for this long is ended (UNAVAILABLE)
     # 256 MiB both ways: a 4096-token lookup of 4 layers x 2048 fp16 is 64 MiB; larger
     # requests get RESOURCE_EXHAUSTED from gRPC itself, larger lookups from Lookup.
     max_message_bytes: int = 256 << 20
@@ -52,6 +58,10 @@ class ServerConfig:
     metrics_port: int | None = None  # HTTP /metrics /healthz /readyz on this port (0: a free one)
     drain_seconds: float = 0.0  # on SIGTERM, answer NOT_SERVING this long before stopping (balancers)
     build_niceness: int = SearchConfig.build_niceness  # index builds run this much nicer than the server
+    # the most work one call may ask for: QueryMosaic (queries, queries x pairs, k, LSH tables) and
+    # Search / CreateIndex (queries, queries x rows, k, index parameters); see each class
+    mosaic_limits: MosaicLimits = field(default_factory=MosaicLimits)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | None = None,
@@ -60,17 +70,20 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
     Interceptors run outermost first: metrics (sees every status), auth, streams as unary calls
     (whose messages get the metrics and error wraps too), unparsable requests, error mapping,
     and Lookup's reply bytes sent as written."""
+    if not 0 < config.max_streams < config.max_workers:
+        raise InvalidArgument(f"max_streams: {config.max_streams} must be above 0 and below max_workers "
+                              f"({config.max_workers}), which serve unary calls too")
     keys = load_keys(config.api_keys_file)
     check_exposure(config.host, keys, config.insecure)
     measured = [MetricsInterceptor(metrics)] if metrics else []
     checked = [UnparsableRequestInterceptor(), ErrorInterceptor(), RawReplies({f"/{SERVICE}/Lookup"})]
     servicer = KnowledgeServicer(kb, config)
-    searcher = search_servicer.SearchServicer(IndexManager(kb, SearchConfig(build_niceness=config.build_niceness)))
+    searcher = search_servicer.SearchServicer(IndexManager(kb, replace(config.search, build_niceness=config.build_niceness)))
     streams = StreamOfUnaryCalls({
         f"/{SERVICE}/LookupStream": (f"/{SERVICE}/Lookup", _unary(servicer.Lookup, pb.LookupRequest, pb.LookupResponse)),
         f"/{search_wire.SERVICE}/SearchStream": (f"/{search_wire.SERVICE}/Search",
                                                      _unary(searcher.Search, spb.SearchRequest, spb.SearchResponse)),
-    }, measured + checked)
+    }, measured + checked, config.max_streams, config.stream_idle_seconds)
     interceptors = measured + ([AuthInterceptor(keys)] if keys else []) + [streams] + checked
     options = [("grpc.max_send_message_length", config.max_message_bytes),
                ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -78,7 +91,7 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
                          interceptors=interceptors, options=options)
     pb_grpc.add_KnowledgeServiceServicer_to_server(servicer, server)
-    mosaic_servicer.add_to_server(kb, server)
+    mosaic_servicer.add_to_server(kb, server, config.mosaic_limits)
     spb_grpc.add_SearchServiceServicer_to_server(searcher, server)
     indexes = searcher.manager
     if metrics is not None:
@@ -124,6 +137,19 @@ def reuse_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold) and mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
+def open_store(data_dir) -> KnowledgeBase:
+    """The KB to serve. Damage the store does not name itself (a flipped byte in the catalog's
+    first page surfaced as a UnicodeDecodeError, issue 19) is one FailedPrecondition naming the
+    directory and what failed, in one line as `memsvc serve` prints it."""
+    try:
+        return KnowledgeBase(StoreConfig(data_dir=Path(data_dir)))
+    except Exception as e:  # noqa: BLE001 - any damage: one line (SQLite quotes schema text with newlines)
+        LOG.debug("opening %s failed", data_dir, exc_info=True)
+        known = isinstance(e, MemsvcError)
+        message = str(e) if known else f"data: {data_dir} does not load ({type(e).__name__}: {e})"
+        raise (type(e) if known else FailedPrecondition)(" ".join(message.split())) from None
+
+
 def serve(config: ServerConfig, ready=None):
     """Serve until SIGTERM/SIGINT: then NOT_SERVING, let in-flight calls finish, close the store."""
     if not reuse_freed_memory():
@@ -133,7 +159,7 @@ def serve(config: ServerConfig, ready=None):
     if config.metrics_port is not None:  # up before the store opens: /readyz says 503 while it loads
         _, http_port = start_http(config.host, config.metrics_port, metrics, state)
         print(f"memsvc: metrics and probes on http://{config.host}:{http_port}/metrics", flush=True)
-    kb = KnowledgeBase(StoreConfig(data_dir=Path(config.data_dir)))
+    kb = open_store(config.data_dir)
     server, port, _, indexes = create_server(kb, config, metrics, state)
     LOG.info("memsvc serving %s on %s:%d (head version %d)", config.data_dir, config.host, port, kb.version)
     print(f"memsvc: serving {config.data_dir} on {config.host}:{port} (version {kb.version})", flush=True)

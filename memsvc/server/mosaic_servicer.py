@@ -2,6 +2,7 @@
 conversions live in memsvc/wire/mosaic.py. Errors become status codes in ErrorInterceptor."""
 from memsvc.core.errors import InvalidArgument
 from memsvc.core.mosaic import LshParams
+from memsvc.store.mosaic_input import MosaicLimits
 from memsvc.v1 import mosaic_pb2 as mpb
 from memsvc.v1 import mosaic_pb2_grpc as mpb_grpc
 from memsvc.wire.knowledge import tensor_from_pb, tensor_to_pb, version_from_pb
@@ -17,8 +18,8 @@ def _pair_arrays(request):
 # ---------------------------------------------------------------- the service
 
 class MosaicServicer(mpb_grpc.MosaicServiceServicer):
-    def __init__(self, kb):
-        self.kb = kb
+    def __init__(self, kb, limits: MosaicLimits):
+        self.kb, self.limits = kb, limits
 
     def CreateMosaic(self, request, context):
         r = self.kb.mosaic.create(request.table, request.num_layers, request.num_heads, request.key_dim, request.value_dim,
@@ -64,9 +65,9 @@ class MosaicServicer(mpb_grpc.MosaicServiceServicer):
             policy=policy_from_pb(request.policy) if choice == "policy" else None,
             mode=MODE_NAMES[request.mode], k=request.k,
             lsh=LshParams(bits=request.lsh.bits or LshParams.bits, tables=request.lsh.tables, budget=request.lsh.budget),
-            **version_from_pb(request.at))
+            limits=self.limits, **version_from_pb(request.at))
         return result_to_pb(result)
 
 
-def add_to_server(kb, server):
-    mpb_grpc.add_MosaicServiceServicer_to_server(MosaicServicer(kb), server)
+def add_to_server(kb, server, limits: MosaicLimits):
+    mpb_grpc.add_MosaicServiceServicer_to_server(MosaicServicer(kb, limits), server)

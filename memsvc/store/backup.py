@@ -231,14 +231,18 @@ def fsck(data_dir, progress=False) -> FsckReport:
         report.problems.append(f"data: the knowledge base does not load ({type(e).__name__}: {e})")
         kb = None
     try:
-        with sqlite3.connect(f"file:{root / CATALOG}?mode=ro", uri=True) as db:
-            if _check_sqlite(db, report):
-                _check_files(root, db, report, progress)
+        try:
+            with sqlite3.connect(f"file:{root / CATALOG}?mode=ro", uri=True) as db:
+                if _check_sqlite(db, report):
+                    _check_files(root, db, report, progress)
+        except Exception as e:  # noqa: BLE001 - a damaged header or page fails anywhere: a finding, not a traceback
+            report.problems.append(f"catalog: {root / CATALOG} does not read ({type(e).__name__}: {e})")
         if kb is not None and report.ok:
             _check_versions(kb, report, progress)
     finally:
         if kb is not None:
             kb.close()
+    _check_derived(root, report)
     return report
 
 
@@ -257,7 +261,7 @@ def _check_files(root, db, report, progress):
         dtype, dim, layers = tables[tbl]
         try:
             base = np.load(root / rel, mmap_mode="r")
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:  # EOFError: a file truncated to 0 bytes
             report.problems.append(f"base: {rel} (table {tbl!r}, version {version}) is missing or unreadable ({e})")
             continue
         if base.shape != (vocab, layers, dim) or base.dtype != storage_dtype(dtype):
@@ -278,6 +282,24 @@ def _check_files(root, db, report, progress):
     for p in sorted((root / "bases").rglob("*")) if (root / "bases").exists() else []:
         if p.is_file() and p.relative_to(root).as_posix() not in named:
             report.notes.append(f"{p.relative_to(root)} is named by no commit (left by an interrupted write; gc-safe to delete)")
+
+
+def _check_derived(root, report):
+    """The files beside the catalog that serve rebuilds from it (index entries, query logs): serve
+    drops a damaged one with a warning; fsck names it."""
+    for meta in sorted((root / "indexes").glob("*/meta.json")):
+        try:
+            json.loads(meta.read_text())["info"]["name"]
+        except Exception as e:  # noqa: BLE001 - any damage is a finding
+            report.problems.append(f"index: {meta.relative_to(root)} is damaged ({type(e).__name__}: {e}); "
+                                   f"serve drops that index")
+    for log in sorted((root / "indexes" / "querylog").glob("*.npz")):
+        try:
+            with np.load(log) as f:
+                f["queries"], f["versions"], int(f["seen"])
+        except Exception as e:  # noqa: BLE001 - any damage is a finding
+            report.problems.append(f"query log: {log.relative_to(root)} is damaged ({type(e).__name__}: {e}); "
+                                   f"serve drops it")
 
 
 def _check_versions(kb, report, progress):

@@ -70,7 +70,7 @@ class BankTables:
         path = self.root / file
         try:
             arr = map_for_lookups(path)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:  # EOFError: a file truncated to 0 bytes
             raise FailedPrecondition(f"data: base file {path} of table {table.name!r} is missing or unreadable ({e})")
         if arr.ndim != 3 or arr.shape[1:] != (table.num_layers, table.dim) or arr.dtype != storage_dtype(table.dtype):
             raise FailedPrecondition(f"data: base file {path} has shape {arr.shape} {arr.dtype}, the catalog says [*, {table.num_layers}, {table.dim}] {table.dtype}")

@@ -13,10 +13,11 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import sqlite_utils
 
-from memsvc.core.errors import Conflict, InvalidArgument, NotFound
+from memsvc.core.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted
 from memsvc.core.values import CommitInfo, EditRequest
 
 LOG = logging.getLogger("memsvc.store")
@@ -49,6 +50,7 @@ class CommitLog:
         self._db_lock = threading.RLock()
         self._reload = reload
         self.kinds = []  # the table kinds (objects with a `tables` dict) that share this log's names
+        self.catalog = Path(catalog)
         self._conn = sqlite3.connect(catalog, check_same_thread=False, isolation_level=None)
         try:
             self._create_schema(durable)
@@ -83,15 +85,25 @@ class CommitLog:
 
     @contextmanager
     def transaction(self):
+        """BEGIN ... COMMIT, rolled back on any error; a full disk is ResourceExhausted naming the
+        data directory (SQLite rolls back cleanly: nothing is written, reads go on, and writes work
+        again once there is space)."""
         with self._db_lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    crash_point("commit:before-commit")
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                    raise ResourceExhausted(f"data: no space left on the device of {self.catalog.parent}; "
+                                            f"nothing was written (free space, then retry)") from None
                 raise
-            crash_point("commit:before-commit")
-            self._conn.execute("COMMIT")
 
     def query(self, sql, params=()):
         with self._db_lock:

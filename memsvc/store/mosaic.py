@@ -42,12 +42,12 @@ import numpy as np
 
 from indexes.lsh import SimHashConfig, SimHashIndex, choose_tables
 from indexes.mosaic import kernel_regression, lsh_regression, topk_regression
-from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange, ResourceExhausted
 from memsvc.core.mosaic import BetaPolicy, LshParams, MosaicInfo, MosaicResult, PairsResult
 from memsvc.core.values import CommitResult, TableInfo
 from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
-from memsvc.store.mosaic_input import (check_lsh, check_matrix, check_pair_ids, check_policy, hashed_cosines,
-                                       resolve_beta, unit_keys)
+from memsvc.store.mosaic_input import (MosaicLimits, check_lsh, check_matrix, check_pair_ids, check_policy,
+                                       check_query_work, hashed_cosines, resolve_beta, unit_keys)
 
 MODES = ("exact", "topk", "lsh")
 TOPK_INDEX_KINDS = ("exact", "hnsw")  # ANN kinds that build without training queries
@@ -397,11 +397,12 @@ class MosaicStore:
     # ---------------------------------------------------------------- reads
 
     def query(self, name, layer, head, queries, *, beta=None, policy=None, mode="exact", k=0,
-              lsh: LshParams | None = None, version=None, tag=None) -> MosaicResult:
+              lsh: LshParams | None = None, version=None, tag=None, limits: MosaicLimits | None = None) -> MosaicResult:
         """Kernel regression of queries (m, key_dim) over group (layer, head) at a version.
 
         β: `beta`, else `policy` (β1·n^α + β0 over the n pairs read), else the store's policy.
-        mode: "exact", "topk" (needs k >= 1) or "lsh" (`lsh` knobs)."""
+        mode: "exact", "topk" (needs k >= 1) or "lsh" (`lsh` knobs). ``limits``: the most work
+        a server accepts (ResourceExhausted beyond)."""
         if mode not in MODES:
             raise InvalidArgument(f"mode: {mode!r} is not one of {', '.join(MODES)}")
         v = self.log.resolve_version(version, tag)
@@ -413,6 +414,7 @@ class MosaicStore:
         lsh = check_lsh(lsh or LshParams())
         alive = pairs.alive(v)
         n = int(np.count_nonzero(alive))
+        check_query_work(limits, len(queries), n, mode, k, lsh)
         beta = resolve_beta(beta, check_policy(policy) if policy is not None else t.policy, n)
         result = MosaicResult(outputs=None, lse=None, n=n, version=v, beta=beta, mode=mode)
         if n == 0 or mode == "exact":
@@ -420,7 +422,7 @@ class MosaicStore:
         elif mode == "topk":
             self._topk(t, layer, head, v, queries, beta, k, result)
         else:
-            self._lsh(t, layer, head, v, queries, beta, lsh, result)
+            self._lsh(t, layer, head, v, queries, beta, lsh, result, limits)
         return result
 
     def _topk(self, t, layer, head, v, queries, beta, k, result):
@@ -440,10 +442,13 @@ class MosaicStore:
             result.outputs, result.lse, _ = topk_regression(queries, pairs.keys, pairs.values, beta, k,
                                                             lambda q, kk: index.index.search(q, kk))
 
-    def _lsh(self, t, layer, head, v, queries, beta, lsh, result):
+    def _lsh(self, t, layer, head, v, queries, beta, lsh, result, limits):
         def make(slots, keys, values):
             tables = lsh.tables or (choose_tables(lsh.bits, lsh.budget, hashed_cosines(keys)) if lsh.budget
                                     else SimHashConfig.tables)
+            if limits is not None and tables > limits.max_lsh_tables:
+                raise ResourceExhausted(f"lsh.budget: {lsh.budget} needs {tables} tables, over the limit of "
+                                        f"{limits.max_lsh_tables}; ask for a smaller budget or fewer bits")
             index = SimHashIndex(SimHashConfig(bits=lsh.bits, tables=tables), t.key_dim)
             index.add(slots, keys, values)  # the index reads its own packed rows (indexes/lsh.py PackedRows)
             return index

@@ -1,8 +1,10 @@
 """What enters a mosaic store, checked once where it enters: pair matrices, ids, β policies and
 LSH knobs; and the pair files (.npz, or two .npy) that the CLI imports and exports."""
+from dataclasses import dataclass
+
 import numpy as np
 
-from memsvc.core.errors import InvalidArgument
+from memsvc.core.errors import InvalidArgument, ResourceExhausted
 from memsvc.core.mosaic import BetaPolicy, LshParams
 
 
@@ -102,3 +104,32 @@ def load_pair_arrays(pairs_file=None, keys_file=None, values_file=None) -> dict:
 def save_pair_arrays(path, pairs: dict):
     """The export: ids, unit keys, values and labels of a group as one .npz (what load reads back)."""
     np.savez(path, ids=pairs["ids"], keys=pairs["keys"], values=pairs["values"], labels=np.array(pairs["labels"], dtype=str))
+
+
+@dataclass
+class MosaicLimits:
+    """The most work one QueryMosaic may ask for (ServerConfig.mosaic_limits); a server hands them
+    to every query (issue 19: EXACT over 10^5 queries grew the server by 4.7 GB, LSH tables=10000
+    past 10 GB, TOPK k=2^31-1 asked for 48 GiB). Beyond: RESOURCE_EXHAUSTED naming the field."""
+
+    max_queries: int = 16384  # query vectors per request
+    # queries x pairs scored (EXACT and TOPK score every pair): the (m, n) float32 score matrix
+    # and its exp are ~2 x 4 bytes each, so 2^27 keeps one request near 1 GiB
+    max_scored: int = 1 << 27
+    max_k: int = 1024  # TOPK: pairs averaged per query
+    max_lsh_tables: int = 1024  # LSH: L, given or chosen from a budget (the default is 150; each costs 6 B a pair)
+
+
+def check_query_work(limits: MosaicLimits | None, queries: int, pairs: int, mode: str, k: int, lsh: LshParams):
+    """Refuses a query above ``limits`` (None: a local store, no limits)."""
+    if limits is None:
+        return
+    if queries > limits.max_queries:
+        raise ResourceExhausted(f"queries: {queries} queries exceed the limit of {limits.max_queries} per request")
+    if mode != "lsh" and queries * pairs > limits.max_scored:
+        raise ResourceExhausted(f"queries: {queries} queries x {pairs} pairs exceed the limit of {limits.max_scored} "
+                                f"scored per request; send fewer queries or use mode LSH")
+    if mode == "topk" and k > limits.max_k:
+        raise ResourceExhausted(f"k: {k} exceeds the limit of {limits.max_k} pairs per query")
+    if mode == "lsh" and lsh.tables > limits.max_lsh_tables:
+        raise ResourceExhausted(f"lsh.tables: {lsh.tables} exceeds the limit of {limits.max_lsh_tables} tables")
