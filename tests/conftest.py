@@ -51,6 +51,16 @@ def server(server_process):
     return address, data
 
 
+@pytest.fixture
+def client(server):
+    """A MemoryClient of `server`."""
+    from clients.client import MemoryClient
+
+    address, _ = server
+    with MemoryClient(address) as c:
+        yield c
+
+
 # ---------------------------------------------------------------- a micro demo backbone (edit tests)
 
 import shutil  # noqa: E402

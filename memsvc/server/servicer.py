@@ -21,6 +21,7 @@ from memsvc.wire import knowledge as convert
 from memsvc.wire import lookup as lookup_wire
 
 LOG = logging.getLogger("memsvc.servicer")
+EXPORT_MESSAGE_BYTES = 3 << 20  # ExportTable's default: what gRPC clients receive with their default 4 MiB limit
 
 # The single mapping from memsvc errors to gRPC status codes (most specific class first).
 STATUS_OF = [
@@ -54,7 +55,15 @@ class UnaryInterceptor(grpc.ServerInterceptor):
 
 
 class ErrorInterceptor(UnaryInterceptor):
-    """Turns exceptions raised by servicer methods into status codes with their message."""
+    """Turns exceptions raised by servicer methods into status codes with their message; for the
+    one-sided streams (ImportTable, ExportTable) also unparsable request messages (INVALID_ARGUMENT,
+    which UnparsableRequestInterceptor gives unary calls)."""
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is not None and (handler.stream_unary or handler.unary_stream):
+            return self.wrap_stream(details.method, handler)
+        return super().intercept_service(lambda _: handler, details)
 
     def wrap(self, method, handler):
         behaviour = handler.unary_unary
@@ -63,16 +72,50 @@ class ErrorInterceptor(UnaryInterceptor):
             try:
                 return behaviour(request, context)
             except Exception as e:  # noqa: BLE001 - every error gets a status, the server keeps serving
-                code = status_of(e)
-                if code == grpc.StatusCode.INTERNAL:
-                    LOG.exception("internal error in %s", method)
-                context.abort(code, str(e))
+                abort_with(e, method, context)
 
         serialize = handler.response_serializer
         # Lookup writes its reply as wire bytes itself (lookup_wire.lookup_to_wire): pass them through.
         return grpc.unary_unary_rpc_method_handler(
             guarded, request_deserializer=handler.request_deserializer,
             response_serializer=lambda r: r.data if isinstance(r, lookup_wire.LookupWire) else serialize(r))
+
+    def wrap_stream(self, method, handler):
+        parse = handler.request_deserializer
+
+        def lenient(data):
+            try:
+                return parse(data)
+            except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
+                return e
+
+        def parsed(request):
+            if isinstance(request, Exception):
+                raise InvalidArgument(f"request: not a valid {method} request ({request})")
+            return request
+
+        if handler.stream_unary:
+            def guarded(requests, context):
+                try:
+                    return handler.stream_unary(map(parsed, requests), context)
+                except Exception as e:  # noqa: BLE001
+                    abort_with(e, method, context)
+        else:
+            def guarded(request, context):
+                try:
+                    yield from handler.unary_stream(parsed(request), context)
+                except Exception as e:  # noqa: BLE001
+                    abort_with(e, method, context)
+        make = grpc.stream_unary_rpc_method_handler if handler.stream_unary else grpc.unary_stream_rpc_method_handler
+        return make(guarded, request_deserializer=lenient, response_serializer=handler.response_serializer)
+
+
+def abort_with(error: Exception, method: str, context):
+    """End a call with the status of ``error`` (a stream the client cancelled is no internal error)."""
+    code = status_of(error)
+    if code == grpc.StatusCode.INTERNAL and context.is_active():
+        LOG.exception("internal error in %s", method)
+    context.abort(code, str(error))
 
 
 class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
@@ -82,6 +125,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
     def __init__(self, kb, config):
         self.kb = kb
         kb.limit_lookups(config.max_lookup_tokens, config.max_message_bytes)
+        self.max_message_bytes = config.max_message_bytes
         self.shared_buffers = SharedBuffers()
 
     def ListTables(self, request, context):
@@ -165,6 +209,21 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
 
     def ListTags(self, request, context):
         return pb.ListTagsResponse(tags=self.kb.tags())
+
+    def ImportTable(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("header") or first.HasField("rows"):
+            raise InvalidArgument("header: the first message must hold the header and no rows")
+        header = convert.import_header_from_pb(first.header)
+        _, layers, dim = header["shape"]
+        chunks = (convert.rows_from_pb(m.rows, header["dtype"], layers, dim, f"rows (message {i})")
+                  for i, m in enumerate(request_iterator, 1))
+        return convert.commit_result_to_pb(self.kb.import_chunks(chunks=chunks, **header))
+
+    def ExportTable(self, request, context):
+        max_bytes = min(request.max_message_bytes or EXPORT_MESSAGE_BYTES, self.max_message_bytes - (1 << 20))
+        v = self.kb.resolve_version(**convert.version_from_pb(request.at))
+        return convert.export_to_pb(self.kb.export_table(request.table, v, chunk_bytes=max_bytes), max_bytes)
 
 
 def _missing(field):
