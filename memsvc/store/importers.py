@@ -48,6 +48,14 @@ def _load_tensors(path: Path) -> tuple:
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, {}
 
 
+def _safetensors_contents(path: Path) -> tuple:
+    """(tensor names, metadata) of a safetensors file, from its header alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys()), f.metadata() or {}
+
+
 def _natural_key(name):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
@@ -71,6 +79,12 @@ def load_bank(path, num_layers=None, tensor=None) -> BankFile:
         return BankFile(ckpt.rows, ckpt.dtype, ckpt.model_layers)
     if path.is_dir() or tensor is not None:
         return BankFile(*read_tensor(path, tensor, num_layers))
+    if path.suffix == ".safetensors" and STEM_KEY in (contents := _safetensors_contents(path))[0]:
+        meta = contents[1]  # the STEM layout, memsvc's exports among others: read a slice of tokens at a time
+        layers = int(num_layers or meta.get("stem_layers") or 0)
+        if layers <= 0:
+            raise InvalidArgument(f"num_layers: {path.name} does not record its layer count; give --layers")
+        return BankFile(*read_tensor(path, STEM_KEY, layers), words=json.loads(meta[WORDS_KEY]) if WORDS_KEY in meta else None)
     words = None
     if path.suffix == ".npy":
         rows = np.load(path, mmap_mode="r")
