@@ -301,7 +301,7 @@ class MemoryClient:
                     convert.tensor_to_pb(chunk if chunk.dtype == storage_dtype(dtype) else to_storage(chunk, dtype),
                                          dtype, out=request.rows)
                     yield request
-            except BaseException as e:
+            except Exception as e:  # not GeneratorExit: grpc may close the requests once the server has answered
                 failed.append(e)
                 raise
 

@@ -230,7 +230,7 @@ def _wait_for(condition, seconds=30):
     ([header_message(), rows_message(small_bank()[:60])],
      grpc.StatusCode.INVALID_ARGUMENT, "rows: the stream ended after 60 of 64 tokens"),
     ([header_message(), rows_message(small_bank()), rows_message(small_bank()[:1])],
-     grpc.StatusCode.INVALID_ARGUMENT, "rows (chunk 1): more than the 64 tokens announced"),
+     grpc.StatusCode.INVALID_ARGUMENT, "rows (chunk 2): more than the 64 tokens announced"),
     ([header_message(), rows_message(np.full((64, 3, 8), np.inf, np.float32))],
      grpc.StatusCode.INVALID_ARGUMENT, "rows: contain NaN or Inf"),
     ([header_message(table="stem"), rows_message(small_bank())], grpc.StatusCode.ALREADY_EXISTS, "table 'stem' already exists"),
@@ -265,6 +265,10 @@ def test_a_failing_reader_raises_its_own_error_and_commits_nothing(client, monke
 
     with pytest.raises(OSError, match="disk read failed"):
         client.import_table("broken", Broken(), WORDS, dtype="float16")
+    nan = small_bank()
+    nan[40, 1, 2] = np.nan
+    with pytest.raises(InvalidArgument, match="rows: contain NaN or Inf"):  # the server's error, once all rows came
+        client.import_table("broken", nan, WORDS, dtype="float16")
     assert [t.name for t in client.list_tables()] == ["stem"]
 
 

@@ -266,7 +266,7 @@ class KnowledgeBase:
         tmp = self.root / f".import-{secrets.token_hex(8)}.tmp"  # backup skips *.tmp
         try:
             with npy_writer(tmp, dtype, shape) as out:
-                for i, rows in enumerate(chunks):
+                for i, rows in enumerate(chunks, 1):  # chunk i is ImportTable's message i
                     out.write(rows, f"rows (chunk {i})")
                 out.finish()
             return self.import_table(table, np.load(tmp, mmap_mode="r"), words, dtype, author, message)
