@@ -130,7 +130,10 @@ def test_export_table_streams_bounded_messages_with_the_live_vocabulary(client):
     assert_same(got, table_at(client, gap))
 
 
-def test_import_and_export_through_the_server_round_trip_with_conversion(server, tmp_path):
+def test_import_and_export_through_the_server_round_trip_with_conversion(server, tmp_path, monkeypatch):
+    import clients.client
+
+    monkeypatch.setattr(clients.client, "IMPORT_MESSAGE_BYTES", 8 * 3 * 8 * 4)  # 8 tokens a message: 9 messages
     address, _ = server
     with MemoryClient(address) as c:
         gap = with_history(c)
