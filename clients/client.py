@@ -16,9 +16,10 @@ import time
 import grpc
 import numpy as np
 
+from memsvc.core.dtypes import storage_dtype, to_storage
 from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError, NotFound, OutOfRange,
                                 ResourceExhausted)
-from memsvc.core.values import CommitResult, EditRequest, LookupResult, RowWrites, split_tokens
+from memsvc.core.values import CommitResult, EditRequest, LookupResult, RowWrites, TableExport, split_tokens
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 from memsvc.wire import knowledge as convert
@@ -38,6 +39,7 @@ ERROR_OF = {
 
 MAX_MESSAGE_BYTES = 256 << 20
 SNAPSHOT_PAGE_BYTES = 16 << 20  # rows per Snapshot reply: far under any message limit, ~10 ms each to move
+IMPORT_MESSAGE_BYTES = 4 << 20  # rows per ImportTable message: the memory each side holds for the stream
 
 
 def open_channel(address: str, tls_ca: str | None = None) -> grpc.Channel:
@@ -90,9 +92,13 @@ class MemoryClient:
         try:
             return call(*args, **kwargs)
         except grpc.RpcError as e:
-            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):  # down, or stopping mid-call
-                raise FailedPrecondition(f"server: cannot reach memsvc at {self.address} ({e.details()})") from None
-            raise ERROR_OF.get(e.code(), MemsvcError)(e.details()) from None
+            raise self._error(e) from None
+
+    def _error(self, e: grpc.RpcError) -> MemsvcError:
+        """The memsvc exception of a failed call."""
+        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):  # down, or stopping mid-call
+            return FailedPrecondition(f"server: cannot reach memsvc at {self.address} ({e.details()})")
+        return ERROR_OF.get(e.code(), MemsvcError)(e.details())
 
     def open_stream(self, method, unary) -> "OpenStream":
         """An OpenStream over the stream-stream ``method`` of this channel (``unary``: its unary
@@ -288,6 +294,66 @@ class MemoryClient:
         (default the head) (memsvc/server/hot_tokens.py)."""
         reply = self._call("HotTokens", pb.HotTokensRequest(table=table, n=int(n), at=_ref(version)))
         return np.array(reply.token_ids, dtype=np.int64), np.array(reply.counts, dtype=np.int64)
+
+
+    # ---------------------------------------------------------------- whole tables (streams: no deadline, they scale with the table)
+
+    def import_table(self, table, rows, vocab, dtype="float32", author="", message="", progress=False,
+                     model_layers=(), tokenizer=None) -> CommitResult:
+        """A new table from rows (V, L, d), an array, a memmap or anything read a slice of tokens at a
+        time (memsvc.store.checkpoints.ChunkedRows), streamed in messages of about IMPORT_MESSAGE_BYTES
+        (ImportTable): nothing is committed unless every row arrives. ``vocab``: V words, or the bytes
+        of a vocabulary file (tokenizer.json, sentencepiece .model, tiktoken, word list)."""
+        from tqdm import tqdm
+
+        v, layers, dim = rows.shape
+        header = pb.ImportTableHeader(table=table, dtype=dtype, vocab_size=v, num_layers=layers, dim=dim,
+                                      author=author, message=message, model_layers=list(model_layers))
+        if tokenizer:
+            header.tokenizer_kind, header.tokenizer = tokenizer
+        if isinstance(vocab, bytes):
+            header.vocab_file = vocab
+        else:
+            header.words.extend(vocab)
+        step = max(1, IMPORT_MESSAGE_BYTES // (layers * dim * storage_dtype(dtype).itemsize))
+        failed = []  # an error reading the rows: grpc would only say CANCELLED
+
+        def requests():
+            yield pb.ImportTableRequest(header=header)
+            try:
+                for start in tqdm(range(0, v, step), desc=f"importing {table}", unit="chunk", disable=not progress):
+                    chunk = np.asarray(rows[start:start + step])
+                    request = pb.ImportTableRequest()
+                    convert.tensor_to_pb(chunk if chunk.dtype == storage_dtype(dtype) else to_storage(chunk, dtype),
+                                         dtype, out=request.rows)
+                    yield request
+            except Exception as e:  # not GeneratorExit: grpc may close the requests once the server has answered
+                failed.append(e)
+                raise
+
+        try:
+            reply = self._translated(self.stub.ImportTable, requests(), metadata=self.metadata)
+        except MemsvcError:
+            if failed:
+                raise failed[0] from None
+            raise
+        return convert.commit_result_from_pb(reply)
+
+    def export_table(self, table, version=None, *, max_message_bytes=0) -> TableExport:
+        """The tokens alive at a version in id order with their words (read now), and their rows as
+        the export's chunks iterate (ExportTable); leaving the chunks unread cancels the stream."""
+        call = self.stub.ExportTable(pb.ExportTableRequest(table=table, at=_ref(version), max_message_bytes=max_message_bytes),
+                                     metadata=self.metadata)
+
+        def replies():
+            try:
+                yield from call
+            except grpc.RpcError as e:
+                raise self._error(e) from None
+            finally:
+                call.cancel()
+
+        return convert.export_from_pb(replies())
 
 
 # the codes of a stream the server refused (too many open) or ended (idle, stopping): the call goes unary

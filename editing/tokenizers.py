@@ -146,6 +146,11 @@ def read_tokenizer_file(path):
         data = path.read_bytes()
     except OSError as e:
         raise InvalidArgument(f"vocab: cannot read {str(path)!r}: {e.strerror}") from None
+    return read_tokenizer_bytes(data, path)
+
+
+def read_tokenizer_bytes(data: bytes, path: Path):
+    """(encoder or None, words) of a vocabulary file's bytes; ``path`` names it (its suffix is a hint)."""
     first = data.lstrip()[:1]
     if path.suffix == ".json" or first == b"{":
         encoder = HuggingFaceEncoder.from_text(_text(data, path))

@@ -78,6 +78,16 @@ def server_process(tmp_path):
 
 
 
+@pytest.fixture
+def client(server):
+    """A MemoryClient of `server`."""
+    from clients.client import MemoryClient
+
+    address, _ = server
+    with MemoryClient(address) as c:
+        yield c
+
+
 # ---------------------------------------------------------------- a micro demo backbone (edit tests)
 
 import shutil  # noqa: E402

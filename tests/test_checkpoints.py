@@ -184,3 +184,27 @@ def test_memsvc_import_takes_a_checkpoint_directory_and_refuses_a_lone_shard(tmp
                      "--table", "shard", "--data", data])
     assert lone.exit_code == 1
     assert lone.output.startswith("Error: file: stem_model_mp1.pt is one model-parallel shard") and lone.output.count("\n") == 1
+
+
+def test_import_through_a_server_keeps_model_layers_and_tokenizer(tmp_path):
+    from click.testing import CliRunner
+
+    from clients.client import MemoryClient
+    from memsvc.cli import cli
+    from tests.conftest import serving
+    from tests.test_tokenizers import bert_uncased
+
+    step = write_step(tmp_path / "0000000400", tables(2, seed=5), 2, stem_layers=[3, 1])
+    vocab = bert_uncased(tmp_path)  # 15 pieces for 37 rows: ids past them get placeholder words
+    with KnowledgeBase(StoreConfig(data_dir=tmp_path / "kb", create=True)):
+        pass
+    with serving(tmp_path / "kb") as address:
+        out = CliRunner().invoke(cli, ["import", str(step), "--vocab", str(tmp_path / "tokenizer.json"), "--table", "stem",
+                                       "--server", address])
+        assert out.exit_code == 0, out.output
+        with MemoryClient(address) as client:
+            info = client.describe("stem")
+            assert (info.model_layers, info.tokenizer, info.vocab_size) == ([3, 1], "tokenizer.json", VOCAB)
+            words = client.vocabulary("stem")
+            assert words[:len(vocab)] == vocab.words() and words[-1] == f"<token {VOCAB - 1}>"
+            assert client.tokenizer("stem")[0] == "tokenizer.json"

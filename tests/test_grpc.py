@@ -22,13 +22,6 @@ from tests.conftest import WORDS, small_bank
 BANK16 = to_float32(to_storage(small_bank(), "float16"), "float16")
 
 
-@pytest.fixture
-def client(server):
-    address, _ = server
-    with MemoryClient(address) as c:
-        yield c
-
-
 def test_edit_log_diff_read_old_version_revert(client):
     assert [t.name for t in client.list_tables()] == ["stem"]
     result = client.lookup("stem", ["Spain", "Germany", "Spain"])

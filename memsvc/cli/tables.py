@@ -2,22 +2,24 @@
 import click
 import numpy as np
 
-from memsvc.cli.options import data_option, message_option, open_store, store_options, table_option
+from memsvc.cli.options import message_option, open_store, store_options, table_option
 
 
 @click.command(name="import")
 @click.argument("bank_file", type=click.Path(exists=True))
-@click.option("--vocab", "vocab_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Word list (one per line), tokenizer.json, sentencepiece .model or tiktoken file.")
-@data_option
+@click.option("--vocab", "vocab_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Word list (one per line), tokenizer.json, sentencepiece .model or tiktoken file "
+                   "(default: the words a memsvc export carries).")
+@store_options
 @table_option
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Store as (default: the file's).")
 @click.option("--layers", "num_layers", type=int, default=None, help="Layer count of a fused [V, L*d] tensor.")
 @click.option("--tensor", default=None, help="The tensor to import from a .safetensors/.pt file or an HF model directory.")
 @message_option
-def import_(bank_file, vocab_file, data, table, dtype, num_layers, tensor, message):
-    """Import a bank as a new table; creates --data if needed. BANK_FILE: a .npy, .pt or .safetensors
-    file, an HF model directory, or an official STEM checkpoint (step or consolidated directory).
+def import_(bank_file, vocab_file, data, server, table, dtype, num_layers, tensor, message):
+    """Import a bank as a new table; creates --data if needed, or streams it to --server. BANK_FILE:
+    a .npy, .pt or .safetensors file, an HF model directory, or an official STEM checkpoint (step or
+    consolidated directory).
 
     \b
     Example:
@@ -25,17 +27,18 @@ def import_(bank_file, vocab_file, data, table, dtype, num_layers, tensor, messa
         memsvc import rows.npy --vocab words.txt --table bank --dtype float16
         memsvc import ckpts/0000100000 --vocab tokenizer.model --table stem --dtype bfloat16
         memsvc import gemma-3n-E2B --vocab gemma-3n-E2B/tokenizer.json --table ple
+        memsvc import out.safetensors --table stem2 --server 127.0.0.1:50051   # a memsvc export
     """
     from memsvc.store.checkpoints import converted
-    from memsvc.store.importers import load_bank, load_vocab
+    from memsvc.store.importers import bank_vocab, load_bank
 
     bank = load_bank(bank_file, num_layers, tensor)
     v, n_layers, dim = bank.rows.shape
-    words, tokenizer = load_vocab(vocab_file, v)
+    words, tokenizer = bank_vocab(bank_file, bank, vocab_file)
     dtype = dtype or bank.dtype
-    with open_store(data, None, create=True) as kb:
-        r = kb.import_table(table, converted(bank.rows, bank.dtype, dtype), words, dtype=dtype, message=message,
-                            progress=True, model_layers=bank.model_layers, tokenizer=tokenizer)
+    with open_store(data, server, create=True) as store:
+        r = store.import_table(table, converted(bank.rows, bank.dtype, dtype), words, dtype=dtype, message=message,
+                               progress=True, model_layers=bank.model_layers, tokenizer=tokenizer)
     feeds = f", feeding model layers {bank.model_layers}" if bank.model_layers else ""
     encoded = f", words encoded by its {tokenizer[0]}" if tokenizer else ""
     click.echo(f"imported {table}: {v} tokens x {n_layers} layers x {dim} ({dtype}){feeds}{encoded} as version {r.version}")
@@ -47,20 +50,23 @@ def import_(bank_file, vocab_file, data, table, dtype, num_layers, tensor, messa
 @table_option
 @click.option("--version", "-v", type=int, default=None, help="Version to export (default: head).")
 def export(out, data, server, table, version):
-    """Export a table at a version to safetensors (STEM layout: stem_embeddings [V, L*d]).
+    """Export the tokens alive at a version, with their words, a chunk at a time: to .safetensors
+    (STEM layout: stem_embeddings [V, L*d], the words in its metadata) or to .npy ([V, L, d], the
+    words in OUT.vocab.txt beside it). `memsvc import OUT` reads it back, words included.
 
     \b
     Example:
         memsvc export bank.safetensors --table stem --version 3
+        memsvc export bank.npy --table stem --server 127.0.0.1:50051
     """
-    from memsvc.store.importers import export_bank
+    from memsvc.store.importers import write_export
 
     with open_store(data, server) as store:
-        info = store.describe(table, version)
-        ids = np.arange(info.vocab_size)  # exports the ids alive at that version, in id order
-        result = store.lookup(table, ids, version=info.version)
-    export_bank(result.rows[result.inverse], result.dtype, out)
-    click.echo(f"exported {table} version {info.version} to {out}")
+        export = store.export_table(table, version)
+        files = write_export(export, out, progress=True)
+    info = export.info
+    click.echo(f"exported {table} version {info.version}: {info.vocab_size} tokens x {info.num_layers} layers x "
+               f"{info.dim} ({info.dtype}) to {', '.join(map(str, files))}")
 
 
 @click.command()

@@ -5,7 +5,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from memsvc.core.values import CommitResult, EditRequest, LookupResult, TableInfo
+from memsvc.core.values import CommitResult, EditRequest, LookupResult, TableExport, TableInfo
 
 
 @runtime_checkable
@@ -55,6 +55,11 @@ class KnowledgeStore(Protocol):
     def show(self, version) -> tuple: ...
 
     def diff(self, from_version, to_version, table=None) -> list: ...
+
+    def import_table(self, table, rows, vocab, dtype="float32", author="", message="", progress=False,
+                     model_layers=(), tokenizer=None) -> CommitResult: ...
+
+    def export_table(self, table, version=None) -> TableExport: ...
 
     def close(self): ...
 

@@ -137,3 +137,15 @@ def split_tokens(tokens):
     if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in tokens):
         return [int(t) for t in tokens], []
     raise InvalidArgument("tokens: give token ids or words, not both")
+
+
+@dataclass
+class TableExport:
+    """A bank table at one version as export writes it (KnowledgeBase.export_table,
+    MemoryClient.export_table): the tokens alive there in id order, their words, and their rows a
+    chunk of tokens at a time, so that no side ever holds the whole table."""
+
+    info: TableInfo  # info.vocab_size == len(token_ids)
+    token_ids: np.ndarray  # (n,) int64 ascending; gaps where a token was removed
+    words: list  # words[i] is token_ids[i]'s word
+    chunks: object  # an iterator of rows (k, num_layers, dim) in the storage dtype, k summing to n

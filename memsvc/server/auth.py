@@ -25,9 +25,11 @@ RANK = {READ: 1, WRITE: 2}  # a write key may do everything a read key may
 OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                  "grpc.reflection.v1.ServerReflection")
 # Methods are classified by their first CamelCase word, so RPCs added later get a role without
-# editing this table: ListTags, SearchTokens, GetIndex read; Edit, Tag, CreateIndex, AddPairs write.
+# editing this table: ListTags, SearchTokens, GetIndex, ExportTable read; Edit, Tag, CreateIndex, AddPairs,
+# ImportTable write.
 READ_VERBS = {"List", "Describe", "Get", "Lookup", "Search", "Vocabulary", "Log", "Show", "Diff",
-              "Read", "Query", "Retrieve", "Nearest", "Stats", "Check", "Watch", "Snapshot", "Changed", "Hot"}
+              "Read", "Query", "Retrieve", "Nearest", "Stats", "Check", "Watch", "Snapshot", "Changed", "Hot",
+              "Export"}
 ENV_KEYS = {READ: "MEMSVC_READ_KEYS", WRITE: "MEMSVC_WRITE_KEYS"}
 
 

@@ -45,7 +45,15 @@ class UnaryInterceptor(grpc.ServerInterceptor):
 
 
 class ErrorInterceptor(UnaryInterceptor):
-    """Turns exceptions raised by servicer methods into status codes with their message."""
+    """Turns exceptions raised by servicer methods into status codes with their message; for the
+    one-sided streams (ImportTable, ExportTable) also unparsable request messages (INVALID_ARGUMENT,
+    which UnparsableRequestInterceptor gives unary calls)."""
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is not None and (handler.stream_unary or handler.unary_stream):
+            return self.wrap_stream(details.method, handler)
+        return super().intercept_service(lambda _: handler, details)
 
     def wrap(self, method, handler):
         behaviour = handler.unary_unary
@@ -54,13 +62,51 @@ class ErrorInterceptor(UnaryInterceptor):
             try:
                 return behaviour(request, context)
             except Exception as e:  # noqa: BLE001 - every error gets a status, the server keeps serving
-                code = status_of(e)
-                if code == grpc.StatusCode.INTERNAL:
-                    LOG.exception("internal error in %s", method)
-                context.abort(code, str(e))
+                abort_with(e, method, context)
 
         return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
+
+    def wrap_stream(self, method, handler):
+        def parsed(request):
+            if isinstance(request, Exception):
+                raise errors.InvalidArgument(f"request: not a valid {method} request ({request})")
+            return request
+
+        if handler.stream_unary:
+            def guarded(requests, context):
+                try:
+                    return handler.stream_unary(map(parsed, requests), context)
+                except Exception as e:  # noqa: BLE001
+                    abort_with(e, method, context)
+        else:
+            def guarded(request, context):
+                try:
+                    yield from handler.unary_stream(parsed(request), context)
+                except Exception as e:  # noqa: BLE001
+                    abort_with(e, method, context)
+        make = grpc.stream_unary_rpc_method_handler if handler.stream_unary else grpc.unary_stream_rpc_method_handler
+        return make(guarded, request_deserializer=lenient(handler.request_deserializer),
+                    response_serializer=handler.response_serializer)
+
+
+def abort_with(error: Exception, method: str, context):
+    """End a call with the status of ``error`` (a stream the client cancelled is no internal error)."""
+    code = status_of(error)
+    if code == grpc.StatusCode.INTERNAL and context.is_active():
+        LOG.exception("internal error in %s", method)
+    context.abort(code, str(error))
+
+
+def lenient(parse):
+    """A request parser that returns the parse error instead of raising it (gRPC would answer INTERNAL)."""
+    def parsed(data):
+        try:
+            return parse(data)
+        except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
+            return e
+
+    return parsed
 
 
 class UnparsableRequestInterceptor(UnaryInterceptor):
@@ -69,20 +115,14 @@ class UnparsableRequestInterceptor(UnaryInterceptor):
     def wrap(self, method, handler):
         if handler.request_deserializer is None:
             return handler
-        parse, behaviour = handler.request_deserializer, handler.unary_unary
-
-        def lenient(data):
-            try:
-                return parse(data)
-            except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
-                return e
+        behaviour = handler.unary_unary
 
         def guarded(request, context):
             if isinstance(request, Exception):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {method} request ({request})")
             return behaviour(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=lenient,
+        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=lenient(handler.request_deserializer),
                                                    response_serializer=handler.response_serializer)
 
 

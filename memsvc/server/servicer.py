@@ -10,6 +10,8 @@ from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 from memsvc.wire import knowledge as convert
 from memsvc.wire import lookup as lookup_wire
 
+EXPORT_MESSAGE_BYTES = 3 << 20  # ExportTable's default: what gRPC clients receive with their default 4 MiB limit
+
 
 class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
     """KnowledgeService, except LookupStream: interceptors.StreamOfUnaryCalls serves each of its
@@ -18,6 +20,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
     def __init__(self, kb, config):
         self.kb = kb
         kb.limit_lookups(config.max_lookup_tokens, config.max_message_bytes)
+        self.max_message_bytes = config.max_message_bytes
         self.shared_buffers = SharedBuffers()
         self.hot_tokens = HotTokens()  # what Lookup served, per table, for HotTokens
 
@@ -113,6 +116,21 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
         alive = self.kb.table(request.table, v).alive(v)  # NOT_FOUND for a bank the version lacks
         ids, counts, served = self.hot_tokens.top(request.table, request.n, alive)
         return pb.HotTokensResponse(token_ids=ids.tolist(), counts=counts.tolist(), served=served, version=v)
+
+    def ImportTable(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("header") or first.HasField("rows"):
+            raise InvalidArgument("header: the first message must hold the header and no rows")
+        header = convert.import_header_from_pb(first.header)
+        _, layers, dim = header["shape"]
+        chunks = (convert.rows_from_pb(m.rows, header["dtype"], layers, dim, f"rows (message {i})")
+                  for i, m in enumerate(request_iterator, 1))
+        return convert.commit_result_to_pb(self.kb.import_chunks(chunks=chunks, **header))
+
+    def ExportTable(self, request, context):
+        max_bytes = min(request.max_message_bytes or EXPORT_MESSAGE_BYTES, self.max_message_bytes - (1 << 20))
+        v = self.kb.resolve_version(**convert.version_from_pb(request.at))
+        return convert.export_to_pb(self.kb.export_table(request.table, v, chunk_bytes=max_bytes), max_bytes)
 
 
 def _missing(field):

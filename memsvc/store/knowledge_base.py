@@ -22,16 +22,22 @@ by table; history.py and maintenance.py hold show/diff and compact/gc.
     1
 """
 import fcntl
+import math
+import secrets
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from memsvc.core.errors import FailedPrecondition
-from memsvc.core.values import CommitResult, LookupResult, TableInfo
+import numpy as np
+
+from memsvc.core.dtypes import storage_dtype
+from memsvc.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from memsvc.core.values import CommitResult, LookupResult, TableExport, TableInfo
 from memsvc.store import history, maintenance
 from memsvc.store.banks import BankTables
-from memsvc.store.commit_log import CommitLog
+from memsvc.store.commit_log import CommitLog, check_table_name
 from memsvc.store.mosaic import MosaicStore
 
 
@@ -247,6 +253,50 @@ class KnowledgeBase:
             report = maintenance.gc(self.commits, self.banks, self.mosaic, retention, time.time() if now is None else now)
             self._load()
             return report
+
+    # ---------------------------------------------------------------- whole tables in and out, a chunk at a time
+
+    def import_chunks(self, table, chunks, vocab, dtype, shape, author="", message="", model_layers=(),
+                      tokenizer=None) -> CommitResult:
+        """Import a table whose rows arrive as chunks of tokens in id order (the ImportTable stream):
+        ``vocab`` (words, or a vocabulary file's bytes) and ``shape`` [V, L, d] are checked before the
+        first chunk is read, the chunks are written to a temporary file in the data directory, and
+        import_table commits from it. Whatever fails or interrupts leaves no file and no version."""
+        from memsvc.store.importers import npy_writer, vocab_from_bytes
+
+        words, tokenizer = vocab_from_bytes(vocab, shape[0]) if isinstance(vocab, bytes) else (list(vocab), tokenizer)
+        check_table_name(table)
+        if len(shape) != 3 or min(shape) < 1:
+            raise InvalidArgument(f"shape: expected [vocab_size, num_layers, dim] of at least 1 each, got {list(shape)}")
+        if len(words) != shape[0] or len(set(words)) != len(words):
+            raise InvalidArgument(f"vocab: expected {shape[0]} distinct words, got {len(words)} ({len(set(words))} distinct)")
+        nbytes = math.prod(shape) * storage_dtype(dtype).itemsize
+        if 2 * nbytes > shutil.disk_usage(self.root).free:  # the temporary file, then the base
+            raise ResourceExhausted(f"data: {self.root} has no room for 2 x {nbytes} bytes of rows")
+        with self.commits.lock:
+            self.commits.check_unused(table)
+        tmp = self.root / f".import-{secrets.token_hex(8)}.tmp"  # backup skips *.tmp
+        try:
+            with npy_writer(tmp, dtype, shape) as out:
+                for i, rows in enumerate(chunks, 1):  # chunk i is ImportTable's message i
+                    out.write(rows, f"rows (chunk {i})")
+                out.finish()
+            return self.import_table(table, np.load(tmp, mmap_mode="r"), words, dtype, author, message,
+                                     model_layers=model_layers, tokenizer=tokenizer)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def export_table(self, table, version=None, *, chunk_bytes=16 << 20) -> TableExport:
+        """The tokens alive at a version in id order with their words, and their rows read a chunk
+        of about ``chunk_bytes`` at a time as the export iterates (memory: one chunk)."""
+        v = self.resolve_version(version)
+        if table in self.mosaic.tables:
+            raise FailedPrecondition(f"table: {table!r} is a mosaic store; export its pairs with `memsvc mosaic export`")
+        t = self.banks.table(table, v)
+        ids = np.flatnonzero(t.alive(v))
+        step = max(1, chunk_bytes // (t.num_layers * t.dim * storage_dtype(t.dtype).itemsize))
+        chunks = (t.gather(ids[a:a + step], v) for a in range(0, len(ids), step))
+        return TableExport(self.banks.describe(table, v), ids, [t.words[i] for i in ids], chunks)
 
 
 class Checkout:

@@ -449,3 +449,61 @@ class HotTokensResponse(_message.Message):
     served: int
     version: int
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., counts: _Optional[_Iterable[int]] = ..., served: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ImportTableHeader(_message.Message):
+    __slots__ = ("table", "dtype", "vocab_size", "num_layers", "dim", "words", "vocab_file", "author", "message", "model_layers", "tokenizer_kind", "tokenizer")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_FILE_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_KIND_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    dtype: str
+    vocab_size: int
+    num_layers: int
+    dim: int
+    words: _containers.RepeatedScalarFieldContainer[str]
+    vocab_file: bytes
+    author: str
+    message: str
+    model_layers: _containers.RepeatedScalarFieldContainer[int]
+    tokenizer_kind: str
+    tokenizer: bytes
+    def __init__(self, table: _Optional[str] = ..., dtype: _Optional[str] = ..., vocab_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., dim: _Optional[int] = ..., words: _Optional[_Iterable[str]] = ..., vocab_file: _Optional[bytes] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., model_layers: _Optional[_Iterable[int]] = ..., tokenizer_kind: _Optional[str] = ..., tokenizer: _Optional[bytes] = ...) -> None: ...
+
+class ImportTableRequest(_message.Message):
+    __slots__ = ("header", "rows")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    header: ImportTableHeader
+    rows: Tensor
+    def __init__(self, header: _Optional[_Union[ImportTableHeader, _Mapping]] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ExportTableRequest(_message.Message):
+    __slots__ = ("table", "at", "max_message_bytes")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    at: VersionRef
+    max_message_bytes: int
+    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+
+class ExportTableResponse(_message.Message):
+    __slots__ = ("table", "token_ids", "words", "rows")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    table: TableInfo
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    words: _containers.RepeatedScalarFieldContainer[str]
+    rows: Tensor
+    def __init__(self, table: _Optional[_Union[TableInfo, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., words: _Optional[_Iterable[str]] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...

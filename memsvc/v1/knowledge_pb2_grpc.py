@@ -114,6 +114,16 @@ class KnowledgeServiceStub:
                 request_serializer=memsvc_dot_v1_dot_knowledge__pb2.HotTokensRequest.SerializeToString,
                 response_deserializer=memsvc_dot_v1_dot_knowledge__pb2.HotTokensResponse.FromString,
                 _registered_method=True)
+        self.ImportTable = channel.stream_unary(
+                '/memsvc.v1.KnowledgeService/ImportTable',
+                request_serializer=memsvc_dot_v1_dot_knowledge__pb2.ImportTableRequest.SerializeToString,
+                response_deserializer=memsvc_dot_v1_dot_knowledge__pb2.CommitResult.FromString,
+                _registered_method=True)
+        self.ExportTable = channel.unary_stream(
+                '/memsvc.v1.KnowledgeService/ExportTable',
+                request_serializer=memsvc_dot_v1_dot_knowledge__pb2.ExportTableRequest.SerializeToString,
+                response_deserializer=memsvc_dot_v1_dot_knowledge__pb2.ExportTableResponse.FromString,
+                _registered_method=True)
 
 
 class KnowledgeServiceServicer:
@@ -219,6 +229,20 @@ class KnowledgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportTable(self, request_iterator, context):
+        """A new bank table from a client stream: ImportTableRequest's header, then its rows (write key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportTable(self, request, context):
+        """A bank table at one version as a server stream of bounded messages (read key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KnowledgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -301,6 +325,16 @@ def add_KnowledgeServiceServicer_to_server(servicer, server):
                     servicer.HotTokens,
                     request_deserializer=memsvc_dot_v1_dot_knowledge__pb2.HotTokensRequest.FromString,
                     response_serializer=memsvc_dot_v1_dot_knowledge__pb2.HotTokensResponse.SerializeToString,
+            ),
+            'ImportTable': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportTable,
+                    request_deserializer=memsvc_dot_v1_dot_knowledge__pb2.ImportTableRequest.FromString,
+                    response_serializer=memsvc_dot_v1_dot_knowledge__pb2.CommitResult.SerializeToString,
+            ),
+            'ExportTable': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportTable,
+                    request_deserializer=memsvc_dot_v1_dot_knowledge__pb2.ExportTableRequest.FromString,
+                    response_serializer=memsvc_dot_v1_dot_knowledge__pb2.ExportTableResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -735,6 +769,60 @@ class KnowledgeService:
             '/memsvc.v1.KnowledgeService/HotTokens',
             memsvc_dot_v1_dot_knowledge__pb2.HotTokensRequest.SerializeToString,
             memsvc_dot_v1_dot_knowledge__pb2.HotTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportTable(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/memsvc.v1.KnowledgeService/ImportTable',
+            memsvc_dot_v1_dot_knowledge__pb2.ImportTableRequest.SerializeToString,
+            memsvc_dot_v1_dot_knowledge__pb2.CommitResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportTable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/memsvc.v1.KnowledgeService/ExportTable',
+            memsvc_dot_v1_dot_knowledge__pb2.ExportTableRequest.SerializeToString,
+            memsvc_dot_v1_dot_knowledge__pb2.ExportTableResponse.FromString,
             options,
             channel_credentials,
             insecure,

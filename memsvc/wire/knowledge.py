@@ -2,13 +2,15 @@
 
 The servicer decodes requests and encodes replies with these; the client does the reverse.
 """
+import itertools
 import json
+import math
 
 import numpy as np
 
 from memsvc.core.dtypes import STORAGE, from_bytes, storage_dtype
 from memsvc.core.errors import InvalidArgument
-from memsvc.core.values import CommitInfo, CommitResult, EditRequest, RowChange, RowOp, TableInfo
+from memsvc.core.values import CommitInfo, CommitResult, EditRequest, RowChange, RowOp, TableExport, TableInfo
 from memsvc.v1 import knowledge_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
@@ -138,3 +140,62 @@ def metrics_from_json(text: str, field: str = "metrics_json") -> dict:
     if not isinstance(metrics, dict):
         raise InvalidArgument(f"{field}: expected a JSON object")
     return metrics
+
+
+# ---------------------------------------------------------------- whole tables (ImportTable, ExportTable)
+
+def import_header_from_pb(h: pb.ImportTableHeader) -> dict:
+    """ImportTableHeader -> KnowledgeBase.import_chunks keywords (vocab: the words, or the file's bytes)."""
+    if h.dtype not in STORAGE:
+        raise InvalidArgument(f"header.dtype: {h.dtype!r} is not one of {', '.join(STORAGE)}")
+    for name in ("vocab_size", "num_layers", "dim"):
+        if getattr(h, name) < 1:
+            raise InvalidArgument(f"header.{name}: must be at least 1, got {getattr(h, name)}")
+    if h.words and h.vocab_file:
+        raise InvalidArgument("header.words: give words or vocab_file, not both")
+    return dict(table=h.table, dtype=h.dtype, shape=(h.vocab_size, h.num_layers, h.dim), author=h.author,
+                message=h.message, vocab=list(h.words) if h.words else bytes(h.vocab_file),
+                model_layers=list(h.model_layers), tokenizer=(h.tokenizer_kind, h.tokenizer) if h.tokenizer_kind else None)
+
+
+def rows_from_pb(t: pb.Tensor, dtype: str, layers: int, dim: int, field: str) -> np.ndarray:
+    """A Tensor of bank rows (n >= 1, layers, dim) in the table's dtype -> its storage array (a
+    view of the bytes, no conversion); errors name ``field``."""
+    if t.dtype != dtype:
+        raise InvalidArgument(f"{field}.dtype: {t.dtype!r}, but the table's rows are {dtype}")
+    shape = tuple(t.shape)
+    if len(shape) != 3 or shape[0] < 1 or shape[1:] != (layers, dim):
+        raise InvalidArgument(f"{field}.shape: expected (n >= 1, {layers}, {dim}), got {list(shape)}")
+    if len(t.data) != math.prod(shape) * storage_dtype(dtype).itemsize:
+        raise InvalidArgument(f"{field}.data: {len(t.data)} bytes do not hold {dtype} of shape {list(shape)}")
+    return np.frombuffer(t.data, dtype=storage_dtype(dtype)).reshape(shape)
+
+
+def export_to_pb(export: TableExport, max_bytes: int):
+    """A TableExport as ExportTableResponse messages: the table, then its ids and words, then its rows
+    (the export's chunks), each message holding about ``max_bytes`` of ids and words (or one chunk)."""
+    yield pb.ExportTableResponse(table=table_to_pb(export.info))
+    ends = np.cumsum([len(w.encode("utf-8")) + 12 for w in export.words])  # a word, its id, their tags
+    start = 0
+    while start < len(ends):
+        stop = max(start + 1, int(np.searchsorted(ends, (ends[start - 1] if start else 0) + max_bytes, side="right")))
+        yield pb.ExportTableResponse(token_ids=export.token_ids[start:stop].tolist(), words=export.words[start:stop])
+        start = stop
+    for rows in export.chunks:
+        reply = pb.ExportTableResponse()
+        tensor_to_pb(rows, export.info.dtype, out=reply.rows)
+        yield reply
+
+
+def export_from_pb(replies) -> TableExport:
+    """ExportTableResponse messages -> a TableExport whose chunks read the rest of the stream."""
+    info = table_from_pb(next(replies).table)
+    ids, words, first = [], [], None
+    for reply in replies:
+        if reply.HasField("rows"):
+            first = reply
+            break
+        ids += reply.token_ids
+        words += reply.words
+    rest = itertools.chain([first] if first else [], replies)
+    return TableExport(info, np.array(ids, dtype=np.int64), words, (stored_tensor(reply.rows) for reply in rest))
