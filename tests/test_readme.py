@@ -29,6 +29,7 @@ EXPECT = {
     "memsvc search --vector tour/q.npy -k 5 --exact": ["exact search, l2 distance", "1         'Elbriar' (id 26)  0.0000"],
     "memsvc mosaic query": ["lsh over n=250 pairs"],
     "memsvc mosaic list": ["layer 0 head 1: 249 pairs"],
+    "memsvc mosaic export": ["exported 250 pairs of facts layer 0 head 1 version 11"],
     "memsvc log -n 3": ["mosaic-remove"],
     "memsvc eval-edits": ['"reliability": '],
 }
@@ -142,3 +143,10 @@ def test_tour_blocks_are_found_and_a_broken_command_fails(tmp_path):
     with pytest.raises(AssertionError, match="exited 1"):
         run_shell_line(f"memsvc tables --data {tmp_path / 'none'}", dict(CLEAN_ENV), [])
     assert promises("a new commit, version 5; -> Morburg") == ["-> Morburg", "version 5"]
+
+
+def test_every_command_is_named_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    names = [f"memsvc {name}" for name in cli.commands] + [
+        f"memsvc {group} {name}" for group in ("index", "mosaic") for name in cli.commands[group].commands]
+    assert [name for name in names if name not in readme] == []
