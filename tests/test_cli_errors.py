@@ -97,7 +97,7 @@ def test_exact_search_once_an_index_exists_and_index_tags_stay_out_of_listings(s
     code, out = run("search", "--token", "Paris", "--layer", "2", "-k", "3", "--exact")
     assert code == 0 and out.startswith("version 1, exact search, l2 distance") and "'Paris' (id 5)  0.0000" in out
     assert error_line("search", "--server", address, "--token", "Paris", "--layer", "2", "--exact", "--index", "near") == \
-        "Error: exact: an exact search uses no index; drop index 'near' or exact"
+        "Error: exact: give exact or an index, not both (index 'near')"
     assert error_line("search", "--server", address, "--token", "Paris", "--layer", "2", "--exact", "--param", "ef_search=9") == \
         "Error: params: exact search (asked for) takes no params"
     assert run("tag", "mine")[0] == 0

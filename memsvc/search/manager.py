@@ -308,7 +308,7 @@ class IndexManager:
         src = self._source(table, layer, head, v)
         k = self._check_k(k)
         if exact and index:
-            raise InvalidArgument(f"exact: an exact search uses no index; drop index {index!r} or exact")
+            raise InvalidArgument(f"exact: give exact or an index, not both (index {index!r})")
         entry = None if exact else self._pick(src.where, index, metric)
         metric = entry.info.metric if entry else (metric or "l2")
         if metric not in ("l2", "ip", "cosine"):
