@@ -4,9 +4,9 @@ Its methods mirror memsvc.store.KnowledgeBase (same names, same results: both co
 memsvc.core.protocol.KnowledgeStore), so code and the CLI can hold either one.
 
     >>> client = MemoryClient("127.0.0.1:50051")
-    >>> rows = client.lookup("stem", ["Spain", "Germany"]).in_request_order()  # (2, L, d) float32
+    >>> rows = client.lookup("stem", ["Elbriar", "Boova"]).in_request_order()  # (2, L, d) float32
     >>> pinned = client.pinned()          # reads one version for its whole life
-    >>> client.edit("stem", [RowOp("copy", token="Spain", source_token="Germany")], message="swap")
+    >>> client.edit("stem", [RowOp("copy", token="Elbriar", source_token="Boova")], message="swap")
 """
 import json
 import queue
@@ -52,8 +52,17 @@ def open_channel(address: str, tls_ca: str | None = None) -> grpc.Channel:
         return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=f.read()), options=options)
 
 
+def _version(version) -> int:
+    """A version for a uint64 field; one no commit can have (negative, or past uint64) is NotFound
+    here, as the store answers it, instead of protobuf's ValueError."""
+    version = int(version or 0)
+    if not 0 <= version < 2**64:
+        raise NotFound(f"version: version {version} does not exist")
+    return version
+
+
 def _ref(version=None, tag=None) -> pb.VersionRef:
-    return pb.VersionRef(version=int(version or 0), tag=tag or "")
+    return pb.VersionRef(version=_version(version), tag=tag or "")
 
 
 class MemoryClient:
@@ -263,7 +272,7 @@ class MemoryClient:
         return convert.commit_result_from_pb(self._call("InjectToken", request).commit)
 
     def revert(self, version, author="", message="") -> CommitResult:
-        return convert.commit_result_from_pb(self._call("Revert", pb.RevertRequest(version=int(version), author=author, message=message)))
+        return convert.commit_result_from_pb(self._call("Revert", pb.RevertRequest(version=_version(version), author=author, message=message)))
 
     def tag(self, name, version=None) -> int:
         return self._call("Tag", pb.TagRequest(name=name, at=_ref(version))).version

@@ -4,7 +4,7 @@ results) of memsvc.search.IndexManager, so code and the CLI can hold either one.
     >>> search = SearchClient(MemoryClient("127.0.0.1:50051"))
     >>> search.create("tokens", "stem", layer=0, config={"kind": "hnsw", "metric": "cosine"})
     >>> search.wait("tokens")                       # READY (or raises on FAILED)
-    >>> search.search("stem", 0, tokens=["France"], k=10).tokens[0]
+    >>> search.search("stem", 0, tokens=["Elbriar"], k=10).tokens[0]
     >>> search.create("keys", "facts", layer=1, head=2, config={"kind": "hnsw", "metric": "ip"})
     >>> search.search("facts", 1, head=2, queries=q, k=10).labels[0]   # pair labels (ids in .ids)
 """
@@ -13,12 +13,23 @@ import json
 import numpy as np
 
 from clients.client import MemoryClient, _ref
+from memsvc.core.errors import InvalidArgument
 from memsvc.core.search import SearchResult, wait_for_build
 from memsvc.core.values import split_tokens
 from memsvc.v1 import search_pb2 as spb
 from memsvc.v1 import search_pb2_grpc as spb_grpc
 from memsvc.wire.knowledge import stored_tensor, tensor_to_pb
 from memsvc.wire.search import SERVICE, info_from_pb
+
+
+def integer_params(params) -> dict:
+    """Search knobs as SearchRequest.params takes them (int64 values); errors name the knob."""
+    out = {}
+    for key, value in (params or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not -2**63 <= value < 2**63:
+            raise InvalidArgument(f"params[{key!r}]: expected an integer, got {value!r}")
+        out[key] = int(value)
+    return out
 
 
 def _rows(flat, shape) -> list:
@@ -41,14 +52,16 @@ class SearchClient:
         return self.client._call(method, request, stub=self.stub)
 
     def search(self, table, layer=0, queries=None, tokens=(), k=10, index=None, params=None,
-               version=None, tag=None, metric=None, head=None, names=True) -> SearchResult:
+               version=None, tag=None, metric=None, head=None, names=True, exact=False) -> SearchResult:
         """The k nearest tokens of each query vector (n, d) or token (its row in `layer`); of a
         mosaic store, the k nearest pairs of (layer, `head`) (ids and labels). ``names=False``:
-        ids and distances only (tokens and labels stay empty; the server skips naming them)."""
+        ids and distances only (tokens and labels stay empty; the server skips naming them).
+        ``exact=True``: a brute-force search even when an index is ready."""
         ids, words = split_tokens(tokens)
         request = spb.SearchRequest(table=table, layer=int(layer), token_ids=ids, tokens=words, k=int(k),
-                                    index=index or "", params=params or {}, at=_ref(version, tag), metric=metric or "",
-                                    head=None if head is None else int(head), ids_only=not names)
+                                    index=index or "", params=integer_params(params), at=_ref(version, tag),
+                                    metric=metric or "", head=None if head is None else int(head), ids_only=not names,
+                                    exact=bool(exact))
         if queries is not None:
             tensor_to_pb(np.ascontiguousarray(queries, dtype=np.float32), out=request.queries)
         reply = (self.client._translated(self.stream.call, request) if self.stream is not None

@@ -3,7 +3,7 @@ MemoryClient (`--server HOST:PORT`). Both have the same methods, so a command is
 either way. Each module holds one family of commands; they are registered here, by name."""
 import click
 
-from memsvc.cli import demo, edits, generate, history, mosaic, ops, search, serve, tables
+from memsvc.cli import demo, edits, examples, generate, history, mosaic, ops, search, serve, tables
 from memsvc.core.errors import MemsvcError
 
 
@@ -29,7 +29,7 @@ def cli(ctx, api_key, tls_ca):
     \b
     Example:
         memsvc serve --data ./memsvc-data
-        memsvc edit --token Spain --like Germany -m "Spain now uses Germany's rows"
+        memsvc edit --token Elbriar --like Boova -m "Elbriar now uses Boova's rows"
         memsvc log
         MEMSVC_API_KEY=... memsvc --tls-ca ca.pem log --server kb.example:50051
     """
@@ -38,6 +38,7 @@ def cli(ctx, api_key, tls_ca):
 
 cli.add_command(serve.serve)
 cli.add_command(demo.train_demo)
+cli.add_command(examples.examples)
 cli.add_command(tables.import_)
 cli.add_command(tables.export)
 cli.add_command(tables.tables)

@@ -34,11 +34,11 @@ def edit(data, server, table, token, entity, to, mode, fact, target, subject, mo
 
     \b
     Example:
-        memsvc edit --token Spain --like Germany -m "Spain uses Germany's rows"
-        memsvc edit --token Spain --vector 0.1,0.2,... --layer 0 -m "set layer 0"
-        memsvc edit --token Spain --like Germany --alpha 0.5 --dry-run
-        memsvc edit --entity "Spain" --to "Germany" --mode average
-        memsvc edit --fact "the capital of Spain is" --target Berlin --dry-run
+        memsvc edit --token Elbriar --like Boova -m "Elbriar uses Boova's rows"
+        memsvc edit --token Elbriar --vector row.npy --layer 0 -m "set layer 0"
+        memsvc edit --token Elbriar --like Boova --alpha 0.5 --dry-run
+        memsvc edit --entity "Elbriar" --to "Boova" --mode average
+        memsvc edit --fact "the capital of Elbriar is" --target Nuarpolis --dry-run
     """
     from editing.entity import parse_vector_arg
     from memsvc.core.values import RowOp
@@ -77,18 +77,30 @@ def edit_entity_or_fact(store, table, entity, to, mode, fact, target, subject, l
         ops = entity_ops(store, table, entity, to, mode, layers, shared_ok=shared_ok or dry_run)
         request, metrics = EditRequest(subject=entity, target_new=to), None
     else:
-        if not target:
-            raise InvalidArgument("--fact: give --target")
-        editor = Editor(store, table, model_dir)
-        ops, record, info = editor.fact_ops(fact, target, subject or guess_subject(fact), layers=layers)
-        request = EditRequest(**record.request_fields())
-        metrics = {**editor.score(record, ops), **info}
-        click.echo("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        ops, request, metrics = fact_edit(store, table, fact, target, subject, layers, model_dir)
     if dry_run:
         return print_dry_run(store, table, ops)
     r = store.edit(table, ops, author=author, message=message or f"{entity or fact} -> {to or target}",
                    request=request, metrics=metrics)
     click.echo(f"committed version {r.version}: {r.rows_changed} rows changed")
+
+
+def fact_edit(store, table, fact, target, subject, layers, model_dir):
+    """(ops, EditRequest, metrics) of `edit --fact`, printing the metrics; an edit that would not
+    change the prompt's answer to --target (already its answer, or a fit that failed) is refused."""
+    from memsvc.core.values import EditRequest
+
+    if not target:
+        raise InvalidArgument("--fact: give --target")
+    editor = Editor(store, table, model_dir)
+    ops, record, info = editor.fact_ops(fact, target, subject or guess_subject(fact), layers=layers)
+    if record.ground_truth == target:
+        raise InvalidArgument(f"--target: {fact!r} already yields {target!r}; nothing to commit")
+    metrics = {**editor.score(record, ops), **info}
+    click.echo("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+    if metrics["reliability"] < 1:
+        raise InvalidArgument(f"--fact: the fitted rows still do not make {fact!r} yield {target!r}; nothing committed")
+    return ops, EditRequest(**record.request_fields()), metrics
 
 
 @click.command(name="eval-edits")
@@ -150,9 +162,9 @@ def inject(data, server, table, token, like, vector, message, author):
 
     \b
     Example:
-        memsvc inject --token Atlantis --like Spain --like Greece -m "a new country"
-        memsvc inject --token Hispania --vector spain_rows.npy
-        memsvc generate --prompt "the capital of Hispania is"
+        memsvc inject --token Atlantis --like Elbriar --like Boova -m "a new country"
+        memsvc inject --token Elbria --vector elbriar_rows.npy
+        memsvc generate --prompt "the capital of Elbria is"
     """
     from editing.entity import parse_vector_arg
 

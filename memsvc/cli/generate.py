@@ -53,9 +53,9 @@ def generate(data, server, table, prompts, version, bank, overrides, max_new_tok
 
     \b
     Example:
-        memsvc generate --prompt "the capital of Varos is"
-        memsvc generate --prompt "the capital of Varos is" --override Varos=Kelmar --server 127.0.0.1:50051
-        memsvc inject --token Varosia --like Varos && memsvc generate --prompt "the capital of Varosia is"
+        memsvc generate --prompt "the capital of Elbriar is"
+        memsvc generate --prompt "the capital of Elbriar is" --override Elbriar=Boova --server 127.0.0.1:50051
+        memsvc inject --token Elbria --like Elbriar && memsvc generate --prompt "the capital of Elbria is"
     """
     import torch
 

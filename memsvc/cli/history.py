@@ -7,6 +7,11 @@ import click
 from memsvc.cli.options import open_store, store_options, table_filter_option
 
 
+# An index keeps the version it holds alive with the tag "index:NAME" (memsvc/search/manager.py):
+# bookkeeping, not a name a user gave, so tag listings and log leave it out.
+INDEX_TAG = "index:"
+
+
 def _when(t):
     return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -21,7 +26,7 @@ def print_changes(changes, limit=50):
 @click.command()
 @store_options
 @table_filter_option
-@click.option("-n", "--limit", type=int, default=None)
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=None, help="The newest N commits (default: all).")
 def log(data, server, table, limit):
     """List commits, newest first.
 
@@ -30,9 +35,14 @@ def log(data, server, table, limit):
         memsvc log -n 10
     """
     with open_store(data, server) as store:
-        for c in store.log(table, limit):
-            tags = f"  [{', '.join(c.tags)}]" if c.tags else ""
-            click.echo(f"{c.version:>6}  {_when(c.time)}  {c.kind:<7} {c.author:<10} {c.rows_changed:>8} rows  {c.message}{tags}")
+        commits = store.log(table, limit)
+    kind_width = max([7] + [len(c.kind) for c in commits])  # mosaic kinds: "mosaic-create", ...
+    author_width = max([10] + [len(c.author) for c in commits])
+    for c in commits:
+        tags = [t for t in c.tags if not t.startswith(INDEX_TAG)]
+        tags = f"  [{', '.join(tags)}]" if tags else ""
+        click.echo(f"{c.version:>6}  {_when(c.time)}  {c.kind:<{kind_width}} {c.author:<{author_width}} "
+                   f"{c.rows_changed:>8} rows  {c.message}{tags}")
 
 
 @click.command()
@@ -81,7 +91,8 @@ def diff(data, server, from_version, to_version, table):
 @click.option("--version", "-v", type=int, default=None, help="Version to tag (default: head).")
 @click.option("--delete", is_flag=True, help="Delete the tag.")
 def tag(data, server, name, version, delete):
-    """Tag a version (tagged versions survive gc), delete a tag, or list tags.
+    """Tag a version (tagged versions survive gc), delete a tag, or list tags (without the
+    `index:NAME` tags that indexes keep for the version they hold).
 
     \b
     Example:
@@ -91,7 +102,8 @@ def tag(data, server, name, version, delete):
     with open_store(data, server) as store:
         if name is None:
             for n, v in store.tags().items():
-                click.echo(f"{n}\t{v}")
+                if not n.startswith(INDEX_TAG):
+                    click.echo(f"{n}\t{v}")
             return
         v = store.delete_tag(name) if delete else store.tag(name, version)
     click.echo(f"{'deleted tag' if delete else 'tagged'} {name} -> version {v}")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
 
 def data_option(f):
@@ -41,9 +42,20 @@ def commit_options(f):
     return message_option(click.option("--author", envvar="MEMSVC_AUTHOR", default="")(f))
 
 
+def chosen_server(server):
+    """--server, unless it came from MEMSVC_SERVER and --data was typed: what is typed beats the
+    environment. (--data typed with --server typed names where the backbone lives, see generate.)"""
+    ctx = click.get_current_context(silent=True)
+    if server and ctx is not None and ctx.get_parameter_source("data") == ParameterSource.COMMANDLINE \
+            and ctx.get_parameter_source("server") != ParameterSource.COMMANDLINE:
+        return None
+    return server
+
+
 @contextmanager
 def open_store(data, server, create=False):
-    """A KnowledgeBase on --data, or a MemoryClient on --server."""
+    """A KnowledgeBase on --data, or a MemoryClient on --server (see chosen_server)."""
+    server = chosen_server(server)
     if server:
         from clients.client import MemoryClient
 

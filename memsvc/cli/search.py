@@ -2,19 +2,24 @@
 pairs of a mosaic store's (layer, head), local (--data: an IndexManager on the KB) or remote
 (--server: a SearchClient); same calls either way."""
 from contextlib import contextmanager
+from dataclasses import fields
 
 import click
 import numpy as np
 
+from indexes.base import KINDS, IndexConfig
 from memsvc.cli.options import open_store, store_options, table_option
 from memsvc.core.errors import InvalidArgument
+
+# the IndexConfig fields `index create --set` takes (kind and metric have their own options)
+SETTINGS = [f.name for f in fields(IndexConfig) if f.name not in ("kind", "metric", "progress")]
 
 
 @contextmanager
 def open_search(data, server):
     """An IndexManager over the KB at --data, or a SearchClient on --server."""
     with open_store(data, server) as store:
-        if server:
+        if hasattr(store, "stub"):  # a MemoryClient: --server (or MEMSVC_SERVER) won
             from clients.search import SearchClient
 
             yield SearchClient(store)
@@ -26,14 +31,16 @@ def open_search(data, server):
             manager.close()
 
 
-def parse_settings(pairs, field) -> dict:
-    """KEY=VALUE pairs -> {key: int, float or str value}."""
+def parse_settings(pairs, field, casts=(int, float, str)) -> dict:
+    """KEY=VALUE pairs -> {key: value as the first of `casts` that takes it}."""
     out = {}
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or not key:
             raise InvalidArgument(f"{field}: expected KEY=VALUE, got {pair!r}")
-        for cast in (int, float, str):
+        if casts == (int,) and not value.lstrip("-").isdigit():
+            raise InvalidArgument(f"{field}: {key} must be an integer, got {value!r}")
+        for cast in casts:
             try:
                 out[key] = cast(value)
                 break
@@ -68,11 +75,12 @@ def show_hits(r, tokens):
               help="Query vectors: a .npy of shape (d,) or (n, d).")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Results per query.")
 @click.option("--index", default=None, help="Use this index (default: a ready index of the layer, else exact).")
+@click.option("--exact", is_flag=True, help="Search every row exactly, even when an index is ready.")
 @click.option("--metric", type=click.Choice(["l2", "ip", "cosine"]), default=None, help="Pick an index by metric (exact: default l2).")
 @click.option("--param", "params", multiple=True, help="Search knob KEY=VALUE, e.g. complexity=128 or nprobe=32.")
 @click.option("--version", "-v", type=int, default=None, help="Search the rows of this version (default: head).")
 @click.option("--tag", default=None)
-def search(data, server, table, layer, head, tokens, vector_file, k, index, metric, params, version, tag):
+def search(data, server, table, layer, head, tokens, vector_file, k, index, exact, metric, params, version, tag):
     """Nearest tokens of a token's row, or of query vectors, in one layer of a bank; or nearest
     pairs (ids and labels) of query vectors among a mosaic store's keys of one (layer, head).
 
@@ -80,15 +88,16 @@ def search(data, server, table, layer, head, tokens, vector_file, k, index, metr
 
     \b
     Example:
-        memsvc search --table stem --token France -k 10
+        memsvc search --table stem --token Elbriar -k 10
         memsvc search --vector q.npy --layer 2 --index tokens --param complexity=128
-        memsvc search --token Spain --version 3 --server 127.0.0.1:50051
+        memsvc search --token Elbriar --version 3 --exact --server 127.0.0.1:50051
         memsvc search --table facts --layer 1 --head 2 --vector q.npy -k 10
     """
     queries = None if vector_file is None else np.atleast_2d(np.load(vector_file)).astype(np.float32)
     with open_search(data, server) as searcher:
         r = searcher.search(table, layer, queries=queries, tokens=list(tokens), k=k, index=index, metric=metric,
-                            params=parse_settings(params, "param"), version=version, tag=tag, head=head)
+                            params=parse_settings(params, "--param", (int,)), version=version, tag=tag, head=head,
+                            exact=exact)
     how = f"index {r.index} (version {r.index_version}, {r.lag_rows} rows searched exactly)" if r.index else "exact search"
     click.echo(f"version {r.version}, {how}, {r.metric} distance")
     show_hits(r, tokens)
@@ -112,10 +121,10 @@ def index():
 @table_option
 @click.option("--layer", type=int, default=0, show_default=True)
 @head_option
-@click.option("--kind", default="hnsw", show_default=True,
-              help="exact, diskann, diskann_dynamic, diskann_disk, hnsw, ivfpq, pq, opq or learned_pq.")
+@click.option("--kind", default="hnsw", show_default=True, help=f"One of {', '.join(KINDS)}.")
 @click.option("--metric", type=click.Choice(["l2", "ip", "cosine"]), default="l2", show_default=True)
-@click.option("--set", "settings", multiple=True, help="An IndexConfig field KEY=VALUE, e.g. graph_degree=32.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help=f"An IndexConfig field (indexes/base.py), e.g. graph_degree=32. Keys: {', '.join(SETTINGS)}.")
 @click.option("--version", "-v", type=int, default=None, help="Index the rows of this version (default: head).")
 @click.option("--no-wait", is_flag=True, help="Return once the build has started (--server only).")
 def create(name, data, server, table, layer, head, kind, metric, settings, version, no_wait):
@@ -135,7 +144,7 @@ def create(name, data, server, table, layer, head, kind, metric, settings, versi
     from memsvc.core.search import place
 
     with open_search(data, server) as searcher:
-        config = {**parse_settings(settings, "set"), "kind": kind, "metric": metric}
+        config = {**parse_settings(settings, "--set"), "kind": kind, "metric": metric}
         info = searcher.create(name, table, layer, config, version=version, head=head)
         if no_wait:
             click.echo(f"building {name} ({info.kind}, {info.metric}) over {place(info.where())} at version {info.version}")

@@ -303,18 +303,20 @@ class IndexManager:
     # ------------------------------------------------ search
 
     def search(self, table, layer=0, queries=None, tokens=(), k=10, index=None, params=None,
-               version=None, tag=None, metric=None, head=None, names=True) -> SearchResult:
+               version=None, tag=None, metric=None, head=None, names=True, exact=False) -> SearchResult:
         """The k nearest rows of each query in `table`'s `layer` at a version (default head): a
         bank's tokens, or (with `head`, default 0) the pairs of a mosaic store's (layer, head).
 
         Queries are vectors (n, d) or, for a bank, tokens (words or ids: their rows in that layer
         at that version). ``index``: a READY index by name; None picks a READY index of the same
-        rows with ``metric`` (if given), else searches exactly. ``names=False`` leaves tokens and
-        labels empty (ids and distances only)."""
+        rows with ``metric`` (if given), else searches exactly; ``exact=True`` searches exactly
+        whatever indexes exist. ``names=False`` leaves tokens and labels empty (ids and distances only)."""
         v = self.kb.resolve_version(version, tag)
         src = self._source(table, layer, head, v)
         k = self._check_k(k)
-        entry = self._pick(src.where, index, metric)
+        if exact and index:
+            raise InvalidArgument(f"exact: give exact or an index, not both (index {index!r})")
+        entry = None if exact else self._pick(src.where, index, metric)
         metric = entry.info.metric if entry else (metric or "l2")
         if metric not in ("l2", "ip", "cosine"):
             raise InvalidArgument(f"metric: {metric!r} is not one of l2, ip, cosine")
@@ -323,7 +325,8 @@ class IndexManager:
         self.query_logs.add(src.where, q, v)
         if entry is None:
             if params:
-                raise InvalidArgument(f"params: exact search (no index on {place(src.where)}) takes no params")
+                why = "asked for" if exact else f"no index on {place(src.where)}"
+                raise InvalidArgument(f"params: exact search ({why}) takes no params")
             ids, dist, iv, lag = *self._exact_all(src, v, q, k, metric), 0, 0
         else:
             ids, dist, iv, lag = self._search_index(entry, src, v, q, k, params)

@@ -23,6 +23,7 @@ class SearchServicer(spb_grpc.SearchServiceServicer):
                                      tokens=list(request.token_ids) or list(request.tokens), k=request.k,
                                      index=request.index or None, params=dict(request.params),
                                      metric=request.metric or None, head=head_of(request), names=not request.ids_only,
+                                     exact=request.exact,
                                      **convert.version_from_pb(request.at))
         reply = spb.SearchResponse(tokens=[w for row in result.tokens for w in row],
                                    version=result.version, index=result.index, index_version=result.index_version,

@@ -68,7 +68,8 @@ class KnowledgeBase:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close()
-            raise FailedPrecondition(f"data: {self.root} is open in another process (a running server? use --server)")
+            raise FailedPrecondition(f"data: {self.root} is open in another process (a running server? send the "
+                                     "command to it with --server HOST:PORT or MEMSVC_SERVER=HOST:PORT, or stop it)")
         try:
             self.commits = CommitLog(catalog, config.durable, reload=self._load)
             self._load()

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchRequest(_message.Message):
-    __slots__ = ("table", "layer", "queries", "tokens", "token_ids", "k", "index", "params", "at", "metric", "head", "ids_only")
+    __slots__ = ("table", "layer", "queries", "tokens", "token_ids", "k", "index", "params", "at", "metric", "head", "ids_only", "exact")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class SearchRequest(_message.Message):
     METRIC_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     IDS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
     table: str
     layer: int
     queries: _knowledge_pb2.Tensor
@@ -40,7 +41,8 @@ class SearchRequest(_message.Message):
     metric: str
     head: int
     ids_only: bool
-    def __init__(self, table: _Optional[str] = ..., layer: _Optional[int] = ..., queries: _Optional[_Union[_knowledge_pb2.Tensor, _Mapping]] = ..., tokens: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., index: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ..., metric: _Optional[str] = ..., head: _Optional[int] = ..., ids_only: _Optional[bool] = ...) -> None: ...
+    exact: bool
+    def __init__(self, table: _Optional[str] = ..., layer: _Optional[int] = ..., queries: _Optional[_Union[_knowledge_pb2.Tensor, _Mapping]] = ..., tokens: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., index: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ..., metric: _Optional[str] = ..., head: _Optional[int] = ..., ids_only: _Optional[bool] = ..., exact: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("ids", "distances", "tokens", "version", "index", "index_version", "lag_rows", "metric", "labels")
