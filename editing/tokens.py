@@ -76,8 +76,12 @@ class Vocabulary:
         kind, data = store.tokenizer(table, version)
         vocab = cls(words, encoder_from(kind, data) if kind else None)
         if vocab.encoder is not None:
-            vocab._added = {w: i for i, w in enumerate(words) if i >= len(vocab.encoder.pieces) and w}
+            vocab.match_whole(range(len(vocab.encoder.pieces), len(words)))
         return vocab
+
+    def match_whole(self, ids):
+        """Match the words of these ids whole, before encoding: words the tokenizer has no pieces for."""
+        self._added.update((self._words[i], i) for i in ids if self._words[i])
 
     def __len__(self):
         return len(self._words)

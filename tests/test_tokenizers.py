@@ -147,3 +147,7 @@ def test_a_table_keeps_its_tokenizer_and_edits_encode_words_with_it(tmp_path):
             np.testing.assert_array_equal(rows[0], rows[2])
             np.testing.assert_array_equal(rows[1], rows[2])
             assert Vocabulary.of(client, "bert").encode_entity("Atlantis") == [len(vocab)]
+            from clients.search import SearchClient
+
+            found = SearchClient(client).search("bert", 0, tokens=["Capital"], k=1)  # typed, read uncased
+            assert found.ids[:, 0].tolist() == [vocab.id_of("capital")]  # its own row is nearest

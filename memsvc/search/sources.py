@@ -2,13 +2,26 @@
 (MosaicGroup). Both answer the same questions (which ids exist, their rows, their names, which
 ids changed between two versions), so the manager handles either without asking which."""
 import bisect
+from functools import lru_cache
 
 import numpy as np
 
+from editing.tokenizers import encoder_from
+from editing.tokens import Vocabulary
+
 from memsvc.core.dtypes import to_float32
-from memsvc.core.errors import InvalidArgument
+from memsvc.core.errors import InvalidArgument, NotFound
 from memsvc.core.search import place, where_of
 from memsvc.core.values import split_tokens
+
+
+@lru_cache(maxsize=4)
+def tokenized_vocabulary(t, version) -> Vocabulary:
+    """The words of bank table ``t`` at a version with the tokenizer it was imported with."""
+    words = [w if a else "" for w, a in zip(t.words, t.alive(version))]
+    vocab = Vocabulary(words, encoder_from(*t.tokenizer))
+    vocab.match_whole(i for i in range(len(vocab.encoder.pieces), len(words)))
+    return vocab
 
 
 def alive(t, ids, version):
@@ -82,8 +95,18 @@ class BankLayer:
 
     def query_rows(self, tokens, version) -> np.ndarray:
         ids, words = split_tokens(tokens)
-        ids = self.t.check_ids(ids + [self.t.id_of(w, version, "tokens") for w in words], version, "token_ids")
+        ids = self.t.check_ids(ids + [self.word_id(w, version) for w in words], version, "token_ids")
         return self.rows(ids, version)
+
+    def word_id(self, word, version) -> int:
+        """A typed word: the exact token, else, for a table imported with its tokenizer, the one
+        piece the tokenizer reads for it in running text ("Paris" -> "paris" uncased, "ĠSpain")."""
+        try:
+            return self.t.id_of(word, version, "tokens")
+        except NotFound:
+            if not self.t.tokenizer[0]:
+                raise
+        return tokenized_vocabulary(self.t, version).resolve(word, "tokens")
 
 
 class MosaicGroup:
