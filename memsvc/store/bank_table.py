@@ -150,7 +150,7 @@ class TableState:
             return None
         if check and self.damaged and (int(token_id), commits[j]) in self.damaged:
             raise FailedPrecondition(f"data: table {self.name!r} token {int(token_id)} at version {version}: "
-                                     f"{self.damaged[int(token_id), commits[j]]}; restore the catalog from a backup")
+                                     f"{self.damaged[int(token_id), commits[j]]}")
         return rows[j]
 
     def _damage_before(self, token_id, commit):
@@ -163,9 +163,11 @@ class TableState:
             return None
         return self.damaged.get((token_id, entry[0][j]))
 
-    def gather(self, ids, version, out=None, check=True):
+    def gather(self, ids, version, out=None, check=True, damaged=None):
         """Rows (n, L, d) of token ids at a version, storage dtype (a copy, into ``out`` if given).
-        Base rows read for the first time are asked for at once (will_need) before the gather."""
+        Base rows read for the first time are asked for at once (will_need) and checked before
+        the gather: a damaged one is FailedPrecondition, or noted in ``damaged`` {token: why}
+        when given (replay). ``check`` False reads history rows marked damaged (record)."""
         base_version, base = self.base_at(version)
         base_ids = np.minimum(ids, base.shape[0] - 1)
         unread = self.unread.get(base_version)
@@ -175,8 +177,9 @@ class TableState:
         if len(first):
             first = np.unique(first)
             will_need(base, first)
-            self._check_base_rows(base_version, base, first, version)
+            bad = self._check_base_rows(base_version, base, first, version, damaged)
             unread[first] = False
+            unread[bad] = True  # checked again, and refused, at every read
         rows = np.take(base, base_ids, axis=0, out=out, mode="clip")
         for i in np.flatnonzero(self.edited[ids]):
             row = self.edited_row(ids[i], version, base_version, check)
@@ -184,15 +187,22 @@ class TableState:
                 rows[i] = row
         return rows
 
-    def _check_base_rows(self, base_version, base, ids, version):
+    def _check_base_rows(self, base_version, base, ids, version, damaged=None) -> list:
         """Base rows against their checksums, on their first read since the KB opened (the rows
-        are being read anyway: ~32 us per 80 KB row, on first touch only)."""
+        are being read anyway: ~32 us per 80 KB row, on first touch only); returns the damaged
+        ids noted in ``damaged`` (raises on the first when it is None)."""
         sums = self.base_sums.get(base_version)
         if sums is None:
-            return
+            return []
+        rows, bad = base.view(np.ndarray), []  # a plain view: memmap's per-row __getitem__ cost 2 us
         for tok in ids.tolist():
-            if zlib.crc32(base[tok]) != sums[tok]:
-                raise self._base_damage(base, tok, version)
+            if zlib.crc32(rows[tok]) != sums[tok]:
+                if damaged is None:
+                    raise self._base_damage(base, tok, version)
+                damaged[tok] = (f"its row in base file {base.filename} does not match its checksum; "
+                                "restore the file from a backup")
+                bad.append(tok)
+        return bad
 
     def _base_damage(self, base, token_id, version) -> FailedPrecondition:
         return FailedPrecondition(f"data: table {self.name!r} token {token_id} at version {version}: its row in base file "
@@ -268,9 +278,10 @@ class TableState:
         for t, l in zip(token_ids.tolist(), layers.tolist()):
             written.setdefault(t, set()).add(l)
         partial = np.array([t for t, ls in written.items() if len(ls) < self.num_layers], dtype=np.int64)
-        full = dict(zip(partial.tolist(), self.gather(partial, commit - 1, check=False))) if len(partial) else {}
+        damaged = dict(damaged or {})
+        full = dict(zip(partial.tolist(), self.gather(partial, commit - 1, check=False, damaged=damaged))) if len(partial) else {}
         for t in written:
-            why = (damaged or {}).get(t) or (self._damage_before(t, commit) if t in full else None)
+            why = damaged.get(t) or (self._damage_before(t, commit) if t in full else None)
             if why:
                 self.damaged[t, commit] = why
         for t in written:

@@ -472,16 +472,21 @@ def _replay(table, rows, dt, sums):
 
 
 def _replay_commit(table, commit, batch, dt, record):
-    row_bytes = table.dim * dt.itemsize
     bad = {} if record is None else check_commit(record, batch)
+    if not bad:
+        if batch:
+            ids, layers, data = zip(*batch)
+            table.record(commit, np.array(ids), np.array(layers), [np.frombuffer(d, dtype=dt) for d in data])
+        return
+    row_bytes = table.dim * dt.itemsize
     rows = {(t, layer): data for t, layer, data in batch}
     for key in bad:
         if key not in rows or len(rows[key]) != row_bytes:
             rows[key] = bytes(row_bytes)  # never served: the token's row is marked damaged
     damaged = {}
     for (t, layer), why in sorted(bad.items()):
-        damaged.setdefault(t, f"its layer {layer} row written by commit {commit} {why}")
-    if rows:
+        damaged.setdefault(t, f"its layer {layer} row written by commit {commit} {why}; restore the catalog from a backup")
+    if rows:  # a damaged commit: its rows recorded (zeros for deleted ones) and marked
         keys = list(rows)
         table.record(commit, np.array([t for t, _ in keys]), np.array([layer for _, layer in keys]),
                      [np.frombuffer(rows[k], dtype=dt) for k in keys], damaged)
