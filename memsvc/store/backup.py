@@ -17,6 +17,7 @@ and renamed, so a crash never leaves a half backup under the final name.
 """
 import hashlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from memsvc.core.dtypes import storage_dtype, to_float32
 from memsvc.core.errors import FailedPrecondition, InvalidArgument
+from memsvc.store.checksums import check_commit, token_sums
 
 FORMAT = "memsvc-backup/1"
 CATALOG = "catalog.db"
@@ -267,21 +269,71 @@ def _check_files(root, db, report, progress):
         if base.shape != (vocab, layers, dim) or base.dtype != storage_dtype(dtype):
             report.problems.append(f"base: {rel} is {base.shape} {base.dtype}; the catalog says ({vocab}, {layers}, {dim}) {dtype}")
             continue
-        step = max(1, CHUNK_BYTES // max(1, base[0].nbytes))
-        for start in tqdm(range(0, vocab, step), desc=f"fsck {rel}", unit="chunk", disable=not progress, leave=False):
-            if not np.isfinite(to_float32(base[start:start + step], dtype)).all():
-                report.problems.append(f"base: {rel} holds NaN or Inf near token {start}")
-                break
+        _check_base_rows(db, tbl, version, rel, base, dtype, report, progress)
         report.bases_checked += 1
     for tbl, (dtype, dim, _) in tables.items():
-        size = dim * storage_dtype(dtype).itemsize
-        for token, layer, commit, data in db.execute("select token_id, layer, commit_id, data from deltas where tbl=?", [tbl]):
-            report.deltas_checked += 1
-            if len(data) != size or not np.isfinite(to_float32(np.frombuffer(data, storage_dtype(dtype)), dtype)).all():
-                report.problems.append(f"delta: table {tbl!r} token {token} layer {layer} commit {commit} is not {dim} finite {dtype}")
+        _check_deltas(db, tbl, dtype, dim, report)
     for p in sorted((root / "bases").rglob("*")) if (root / "bases").exists() else []:
         if p.is_file() and p.relative_to(root).as_posix() not in named:
             report.notes.append(f"{p.relative_to(root)} is named by no commit (left by an interrupted write; gc-safe to delete)")
+
+
+def _check_deltas(db, tbl, dtype, dim, report):
+    """Every delta row of a table: its size, finite values, and each commit's rows against the
+    checksums recorded with it (changed, deleted and added rows)."""
+    size = dim * storage_dtype(dtype).itemsize
+    sums = dict(db.execute("select commit_id, rows from delta_sums where tbl=?", [tbl]).fetchall())
+    unchecked, batch, commit = set(), [], None
+    cur = db.execute("select token_id, layer, commit_id, data from deltas where tbl=? order by commit_id", [tbl])
+    for token, layer, c, data in itertools.chain(cur, [(None, None, None, None)]):
+        if c != commit and commit is not None:
+            _check_delta_sums(tbl, commit, batch, sums.pop(commit, None), unchecked, report)
+            batch = []
+        commit = c
+        if c is None:
+            break
+        batch.append((token, layer, data))
+        report.deltas_checked += 1
+        if len(data) != size or not np.isfinite(to_float32(np.frombuffer(data, storage_dtype(dtype)), dtype)).all():
+            report.problems.append(f"delta: table {tbl!r} token {token} layer {layer} commit {c} is not {dim} finite {dtype}")
+    for c, record in sorted(sums.items()):  # commits none of whose rows are left
+        _check_delta_sums(tbl, c, [], record, unchecked, report)
+    if unchecked:
+        report.notes.append(f"delta: table {tbl!r}: the rows of {len(unchecked)} commits (first {min(unchecked)}) "
+                            f"have no checksums (written before checksums): unchecked")
+
+
+def _check_delta_sums(tbl, commit, rows, record, unchecked, report):
+    if record is None:
+        if rows:
+            unchecked.add(commit)
+        return
+    for (token, layer), why in sorted(check_commit(record, rows).items()):
+        report.problems.append(f"delta: table {tbl!r} token {token} layer {layer} commit {commit} {why}")
+
+
+def _check_base_rows(db, tbl, version, rel, base, dtype, report, progress):
+    """Every row of a base file: finite, and equal to the crc32 recorded when it was written."""
+    row = db.execute("select sums from base_sums where tbl=? and version=?", [tbl, version]).fetchone()
+    sums = None if row is None else np.frombuffer(row[0], np.uint32)
+    if sums is None:
+        report.notes.append(f"base: {rel} (table {tbl!r}, version {version}) has no checksums "
+                            f"(written before checksums): unchecked")
+    elif len(sums) != len(base):
+        report.problems.append(f"base: {rel} (table {tbl!r}, version {version}) has {len(base)} rows, its checksums {len(sums)}")
+        sums = None
+    step, bad, non_finite = max(1, CHUNK_BYTES // max(1, base[0].nbytes)), [], None
+    for start in tqdm(range(0, len(base), step), desc=f"fsck {rel}", unit="chunk", disable=not progress, leave=False):
+        rows = np.array(base[start:start + step])
+        if non_finite is None and not np.isfinite(to_float32(rows, dtype)).all():
+            non_finite = start
+        if sums is not None:
+            bad += (np.flatnonzero(token_sums(rows) != sums[start:start + len(rows)]) + start).tolist()
+    if non_finite is not None:
+        report.problems.append(f"base: {rel} holds NaN or Inf near token {non_finite}")
+    if bad:
+        report.problems.append(f"base: {rel} (table {tbl!r}, version {version}): the rows of {len(bad)} tokens "
+                               f"do not match their checksums (first token {bad[0]})")
 
 
 def _check_derived(root, report):

@@ -19,6 +19,7 @@ from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, No
 from memsvc.core.values import CommitResult, LookupResult, RowChange, RowWrites, TableInfo
 from memsvc.store import bank_table
 from memsvc.store.bank_table import TableState, map_for_lookups
+from memsvc.store.checksums import check_commit, create_tables, row_sums, token_sums
 from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
 
 
@@ -43,6 +44,7 @@ class BankTables:
         models = {r["tbl"]: r for r in db["table_models"].rows}
         # what each compaction folded: the (token, layer) pairs whose rows its base changed, as int64 (n, 2)
         db["folds"].create({"tbl": str, "version": int, "pairs": bytes}, pk=("tbl", "version"), if_not_exists=True)
+        create_tables(db)  # delta_sums, base_sums (a catalog from before checksums gains them empty)
         self.tables = {}
         compactions = {}  # table -> versions of the compactions that folded it (gc may have deleted their bases)
         for version, tables in log.query("select id, tables from commits where kind='compact' order by id").fetchall():
@@ -52,6 +54,8 @@ class BankTables:
             t = TableState(r["name"], r["kind"], r["dtype"], r["dim"], r["num_layers"], r["created_in"])
             for b in log.query("select version, file from bases where tbl=? order by version", [t.name]).fetchall():
                 t.bases.append((b[0], self.map_base(b[1], t)))
+            for version, sums in log.query("select version, sums from base_sums where tbl=?", [t.name]).fetchall():
+                t.base_sums[version] = np.frombuffer(sums, np.uint32)
             toks = log.query("select token, added_in, removed_in from tokens where tbl=? order by token_id", [t.name]).fetchall()
             t.add_tokens([w for w, _, _ in toks], 0)
             t.added_in = np.array([a for _, a, _ in toks], dtype=np.int64)
@@ -59,8 +63,9 @@ class BankTables:
             t.compactions = compactions.get(t.name, [])
             for version, pairs in log.query("select version, pairs from folds where tbl=?", [t.name]).fetchall():
                 t.folds[version] = np.frombuffer(pairs, np.int64).reshape(-1, 2)
+            sums = dict(log.query("select commit_id, rows from delta_sums where tbl=?", [t.name]).fetchall())
             cur = log.query("select commit_id, token_id, layer, data from deltas where tbl=? order by commit_id", [t.name])
-            _replay(t, cur, storage_dtype(t.dtype))
+            _replay(t, cur, storage_dtype(t.dtype), sums)
             if t.name in models:
                 m = models[t.name]
                 t.model_layers, t.tokenizer = json.loads(m["model_layers"]), (m["tokenizer_kind"], m["tokenizer"] or b"")
@@ -76,16 +81,17 @@ class BankTables:
             raise FailedPrecondition(f"data: base file {path} has shape {arr.shape} {arr.dtype}, the catalog says [*, {table.num_layers}, {table.dim}] {table.dtype}")
         return arr
 
-    def write_base(self, table_name, version, shape, dtype, chunks, progress=False) -> str:
+    def write_base(self, table_name, version, shape, dtype, chunks, progress=False) -> tuple:
         """Write an immutable base array of ``shape`` atomically (tmp file, fsync, rename) from
         ``chunks``, consecutive row blocks written straight into the file as they come, so no
-        more than one is in memory; returns its path relative to the data dir."""
+        more than one is in memory; returns its path relative to the data dir and the crc32s of
+        its token rows (checksums.py), for ``insert_base``."""
         folder = self.root / "bases" / table_name
         folder.mkdir(parents=True, exist_ok=True)
         rel = f"bases/{table_name}/v{version}.npy"
         tmp = self.root / (rel + ".tmp")
         try:
-            _write_npy(tmp, shape, dtype, chunks, f"writing {table_name} base", progress)
+            sums = _write_npy(tmp, shape, dtype, chunks, f"writing {table_name} base", progress)
         except BaseException:
             tmp.unlink(missing_ok=True)  # a refused, failed or interrupted write leaves nothing
             if not any(folder.iterdir()):
@@ -95,7 +101,14 @@ class BankTables:
         dir_fd = os.open(folder, os.O_RDONLY)
         os.fsync(dir_fd)
         os.close(dir_fd)
-        return rel
+        return rel, sums
+
+    @staticmethod
+    def insert_base(conn, table_name, version, written, vocab_size):
+        """Name a base that write_base wrote, with its checksums, in a commit's transaction."""
+        rel, sums = written
+        conn.execute("insert into bases values (?,?,?,?)", [table_name, version, rel, vocab_size])
+        conn.execute("insert into base_sums values (?,?,?)", [table_name, version, sums])
 
     def table(self, name, version=None) -> TableState:
         version = self.log.head if version is None else version
@@ -263,12 +276,12 @@ class BankTables:
             self.log.check_unused(name)
             step = max(1, bank_table.CHUNK_BYTES // max(1, rows[0].nbytes))
             chunks = (_checked_chunk(rows[i:i + step], dtype) for i in range(0, len(rows), step))
-            rel = self.write_base(name, self.log.head + 1, rows.shape, storage_dtype(dtype), chunks, progress)
+            written = self.write_base(name, self.log.head + 1, rows.shape, storage_dtype(dtype), chunks, progress)
             n_rows = int(rows.shape[0] * rows.shape[1])
 
             def write(conn, version):
                 conn.execute("insert into tables values (?,?,?,?,?,?)", [name, "bank", dtype, rows.shape[2], rows.shape[1], version])
-                conn.execute("insert into bases values (?,?,?,?)", [name, version, rel, rows.shape[0]])
+                self.insert_base(conn, name, version, written, rows.shape[0])
                 conn.executemany("insert into tokens values (?,?,?,?,?)", [(name, i, w, version, NEVER) for i, w in enumerate(vocab)])
                 if model_layers or tokenizer[0]:
                     conn.execute("insert into table_models values (?,?,?,?)",
@@ -277,7 +290,8 @@ class BankTables:
             def publish(version):
                 t = TableState(name, "bank", dtype, rows.shape[2], rows.shape[1], version)
                 t.model_layers, t.tokenizer = model_layers, tokenizer
-                t.bases.append((version, self.map_base(rel, t)))
+                t.bases.append((version, self.map_base(written[0], t)))
+                t.base_sums[version] = np.frombuffer(written[1], np.uint32)
                 t.add_tokens(list(vocab), version)
                 self.tables[name] = t
 
@@ -297,6 +311,7 @@ class BankTables:
     def commit_rows(self, name, writes, kind, author, message, request=None, metrics=None, new_tokens=(), removed_tokens=()):
         t = self.tables[name]
         stored = to_storage(writes.vectors, t.dtype)
+        sums = row_sums(writes.token_ids.tolist(), writes.layers.tolist(), stored)
 
         def write(conn, commit):
             conn.executemany("insert into tokens values (?,?,?,?,?)",
@@ -306,6 +321,7 @@ class BankTables:
             conn.executemany("insert into deltas values (?,?,?,?,?)",
                              [(name, tok, layer, commit, vec.tobytes()) for tok, layer, vec in
                               zip(writes.token_ids.tolist(), writes.layers.tolist(), stored)])
+            conn.execute("insert into delta_sums values (?,?,?)", [name, commit, sums])
 
         def publish(commit):
             if new_tokens:
@@ -393,19 +409,24 @@ def _requested_ids(t, tokens, v) -> np.ndarray:
 
 
 def _write_npy(path, shape, dtype, chunks, desc, progress):
-    """A .npy file of ``shape`` written from consecutive row blocks, then fsynced."""
+    """A .npy file of ``shape`` written from consecutive row blocks, then fsynced; returns the
+    crc32 of each token's rows (uint32 bytes)."""
+    sums = []
     with open(path, "wb") as f, tqdm(total=shape[0], desc=desc, unit="token", disable=not progress) as bar:
         np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
                                                  "fortran_order": False, "shape": tuple(shape)})
         written = 0
         for chunk in chunks:
-            f.write(np.ascontiguousarray(chunk, dtype=dtype).data)
+            chunk = np.ascontiguousarray(chunk, dtype=dtype)
+            sums.append(token_sums(chunk))
+            f.write(chunk.data)
             written += len(chunk)
             bar.update(len(chunk))
         if written != shape[0]:
             raise AssertionError(f"{path}: {written} rows written for {shape[0]}")
         f.flush()
         os.fsync(f.fileno())
+    return np.concatenate(sums).astype(np.uint32).tobytes()
 
 
 def _checked_chunk(rows, dtype) -> np.ndarray:
@@ -430,15 +451,42 @@ def _base_rows(t, ids):
     return out
 
 
-def _replay(table, rows, dt):
+def _replay(table, rows, dt, sums):
     """Mirror the catalog's deltas (ordered by commit, read as they come) in the table's history,
-    one commit at a time."""
-    batch, commit = [], None
+    one commit at a time, each checked against its delta_sums record when it has one (``sums``:
+    commit -> record; a commit with no record wrote no row or predates checksums). A row that
+    fails is recorded as damaged (a deleted one as zeros): reads of it are FailedPrecondition,
+    never its bytes (TableState.edited_row)."""
+    batch, commit, empty = [], None, sorted(sums, reverse=True)  # then those of commits none of whose rows are left
     for c, token_id, layer, data in itertools.chain(rows, [(None, None, None, None)]):
-        if c != commit and batch:
-            ids, layers, vecs = zip(*batch)
-            table.record(commit, np.array(ids), np.array(layers), vecs)
+        if c != commit and commit is not None:
+            _replay_commit(table, commit, batch, dt, sums.get(commit))
             batch = []
+        while empty and (c is None or empty[-1] < c):
+            if empty[-1] != commit:
+                _replay_commit(table, empty[-1], [], dt, sums[empty[-1]])
+            empty.pop()
         commit = c
         if c is not None:
-            batch.append((token_id, layer, np.frombuffer(data, dtype=dt)))
+            batch.append((token_id, layer, data))
+
+
+def _replay_commit(table, commit, batch, dt, record):
+    bad = {} if record is None else check_commit(record, batch)
+    if not bad:
+        if batch:
+            ids, layers, data = zip(*batch)
+            table.record(commit, np.array(ids), np.array(layers), [np.frombuffer(d, dtype=dt) for d in data])
+        return
+    row_bytes = table.dim * dt.itemsize
+    rows = {(t, layer): data for t, layer, data in batch}
+    for key in bad:
+        if key not in rows or len(rows[key]) != row_bytes:
+            rows[key] = bytes(row_bytes)  # never served: the token's row is marked damaged
+    damaged = {}
+    for (t, layer), why in sorted(bad.items()):
+        damaged.setdefault(t, f"its layer {layer} row written by commit {commit} {why}; restore the catalog from a backup")
+    if rows:  # a damaged commit: its rows recorded (zeros for deleted ones) and marked
+        keys = list(rows)
+        table.record(commit, np.array([t for t, _ in keys]), np.array([layer for _, layer in keys]),
+                     [np.frombuffer(rows[k], dtype=dt) for k in keys], damaged)

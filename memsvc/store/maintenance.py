@@ -24,15 +24,16 @@ def compact(log: CommitLog, banks: BankTables, author="", message="", progress=F
             folds[name] = np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
         def write(conn, version):
-            conn.executemany("insert into bases values (?,?,?,?)",
-                             [(name, version, rel, len(banks.tables[name].words)) for name, rel in files.items()])
+            for name, written in files.items():
+                banks.insert_base(conn, name, version, written, len(banks.tables[name].words))
             conn.executemany("insert into folds values (?,?,?)",
                              [(name, version, pairs.tobytes()) for name, pairs in folds.items()])
 
         def publish(version):
-            for name, rel in files.items():
+            for name, (rel, sums) in files.items():
                 t = banks.tables[name]
                 t.bases.append((version, banks.map_base(rel, t)))
+                t.base_sums[version] = np.frombuffer(sums, np.uint32)
                 t.compactions.append(version)
                 t.folds[version] = folds[name]
 
@@ -78,7 +79,9 @@ def gc(log: CommitLog, banks: BankTables, mosaic: MosaicStore, retention, now) -
         with log.transaction() as conn:
             conn.executemany("update commits set gone=1 where id=?", [(v,) for v in dropped])
             conn.executemany("delete from deltas where tbl=? and token_id=? and layer=? and commit_id=?", stale_deltas)
+            conn.executemany("delete from delta_sums where tbl=? and commit_id=?", sorted({(n, c) for n, _, _, c in stale_deltas}))
             conn.executemany("delete from bases where tbl=? and version=?", stale_bases)
+            conn.executemany("delete from base_sums where tbl=? and version=?", stale_bases)
             conn.execute("delete from folds where version<=?", [min(retained)])  # no retained pair of versions spans it
             pairs_deleted = mosaic.gc(conn, retained)
         for f in files:
