@@ -26,13 +26,20 @@ def entity_ops(store, table, source, target, mode="auto", layers=(), version=Non
     return ops
 
 
+def table_vocabulary(store, table, version=None):
+    """The Vocabulary of a table imported with its tokenizer, or None for a word-list table (whose
+    words the store resolves exactly, with errors naming the table). The tokenizer is fetched once."""
+    from editing.tokens import Vocabulary
+
+    tokenizer = store.tokenizer(table, version)
+    return Vocabulary.stored(store.vocabulary(table, version), tokenizer) if tokenizer[0] else None
+
+
 def entity_ids(store, table, version=None) -> tuple:
     """(ids(text, field), pieces(ids)) of a table: its tokenizer's running-text pieces, or its words
     split on spaces for a word-list table (resolved by the store, whose errors name the table)."""
-    from editing.tokens import Vocabulary
-
-    if store.tokenizer(table, version)[0]:
-        vocab = Vocabulary.of(store, table, version)
+    vocab = table_vocabulary(store, table, version)
+    if vocab is not None:
         return vocab.encode_entity, vocab.pieces
     words = store.vocabulary(table, version)
     return (lambda text, field: store.token_ids(table, text.split(), version, field).tolist(),
@@ -47,14 +54,13 @@ def entity_pieces(store, table, text, version=None) -> str:
     return f"{text!r} -> " + " ".join(f"{p}({i})" for p, i in zip(pieces(found), found)) + shared
 
 
-def resolve_token(store, table, word, version=None):
-    """A typed word as the row op names it: the word itself for a word-list table (the store resolves
-    it exactly), else the one piece the table's tokenizer reads for it ("Paris" -> "paris" uncased)."""
-    from editing.tokens import Vocabulary
-
-    if word is None or not store.tokenizer(table, version)[0]:
+def resolve_token(vocab, word):
+    """A typed word as a row op names it (``vocab``: table_vocabulary's): the word itself for a
+    word-list table (the store resolves it exactly), else the one piece the table's tokenizer reads
+    for it ("Paris" -> "paris" uncased)."""
+    if word is None or vocab is None:
         return dict(token=word)
-    return dict(token_id=Vocabulary.of(store, table, version).resolve(word, "--token"))
+    return dict(token_id=vocab.resolve(word, "--token"))
 
 
 def guess_subject(prompt):

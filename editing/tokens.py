@@ -72,16 +72,17 @@ class Vocabulary:
         """The vocabulary of a store's table at a version (a KnowledgeBase or a MemoryClient): its
         words, encoded by the tokenizer imported with it; words past the tokenizer's own pieces
         (injected since, or ids the tokenizer has no text for) are matched whole."""
-        words = store.vocabulary(table, version)
-        kind, data = store.tokenizer(table, version)
-        vocab = cls(words, encoder_from(kind, data) if kind else None)
-        if vocab.encoder is not None:
-            vocab.match_whole(range(len(vocab.encoder.pieces), len(words)))
-        return vocab
+        return cls.stored(store.vocabulary(table, version), store.tokenizer(table, version))
 
-    def match_whole(self, ids):
-        """Match the words of these ids whole, before encoding: words the tokenizer has no pieces for."""
-        self._added.update((self._words[i], i) for i in ids if self._words[i])
+    @classmethod
+    def stored(cls, words, tokenizer):
+        """The vocabulary of a table's words by id ('' for ids that do not exist) and the tokenizer
+        (kind, file bytes) imported with it; kind '' is a plain word list."""
+        kind, data = tokenizer
+        vocab = cls(words, encoder_from(kind, data) if kind else None)
+        if vocab.encoder is not None:  # words the tokenizer has no pieces for are matched whole
+            vocab._added = {w: i for i, w in enumerate(words) if i >= len(vocab.encoder.pieces) and w}
+        return vocab
 
     def __len__(self):
         return len(self._words)

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from clients.editor import Editor, entity_ops, entity_pieces, evaluate, guess_subject, resolve_token
+from clients.editor import (Editor, entity_ops, entity_pieces, evaluate, guess_subject, resolve_token,
+                            table_vocabulary)
 from memsvc.cli.options import commit_options, open_store, print_dry_run, store_options, table_option
 from memsvc.core.errors import InvalidArgument
 
@@ -52,8 +53,9 @@ def edit(data, server, table, token, entity, to, mode, fact, target, subject, mo
     if (vector is None) == (like is None):
         raise InvalidArgument("--vector/--like: give exactly one")
     with open_store(data, server) as store:
-        source = {f"source_{k}": v for k, v in resolve_token(store, table, like).items()}
-        op = RowOp(op="copy" if alpha is None else "blend", **resolve_token(store, table, token), layers=list(layers),
+        vocab = table_vocabulary(store, table)
+        source = {f"source_{k}": v for k, v in resolve_token(vocab, like).items()}
+        op = RowOp(op="copy" if alpha is None else "blend", **resolve_token(vocab, token), layers=list(layers),
                    vector=parse_vector_arg(vector) if vector is not None else None, **source,
                    alpha=1.0 if alpha is None else alpha)
         if vector is not None and alpha is None:

@@ -6,7 +6,6 @@ from functools import lru_cache
 
 import numpy as np
 
-from editing.tokenizers import encoder_from
 from editing.tokens import Vocabulary
 
 from memsvc.core.dtypes import to_float32
@@ -18,10 +17,7 @@ from memsvc.core.values import split_tokens
 @lru_cache(maxsize=4)
 def tokenized_vocabulary(t, version) -> Vocabulary:
     """The words of bank table ``t`` at a version with the tokenizer it was imported with."""
-    words = [w if a else "" for w, a in zip(t.words, t.alive(version))]
-    vocab = Vocabulary(words, encoder_from(*t.tokenizer))
-    vocab.match_whole(i for i in range(len(vocab.encoder.pieces), len(words)))
-    return vocab
+    return Vocabulary.stored([w if a else "" for w, a in zip(t.words, t.alive(version))], t.tokenizer)
 
 
 def alive(t, ids, version):
