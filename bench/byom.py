@@ -62,29 +62,40 @@ def build_step_dir(folder: Path, vocab, layers, d_ff, shards, scratch: Path):
             f.unlink()
 
 
-def run_sampled(cmd) -> dict:
-    """Run cmd; its wall time and the peak of its anonymous RSS (sampled every 0.1 s)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0]
+class ProcessWatch:
+    """Peak RssAnon and disk bytes read of a running process (a CLI step, a server), sampled every 0.1 s."""
 
-    def sample():
-        while proc.poll() is None:
+    def __init__(self, pid):
+        self.pid, self.peak, self.done = pid, 0, False
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self):
+        while not self.done:
             try:
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
                     if line.startswith("RssAnon:"):
-                        peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+                        self.peak = max(self.peak, int(line.split()[1]) * 1024)
             except FileNotFoundError:
                 return
             time.sleep(0.1)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    def read_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/io").read_text().splitlines():
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+        return 0
+
+
+def run_sampled(cmd) -> dict:
+    """Run cmd; its wall time and the peak of its anonymous RSS (sampled every 0.1 s)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watch = ProcessWatch(proc.pid)
     out = proc.communicate()[0]
-    sampler.join()
+    watch.done = True
     if proc.returncode:
         raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{out}")
-    return {"seconds": time.perf_counter() - start, "peak_anon_bytes": peak[0], "output": out.strip().splitlines()[-1]}
+    return {"seconds": time.perf_counter() - start, "peak_anon_bytes": watch.peak, "output": out.strip().splitlines()[-1]}
 
 
 def bench_import(args, work: Path) -> dict:

@@ -23,7 +23,6 @@ import json
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from bench.byom import run_sampled  # noqa: E402
+from bench.byom import ProcessWatch, run_sampled  # noqa: E402
 from bench.cold_reads import evict  # noqa: E402
 from bench.decode import write_bank  # noqa: E402
 from clients.banks import LocalBank  # noqa: E402
@@ -42,30 +41,6 @@ from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
 
 MEMSVC = [sys.executable, "-m", "memsvc"]
 GIB = 1 << 30
-
-
-class ProcessWatch:
-    """Peak RssAnon and disk bytes read of a running process (a server), sampled every 0.1 s."""
-
-    def __init__(self, pid):
-        self.pid, self.peak, self.done = pid, 0, False
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    def _sample(self):
-        while not self.done:
-            try:
-                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                    if line.startswith("RssAnon:"):
-                        self.peak = max(self.peak, int(line.split()[1]) * 1024)
-            except FileNotFoundError:
-                return
-            time.sleep(0.1)
-
-    def read_bytes(self) -> int:
-        for line in Path(f"/proc/{self.pid}/io").read_text().splitlines():
-            if line.startswith("read_bytes:"):
-                return int(line.split()[1])
-        return 0
 
 
 def evict_bases(kb_dir: Path):
