@@ -102,10 +102,15 @@ def run_round(proc, address, config, round_no, acked, rng):
         proc.wait(delay)  # a crash point ends the process by itself
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL if mode == "sigkill" else signal.SIGTERM)
-        proc.wait()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # a drain that never ends is a failure, not a hang
+            proc.kill()
+            raise
     stop.set()
     for t in threads:
-        t.join()
+        t.join(30)  # each editor's call has a 10 s deadline
+        assert not t.is_alive(), "an editor did not stop after the server died"
     return mode, delay, len(acked) - before
 
 
@@ -139,7 +144,7 @@ def run(config: CrashConfig, workdir) -> dict:
     data = Path(workdir) / "kb"
     make_kb(data, config.vocab, config.layers, config.dim, config.dtype, config.seed)
     rng = np.random.default_rng(config.seed)
-    acked, totals, row = {}, {"rounds": 0, "lost": 0, "partial": 0, "fsck_failures": 0}, None
+    acked, totals, row, row_fsck = {}, {"rounds": 0, "lost": 0, "partial": 0, "fsck_failures": 0}, None, None
     print(f"{'round':>5} {'kill':<22} {'after s':>7} {'acked':>6} {'commits':>8} {'lost':>5} {'partial':>8} {'fsck':>5}")
     for round_no in range(1, config.rounds + 2):
         mode = crash_mode(config, round_no)

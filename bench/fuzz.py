@@ -19,7 +19,6 @@ import importlib
 import json
 import logging
 import pkgutil
-import resource
 import sys
 import tempfile
 import time
@@ -49,13 +48,8 @@ RANGE = {F.TYPE_INT32: (-2**31, 2**31 - 1), F.TYPE_SINT32: (-2**31, 2**31 - 1), 
          F.TYPE_FIXED64: (0, 2**64 - 1)}
 DTYPES = ["float32", "float16", "bfloat16", "float64", "int8", "", "FLOAT32"]
 # A request that makes the server allocate without bound must fail there, not OOM the machine.
-MEMORY_LIMIT = 8 << 30
+MEMORY_LIMIT = 8 << 30  # the server's address space, bytes (spawn_server(memory_limit=...))
 OVERSIZE = 70_000  # more tokens than a lookup accepts (ServerConfig.max_lookup_tokens = 65536)
-
-
-def limit_memory():
-    """In the server's child process: cap its address space at MEMORY_LIMIT."""
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
 def rpc_methods() -> list:
@@ -257,7 +251,7 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         make_kb(Path(tmp) / "kb")
-        proc, address = spawn_server(Path(tmp) / "kb", log=args.server_log, preexec_fn=limit_memory)
+        proc, address = spawn_server(Path(tmp) / "kb", log=args.server_log, memory_limit=MEMORY_LIMIT)
         try:
             target = FuzzTarget(address)
             if args.only:

@@ -1,21 +1,25 @@
 """Fuzzed bad input against a live server (bench/fuzz.py with ~200 examples): every answer is OK
 or an expected status code, the server stays up, and rejected writes change nothing."""
+import resource
+
 import grpc
 import pytest
 
 from bench.crash import make_kb
-from bench.fuzz import FuzzTarget, fuzz, limit_memory, rpc_methods
-from memsvc.server.spawn import spawn_server
+from bench.fuzz import MEMORY_LIMIT, FuzzTarget, fuzz, rpc_methods
+from memsvc.server.spawn import spawn_server, stop_server
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):
     data = tmp_path_factory.mktemp("fuzz") / "kb"
     make_kb(data)
-    proc, address = spawn_server(data, preexec_fn=limit_memory)
-    yield FuzzTarget(address)
-    proc.terminate()
-    proc.wait(30)
+    proc, address = spawn_server(data, memory_limit=MEMORY_LIMIT)
+    try:
+        assert resource.prlimit(proc.pid, resource.RLIMIT_AS) == (MEMORY_LIMIT, MEMORY_LIMIT)
+        yield FuzzTarget(address)
+    finally:
+        stop_server(proc)
 
 
 def test_every_rpc_is_fuzzed():

@@ -296,11 +296,11 @@ def test_import_needs_a_write_key_and_export_a_read_key(tmp_path):
 
 def test_the_fuzzer_covers_the_streams_and_gets_expected_codes(tmp_path):
     from bench.crash import make_kb
-    from bench.fuzz import FuzzTarget, fuzz, limit_memory
+    from bench.fuzz import MEMORY_LIMIT, FuzzTarget, fuzz
     from memsvc.server.spawn import spawn_server
 
     make_kb(tmp_path / "kb")
-    proc, address = spawn_server(tmp_path / "kb", preexec_fn=limit_memory)
+    proc, address = spawn_server(tmp_path / "kb", memory_limit=MEMORY_LIMIT)
     try:
         target = FuzzTarget(address)
         target.methods = [m for m in target.methods if m[0].endswith(("/ImportTable", "/ExportTable"))]

@@ -1,6 +1,8 @@
 """`memsvc serve` as a child process on a free loopback port, for tests, benchmarks and tools."""
 import os
+import queue
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -9,22 +11,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def spawn_server(data_dir, *args, env=None, log=None, preexec_fn=None):
+def spawn_server(data_dir, *args, env=None, log=None, memory_limit=None, start_timeout=120.0):
     """Start `memsvc serve --no-seed` over data_dir on port 0; returns (process, "host:port").
 
     Its output is drained in a thread (into the file ``log`` if given) so that a chatty server
-    never blocks on a full pipe."""
+    never blocks on a full pipe. ``memory_limit`` (bytes) caps the child's address space: set
+    from here with prlimit, since a ``preexec_fn`` would run Python in a forked copy of this
+    multi-threaded process, which can deadlock before exec while holding this process's pipes.
+    A server that has not printed its address within ``start_timeout`` seconds is killed."""
     cmd = [sys.executable, "-m", "memsvc", "serve", "--no-seed", "--data", str(data_dir), "--port", "0", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        m = re.search(r"serving .* on ([\d.]+):(\d+) ", line)
-        if m:
-            threading.Thread(target=_drain, args=(proc.stdout, log), daemon=True).start()
-            return proc, f"{m.group(1)}:{m.group(2)}"
-    raise RuntimeError(f"memsvc serve did not start (exit {proc.wait()}):\n{''.join(lines)}")
+                            env={**os.environ, **(env or {})})
+    if memory_limit is not None:
+        resource.prlimit(proc.pid, resource.RLIMIT_AS, (memory_limit, memory_limit))
+    lines, address = [], queue.Queue()
+    threading.Thread(target=_read, args=(proc.stdout, lines, address, log), daemon=True).start()
+    try:
+        found = address.get(timeout=start_timeout)
+    except queue.Empty:
+        found = None
+        stop_server(proc, timeout=5)
+    if found is None:
+        raise RuntimeError(f"memsvc serve did not start (exit {proc.wait(timeout=30)}):\n{''.join(lines)}")
+    return proc, found
 
 
 def stop_server(proc, timeout=20):
@@ -34,11 +43,22 @@ def stop_server(proc, timeout=20):
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait()
+        proc.wait(timeout=30)
 
 
-def _drain(stream, log):
+def _read(stream, lines, address, log):
+    """Collect the server's first lines until it names its address (put on the queue), then
+    drain the rest into ``log``; None on the queue when the output ends first."""
     with open(log or os.devnull, "a") as out:
         for line in stream:
-            out.write(line)
-            out.flush()
+            if lines is None:
+                out.write(line)
+                out.flush()
+                continue
+            lines.append(line)
+            m = re.search(r"serving .* on ([\d.]+):(\d+) ", line)
+            if m:
+                address.put(f"{m.group(1)}:{m.group(2)}")
+                lines = None
+    if lines is not None:
+        address.put(None)
