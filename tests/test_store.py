@@ -226,7 +226,7 @@ def test_a_crash_mid_commit_leaves_the_previous_head_intact(kb, point):
         print("survived")
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
-                          env={"MEMSVC_CRASH_AT": point, "PATH": "/usr/bin:/bin"})
+                          env={"MEMSVC_CRASH_AT": point, "PATH": "/usr/bin:/bin"}, timeout=120)
     assert proc.returncode == 77 and "survived" not in proc.stdout, proc.stderr
     with KnowledgeBase(StoreConfig(data_dir=root)) as again:
         assert again.version == 2 and [c.message for c in again.log()][0] != "dies"
