@@ -25,7 +25,7 @@ from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 from memsvc.wire import knowledge as convert
 from memsvc.wire import lookup as lookup_wire
 from memsvc.wire import reply_buffers
-from memsvc.wire.auth import bearer_metadata, is_loopback
+from memsvc.wire.auth import bearer_metadata, is_loopback, open_channel
 
 # Status codes back to the errors the store raises, so callers catch the same classes.
 ERROR_OF = {
@@ -37,19 +37,8 @@ ERROR_OF = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
 }
 
-MAX_MESSAGE_BYTES = 256 << 20
 SNAPSHOT_PAGE_BYTES = 16 << 20  # rows per Snapshot reply: far under any message limit, ~10 ms each to move
 IMPORT_MESSAGE_BYTES = 4 << 20  # rows per ImportTable message: the memory each side holds for the stream
-
-
-def open_channel(address: str, tls_ca: str | None = None) -> grpc.Channel:
-    """A channel to memsvc: TLS verified against the CA certificate file ``tls_ca``, else plaintext."""
-    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-    if tls_ca is None:
-        return grpc.insecure_channel(address, options=options)
-    with open(tls_ca, "rb") as f:
-        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=f.read()), options=options)
 
 
 def _version(version) -> int:
