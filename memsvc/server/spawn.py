@@ -13,7 +13,7 @@ def spawn_server(data_dir, *args, env=None, log=None, preexec_fn=None, timeout=N
     """Start `memsvc serve --no-seed` over data_dir on port 0; returns (process, "host:port").
 
     Its output is drained in a thread (into the file ``log`` if given) so that a chatty server
-    never blocks on a full pipe. ``timeout``: seconds it may take to start serving, else it is
+    never blocks on a full pipe, its first lines included. ``timeout``: seconds it may take to start serving, else it is
     killed and RuntimeError raised (a replica bootstrapping from a primary that never answers)."""
     cmd = [sys.executable, "-m", "memsvc", "serve", "--no-seed", "--data", str(data_dir), "--port", "0", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
@@ -27,6 +27,8 @@ def spawn_server(data_dir, *args, env=None, log=None, preexec_fn=None, timeout=N
             lines.append(line)
             m = re.search(r"serving .* on ([\d.]+):(\d+) ", line)
             if m:
+                if log:
+                    Path(log).write_text("".join(lines))
                 threading.Thread(target=_drain, args=(proc.stdout, log), daemon=True).start()
                 return proc, f"{m.group(1)}:{m.group(2)}"
     finally:
