@@ -25,7 +25,7 @@ from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 from memsvc.wire import knowledge as convert
 from memsvc.wire import lookup as lookup_wire
 from memsvc.wire import reply_buffers
-from memsvc.wire.auth import bearer_metadata, is_loopback
+from memsvc.wire.auth import bearer_metadata, is_loopback, open_channel
 
 # Status codes back to the errors the store raises, so callers catch the same classes.
 ERROR_OF = {
@@ -37,19 +37,8 @@ ERROR_OF = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
 }
 
-MAX_MESSAGE_BYTES = 256 << 20
 SNAPSHOT_PAGE_BYTES = 16 << 20  # rows per Snapshot reply: far under any message limit, ~10 ms each to move
 IMPORT_MESSAGE_BYTES = 4 << 20  # rows per ImportTable message: the memory each side holds for the stream
-
-
-def open_channel(address: str, tls_ca: str | None = None) -> grpc.Channel:
-    """A channel to memsvc: TLS verified against the CA certificate file ``tls_ca``, else plaintext."""
-    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-    if tls_ca is None:
-        return grpc.insecure_channel(address, options=options)
-    with open(tls_ca, "rb") as f:
-        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=f.read()), options=options)
 
 
 def _version(version) -> int:
@@ -68,14 +57,20 @@ def _ref(version=None, tag=None) -> pb.VersionRef:
 class MemoryClient:
     def __init__(self, address: str, timeout: float | None = 60.0, channel: grpc.Channel | None = None,
                  api_key: str | None = None, tls_ca: str | None = None, shared_memory: bool | None = None,
-                 stream_lookups: bool = True):
+                 stream_lookups: bool = True, primary: str | None = None):
         """``api_key`` is sent as ``authorization: Bearer <key>``; ``tls_ca`` (a PEM file) turns on TLS.
         ``shared_memory``: Lookup rows come back through shared memory (memsvc/wire/reply_buffers.py);
         default on when the server's address is loopback. It turns itself off when the server
         cannot write into this host's buffers. ``stream_lookups``: ``lookup`` sends its requests
         down one open LookupStream (less per-call cost than unary calls; ``timeout`` applies to
-        each streamed lookup too)."""
+        each streamed lookup too). ``primary``: ``address`` is a read replica of the memsvc at
+        ``primary`` (`memsvc serve --follow`): reads go to the replica, writes to the primary, and
+        every read asks for the version of this client's last write (``last_write_version``,
+        min_version), so that it reads its own writes; a pinned version is asked for the same way."""
         self.address = address
+        self.last_write_version = 0
+        self.primary_channel = primary and open_channel(primary, tls_ca)
+        self.primary_stubs = {}  # stub class -> its stub on primary_channel
         self.timeout = timeout
         self.metadata = bearer_metadata(api_key)
         self.channel = channel or open_channel(address, tls_ca)
@@ -94,8 +89,28 @@ class MemoryClient:
         self.lookup_stream = self.open_stream(self.stub.LookupStream, self.stub.Lookup) if stream_lookups else None
 
     def _call(self, method, request, stub=None):
-        """One RPC (on ``stub``, default the KnowledgeService one) with errors as memsvc exceptions."""
-        return self._translated(getattr(stub or self.stub, method), request, timeout=self.timeout, metadata=self.metadata)
+        """One RPC (on ``stub``, default the KnowledgeService one) with errors as memsvc exceptions. A
+        read (its request has min_version) asks for this client's last write; anything else goes to
+        the primary when there is one, and a commit it makes becomes the last write."""
+        stub = stub or self.stub
+        read = "min_version" in request.DESCRIPTOR.fields_by_name
+        if read:
+            self._read_your_writes(request)
+        elif self.primary_channel:
+            stub = self.primary_stubs.get(type(stub)) or self.primary_stubs.setdefault(type(stub), type(stub)(self.primary_channel))
+        reply = self._translated(getattr(stub, method), request, timeout=self.timeout, metadata=self.metadata)
+        if not read:
+            self._wrote(reply)
+        return reply
+
+    def _read_your_writes(self, request):
+        at = request.at.version if "at" in request.DESCRIPTOR.fields_by_name else 0
+        request.min_version = max(self.last_write_version, at)
+
+    def _wrote(self, reply):
+        commit = reply if reply.DESCRIPTOR.name == "CommitResult" else getattr(reply, "commit", None)
+        if commit is not None:
+            self.last_write_version = max(self.last_write_version, commit.version)
 
     def _translated(self, call, *args, **kwargs):
         try:
@@ -122,6 +137,8 @@ class MemoryClient:
         if self.reply_buffers is not None:
             self.reply_buffers.close()
         self.channel.close()
+        if self.primary_channel:
+            self.primary_channel.close()
 
     def __enter__(self):
         return self
@@ -179,6 +196,7 @@ class MemoryClient:
         ids, words = split_tokens(tokens)
         request = pb.LookupRequest(table=table, layers=[int(l) for l in layers or []], token_ids=ids, tokens=words,
                                    at=_ref(version, tag), overrides=[convert.row_op_to_pb(op) for op in overrides or []])
+        self._read_your_writes(request)
         rows_of, buffers = (table, tuple(request.layers)), self.reply_buffers
         needed = self.row_bytes.get(rows_of, 0) * (len(ids) + len(words))  # rows come one per position
         if buffers is None or needed < reply_buffers.MIN_REPLY_BYTES:
@@ -341,18 +359,21 @@ class MemoryClient:
                 raise
 
         try:
-            reply = self._translated(self.stub.ImportTable, requests(), metadata=self.metadata)
+            stub = pb_grpc.KnowledgeServiceStub(self.primary_channel) if self.primary_channel else self.stub
+            reply = self._translated(stub.ImportTable, requests(), metadata=self.metadata)
         except MemsvcError:
             if failed:
                 raise failed[0] from None
             raise
+        self._wrote(reply)
         return convert.commit_result_from_pb(reply)
 
     def export_table(self, table, version=None, *, max_message_bytes=0) -> TableExport:
         """The tokens alive at a version in id order with their words (read now), and their rows as
         the export's chunks iterate (ExportTable); leaving the chunks unread cancels the stream."""
-        call = self.stub.ExportTable(pb.ExportTableRequest(table=table, at=_ref(version), max_message_bytes=max_message_bytes),
-                                     metadata=self.metadata)
+        request = pb.ExportTableRequest(table=table, at=_ref(version), max_message_bytes=max_message_bytes)
+        self._read_your_writes(request)
+        call = self.stub.ExportTable(request, metadata=self.metadata)
 
         def replies():
             try:

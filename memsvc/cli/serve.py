@@ -21,17 +21,25 @@ from memsvc.cli.options import data_option
               help="On SIGTERM, report NOT_SERVING this long before refusing calls.")
 @click.option("--build-niceness", type=click.IntRange(0, 19), default=10, show_default=True,
               help="How much nicer than the server index builds run (0: same priority as Lookups).")
-def serve(data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls_key, metrics_port, drain_seconds,
-          build_niceness):
+@click.option("--follow", metavar="PRIMARY", default=None,
+              help="Serve as a read replica of the memsvc at PRIMARY (host:port): bootstrap an empty --data "
+                   "from it, then apply its commits as they land; writes are refused, naming PRIMARY.")
+@click.option("--min-version-wait", type=float, default=5.0, show_default=True,
+              help="With --follow: how long a read naming a min_version this replica lacks waits (then UNAVAILABLE).")
+@click.pass_context
+def serve(ctx, data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls_key, metrics_port, drain_seconds,
+          build_niceness, follow, min_version_wait):
     """Serve a knowledge base over gRPC (health checking and reflection included).
 
     On first run an empty --data is seeded with the demo model's knowledge base. Beyond
-    loopback, give API keys (or --insecure); SIGTERM drains and stops cleanly.
+    loopback, give API keys (or --insecure); SIGTERM drains and stops cleanly. With --follow, a
+    read replica (docs/replication.md): --api-key / --tls-ca are what it presents to PRIMARY.
 
     \b
     Example:
         memsvc serve --data ./memsvc-data --port 50051
         memsvc serve --host 0.0.0.0 --api-keys-file keys.txt --tls-cert c.pem --tls-key k.pem --metrics-port 9100
+        memsvc serve --follow 10.0.0.1:50051 --data ./replica-data --port 50052
     """
     import logging
 
@@ -41,10 +49,12 @@ def serve(data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls_key,
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     check_exposure(host, load_keys(api_keys_file), insecure)  # refuse before seeding anything
-    if not no_seed and not (Path(data) / "catalog.db").exists():
+    if not no_seed and not follow and not (Path(data) / "catalog.db").exists():
         from memsvc.cli.demo import seed_demo_kb
 
         seed_demo_kb(data)
     run(ServerConfig(data_dir=Path(data), host=host, port=port, api_keys_file=api_keys_file,
                      insecure=insecure, tls_cert=tls_cert, tls_key=tls_key, metrics_port=metrics_port,
-                     drain_seconds=drain_seconds, build_niceness=build_niceness))
+                     drain_seconds=drain_seconds, build_niceness=build_niceness, follow=follow,
+                     min_version_wait=min_version_wait, follow_api_key=(ctx.obj or {}).get("api_key"),
+                     follow_tls_ca=(ctx.obj or {}).get("tls_ca")))

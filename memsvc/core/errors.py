@@ -34,3 +34,8 @@ class ResourceExhausted(MemsvcError):
 
 class Conflict(MemsvcError):
     """A concurrent change made this one impossible (e.g. a tag that already exists)."""
+
+
+class Unavailable(MemsvcError):
+    """The service cannot answer this now, and may soon (a read replica has not yet applied the
+    version a read asked for); retry."""

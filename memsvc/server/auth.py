@@ -29,7 +29,7 @@ OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflect
 # ImportTable write.
 READ_VERBS = {"List", "Describe", "Get", "Lookup", "Search", "Vocabulary", "Log", "Show", "Diff",
               "Read", "Query", "Retrieve", "Nearest", "Stats", "Check", "Watch", "Snapshot", "Changed", "Hot",
-              "Export"}
+              "Export", "Bootstrap", "Follow", "Replica"}
 ENV_KEYS = {READ: "MEMSVC_READ_KEYS", WRITE: "MEMSVC_WRITE_KEYS"}
 
 

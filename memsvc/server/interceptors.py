@@ -19,6 +19,7 @@ STATUS_OF = [
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Conflict, grpc.StatusCode.ALREADY_EXISTS),
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.MemsvcError, grpc.StatusCode.FAILED_PRECONDITION),
 ]

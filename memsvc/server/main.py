@@ -19,19 +19,23 @@ from memsvc.server import mosaic_servicer, search_servicer
 from memsvc.server.auth import AuthInterceptor, check_exposure, load_keys
 from memsvc.server.interceptors import ErrorInterceptor, RawReplies, StreamOfUnaryCalls, UnparsableRequestInterceptor
 from memsvc.server.metrics import Metrics, MetricsInterceptor, ServingState, start_http
+from memsvc.server.replica import Follower
+from memsvc.server.replication import ReplicaGate, ReplicationServicer, primary_state
 from memsvc.server.servicer import KnowledgeServicer
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.store.mosaic_input import MosaicLimits
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 from memsvc.v1 import search_pb2 as spb
+from memsvc.v1 import replication_pb2_grpc as rpb_grpc
 from memsvc.v1 import search_pb2_grpc as spb_grpc
 from memsvc.wire import mosaic as mosaic_wire
+from memsvc.wire import replication as replication_wire
 from memsvc.wire import search as search_wire
 from memsvc.wire.knowledge import SERVICE
 
 LOG = logging.getLogger("memsvc.server")
-SERVICES = (SERVICE, mosaic_wire.SERVICE, search_wire.SERVICE)
+SERVICES = (SERVICE, mosaic_wire.SERVICE, search_wire.SERVICE, replication_wire.SERVICE)
 HEALTH_NAMES = ("", *SERVICES)  # the names the health service answers for: the server, and each service
 
 
@@ -62,22 +66,29 @@ class ServerConfig:
     # Search / CreateIndex (queries, queries x rows, k, index parameters); see each class
     mosaic_limits: MosaicLimits = field(default_factory=MosaicLimits)
     search: SearchConfig = field(default_factory=SearchConfig)
+    follow: str | None = None  # a primary's host:port: serve as its read replica (memsvc/server/replica.py)
+    min_version_wait: float = 5.0  # a replica's read naming a min_version it lacks waits this long, then UNAVAILABLE
+    follow_api_key: str | None = None  # the key and CA certificate the replica presents to its primary
+    follow_tls_ca: Path | None = None
 
 
 def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | None = None,
-                  state: ServingState | None = None):
+                  state: ServingState | None = None, follower=None):
     """A started, SERVING gRPC server over ``kb``; returns (server, port, serving_state, index_manager).
     Interceptors run outermost first: metrics (sees every status), auth, streams as unary calls
     (whose messages get the metrics and error wraps too), unparsable requests, error mapping,
-    and Lookup's reply bytes sent as written."""
+    on a read replica (``follower``: replica.Follower) its gate, and Lookup's reply bytes sent as
+    written."""
     if not 0 < config.max_streams < config.max_workers:
         raise InvalidArgument(f"max_streams: {config.max_streams} must be above 0 and below max_workers "
                               f"({config.max_workers}), which serve unary calls too")
     keys = load_keys(config.api_keys_file)
     check_exposure(config.host, keys, config.insecure)
     measured = [MetricsInterceptor(metrics)] if metrics else []
-    checked = [UnparsableRequestInterceptor(), ErrorInterceptor(), RawReplies({f"/{SERVICE}/Lookup"})]
-    servicer = KnowledgeServicer(kb, config)
+    gate = [ReplicaGate(kb.commits, config.follow, config.min_version_wait)] if follower else []
+    checked = [UnparsableRequestInterceptor(), ErrorInterceptor(), *gate, RawReplies({f"/{SERVICE}/Lookup"})]
+    replica_state = follower.state if follower else primary_state(kb)
+    servicer = KnowledgeServicer(kb, config, follower and (lambda: replication_wire.state_to_pb(follower.state())))
     searcher = search_servicer.SearchServicer(IndexManager(kb, replace(config.search, build_niceness=config.build_niceness)))
     streams = StreamOfUnaryCalls({
         f"/{SERVICE}/LookupStream": (f"/{SERVICE}/Lookup", _unary(servicer.Lookup, pb.LookupRequest, pb.LookupResponse)),
@@ -93,9 +104,10 @@ def create_server(kb: KnowledgeBase, config: ServerConfig, metrics: Metrics | No
     pb_grpc.add_KnowledgeServiceServicer_to_server(servicer, server)
     mosaic_servicer.add_to_server(kb, server, config.mosaic_limits)
     spb_grpc.add_SearchServiceServicer_to_server(searcher, server)
+    rpb_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(kb, replica_state), server)
     indexes = searcher.manager
     if metrics is not None:
-        metrics.track_store(lambda: kb.version, indexes.list)
+        metrics.track_store(lambda: kb.version, indexes.list, replica_state)
     state = state or ServingState(health.HealthServicer(), HEALTH_NAMES)
     health_pb2_grpc.add_HealthServicer_to_server(state.health, server)
     reflection.enable_server_reflection([*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -159,19 +171,31 @@ def serve(config: ServerConfig, ready=None):
     if config.metrics_port is not None:  # up before the store opens: /readyz says 503 while it loads
         _, http_port = start_http(config.host, config.metrics_port, metrics, state)
         print(f"memsvc: metrics and probes on http://{config.host}:{http_port}/metrics", flush=True)
-    kb = open_store(config.data_dir)
-    server, port, _, indexes = create_server(kb, config, metrics, state)
+    follower = None
+    if config.follow:  # SIGTERM kills a bootstrap outright: it leaves nothing to serve (replica.py)
+        follower = Follower(config.data_dir, config.follow, config.follow_api_key, config.follow_tls_ca)
+        kb = follower.prepare()
+    else:
+        kb = open_store(config.data_dir)
+    server, port, _, indexes = create_server(kb, config, metrics, state, follower)
     LOG.info("memsvc serving %s on %s:%d (head version %d)", config.data_dir, config.host, port, kb.version)
-    print(f"memsvc: serving {config.data_dir} on {config.host}:{port} (version {kb.version})", flush=True)
-    stop = threading.Event()
+    role = f", a read replica of {config.follow}" if follower else ""
+    print(f"memsvc: serving {config.data_dir} on {config.host}:{port} (version {kb.version}{role})", flush=True)
+    stop, stale = threading.Event(), []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if follower:
+        follower.start(kb, on_stale=lambda why: (stale.append(why), stop.set()))
     if ready is not None:
         ready(port)
     stop.wait()
     state.set(False)
     time.sleep(config.drain_seconds)
+    if follower:
+        follower.stop()
     server.stop(config.grace_seconds).wait()
     indexes.close()  # query logs saved, search worker stopped
     kb.close()
     print("memsvc: stopped", flush=True)
+    if stale:
+        raise FailedPrecondition(stale[0])

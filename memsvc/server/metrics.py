@@ -31,11 +31,21 @@ LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5
 class StoreCollector:
     """Gauges read from the store at scrape time: the head version and each index's lag."""
 
-    def __init__(self, head, indexes):
-        self.head, self.indexes = head, indexes
+    def __init__(self, head, indexes, replica=None):
+        self.head, self.indexes, self.replica = head, indexes, replica
 
     def collect(self):
         yield GaugeMetricFamily("memsvc_head_version", "The newest commit id.", value=self.head())
+        if self.replica is not None:  # replication.proto ReplicaState (a primary: its head, no lag)
+            state = self.replica()
+            yield GaugeMetricFamily("memsvc_replica_applied_version", "The newest version applied whole.",
+                                    value=state["applied_version"])
+            yield GaugeMetricFamily("memsvc_replica_lag_versions", "Versions of the primary not applied yet.",
+                                    value=state["lag_versions"])
+            yield GaugeMetricFamily("memsvc_replica_lag_seconds", "Age of the primary's head while not applied.",
+                                    value=state["lag_seconds"])
+            yield GaugeMetricFamily("memsvc_replica_connected", "1 while the Follow stream to the primary is open.",
+                                    value=int(state["connected"]))
         commits = GaugeMetricFamily("memsvc_index_lag_commits", "Commits to an index's table it has not absorbed.", labels=["index"])
         rows = GaugeMetricFamily("memsvc_index_lag_rows", "Rows changed since an index's version (searched exactly).", labels=["index"])
         for info in self.indexes():
@@ -59,9 +69,10 @@ class Metrics:
         self.commits = Counter("memsvc_commits", "Commits made through the server.", ["method"], registry=r)
         self._children = {}  # (metric, label values) -> its child (_child)
 
-    def track_store(self, head, indexes=list):
-        """Export the head version and index lag; ``indexes() -> [IndexInfo]`` (memsvc.search)."""
-        self.registry.register(StoreCollector(head, indexes))
+    def track_store(self, head, indexes=list, replica=None):
+        """Export the head version and index lag; ``indexes() -> [IndexInfo]`` (memsvc.search);
+        ``replica() -> ReplicaState fields``: the applied version and lag."""
+        self.registry.register(StoreCollector(head, indexes, replica))
 
     def observe(self, method, code: grpc.StatusCode, seconds, response=None):
         name = method.rsplit("/", 1)[-1]

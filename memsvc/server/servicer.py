@@ -17,8 +17,9 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
     """KnowledgeService, except LookupStream: interceptors.StreamOfUnaryCalls serves each of its
     messages as a call of Lookup."""
 
-    def __init__(self, kb, config):
+    def __init__(self, kb, config, replica_state=None):
         self.kb = kb
+        self.replica_state = replica_state  # a read replica's () -> ReplicaState, for DescribeTable
         kb.limit_lookups(config.max_lookup_tokens, config.max_message_bytes)
         self.max_message_bytes = config.max_message_bytes
         self.shared_buffers = SharedBuffers()
@@ -29,7 +30,10 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
         return pb.ListTablesResponse(tables=[convert.table_to_pb(t) for t in self.kb.list_tables(v)], version=v)
 
     def DescribeTable(self, request, context):
-        return convert.table_to_pb(self.kb.describe(request.table, self.kb.resolve_version(**convert.version_from_pb(request.at))))
+        info = convert.table_to_pb(self.kb.describe(request.table, self.kb.resolve_version(**convert.version_from_pb(request.at))))
+        if self.replica_state is not None:
+            info.replica.CopyFrom(self.replica_state())
+        return info
 
     def Vocabulary(self, request, context):
         v = self.kb.resolve_version(**convert.version_from_pb(request.at))

@@ -25,6 +25,7 @@ import sqlite3
 import tarfile
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +111,45 @@ def _sha256(f) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def consistent_snapshot(root: Path, tmp: Path, attempts=5):
+    """The module docstring's argument: the catalog copied as of one transaction (into ``tmp``),
+    then every file the copy names opened. Yields (the copy's head version, [(path relative to
+    the data directory, open file)], the catalog's copy first); the files close at exit. Backups
+    and replica bootstraps (memsvc/store/replication.py) both read through it."""
+    catalog = Path(tmp) / CATALOG
+    for _ in range(attempts):
+        catalog.unlink(missing_ok=True)
+        _catalog_snapshot(root / CATALOG, catalog)
+        files = _data_files(root, catalog)
+        handles = _open_all(root, files)
+        if handles is not None:
+            break
+    else:
+        raise FailedPrecondition(f"data: base files kept disappearing under the snapshot ({attempts} attempts); is gc running in a loop?")
+    opened = [(CATALOG, open(catalog, "rb"))] + list(zip(files, handles))
+    try:
+        yield _head(catalog), opened
+    finally:
+        for _, f in opened:
+            f.close()
+
+
+def write_blocks(blocks, target: Path) -> tuple:
+    """Write an iterable of byte blocks to ``target`` (parents made, fsynced); returns (size,
+    sha256 hex) for the caller to check against what the sender said."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    h, size = hashlib.sha256(), 0
+    with open(target, "wb") as dst:
+        for block in blocks:
+            h.update(block)
+            dst.write(block)
+            size += len(block)
+        dst.flush()
+        os.fsync(dst.fileno())
+    return size, h.hexdigest()
+
+
 def backup(data_dir, out, attempts=5, progress=False) -> BackupInfo:
     """Write a consistent snapshot of ``data_dir`` to the tar file ``out`` (safe while serving)."""
     root, out = Path(data_dir), Path(out)
@@ -117,29 +157,18 @@ def backup(data_dir, out, attempts=5, progress=False) -> BackupInfo:
         raise FailedPrecondition(f"data: no knowledge base at {root}")
     if out.resolve().is_relative_to(root.resolve()):
         raise InvalidArgument(f"to: write the backup outside the data directory {root}")
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".memsvc-backup-") as tmp:
-        catalog = Path(tmp) / CATALOG
-        for _ in range(attempts):
-            catalog.unlink(missing_ok=True)
-            _catalog_snapshot(root / CATALOG, catalog)
-            files = _data_files(root, catalog)
-            handles = _open_all(root, files)
-            if handles is not None:
-                break
-        else:
-            raise FailedPrecondition(f"data: base files kept disappearing under the backup ({attempts} attempts); is gc running in a loop?")
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".memsvc-backup-") as tmp, \
+            consistent_snapshot(root, Path(tmp), attempts) as (head, opened):
         partial = out.with_name(out.name + ".partial")
-        manifest = {"format": FORMAT, "created": time.time(), "head_version": _head(catalog), "files": {}}
+        manifest = {"format": FORMAT, "created": time.time(), "head_version": head, "files": {}}
         try:
             with tarfile.open(partial, "w") as tar:
-                for rel, f in tqdm(list(zip([CATALOG] + files, [open(catalog, "rb")] + handles)), desc="backup",
-                                   unit="file", disable=not progress):
-                    with f:
-                        size = os.fstat(f.fileno()).st_size
-                        manifest["files"][rel] = {"size": size, "sha256": _sha256(f)}
-                        info = tarfile.TarInfo(rel)
-                        info.size, info.mtime = size, int(time.time())
-                        tar.addfile(info, f)
+                for rel, f in tqdm(opened, desc="backup", unit="file", disable=not progress):
+                    size = os.fstat(f.fileno()).st_size
+                    manifest["files"][rel] = {"size": size, "sha256": _sha256(f)}
+                    info = tarfile.TarInfo(rel)
+                    info.size, info.mtime = size, int(time.time())
+                    tar.addfile(info, f)
                 body = json.dumps(manifest, indent=1).encode()
                 info = tarfile.TarInfo("MANIFEST.json")
                 info.size, info.mtime = len(body), int(time.time())
@@ -148,8 +177,6 @@ def backup(data_dir, out, attempts=5, progress=False) -> BackupInfo:
                 os.fsync(f.fileno())
             os.replace(partial, out)
         finally:
-            for h in handles:
-                h.close()
             partial.unlink(missing_ok=True)
     return BackupInfo(path=out, head_version=manifest["head_version"], files=len(manifest["files"]),
                       bytes=sum(f["size"] for f in manifest["files"].values()))
@@ -194,20 +221,13 @@ def _read_manifest(tar, name) -> dict:
 
 def _extract(tar, rel, meta, staging: Path):
     """Copy one member to staging/rel, checking its size and sha256 against the manifest."""
-    target = staging / rel
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
         src = tar.extractfile(rel)
     except KeyError:
         raise FailedPrecondition(f"backup: {rel} is listed in the manifest but missing") from None
-    h = hashlib.sha256()
-    with src, open(target, "wb") as dst:
-        for block in iter(lambda: src.read(CHUNK_BYTES), b""):
-            h.update(block)
-            dst.write(block)
-        dst.flush()
-        os.fsync(dst.fileno())
-    if target.stat().st_size != meta["size"] or h.hexdigest() != meta["sha256"]:
+    with src:
+        written = write_blocks(iter(lambda: src.read(CHUNK_BYTES), b""), staging / rel)
+    if written != (meta["size"], meta["sha256"]):
         raise FailedPrecondition(f"backup: {rel} does not match its checksum; the backup file is damaged")
 
 

@@ -41,35 +41,38 @@ class BankTables:
         # what an import knew of the model: its layer mapping and its tokenizer file (immutable)
         db["table_models"].create({"tbl": str, "model_layers": str, "tokenizer_kind": str, "tokenizer": bytes},
                                   pk="tbl", if_not_exists=True)
-        models = {r["tbl"]: r for r in db["table_models"].rows}
         # what each compaction folded: the (token, layer) pairs whose rows its base changed, as int64 (n, 2)
         db["folds"].create({"tbl": str, "version": int, "pairs": bytes}, pk=("tbl", "version"), if_not_exists=True)
         create_tables(db)  # delta_sums, base_sums (a catalog from before checksums gains them empty)
         self.tables = {}
-        compactions = {}  # table -> versions of the compactions that folded it (gc may have deleted their bases)
-        for version, tables in log.query("select id, tables from commits where kind='compact' order by id").fetchall():
-            for name in json.loads(tables):
-                compactions.setdefault(name, []).append(version)
         for r in db["tables"].rows:
-            t = TableState(r["name"], r["kind"], r["dtype"], r["dim"], r["num_layers"], r["created_in"])
-            for b in log.query("select version, file from bases where tbl=? order by version", [t.name]).fetchall():
-                t.bases.append((b[0], self.map_base(b[1], t)))
-            for version, sums in log.query("select version, sums from base_sums where tbl=?", [t.name]).fetchall():
-                t.base_sums[version] = np.frombuffer(sums, np.uint32)
-            toks = log.query("select token, added_in, removed_in from tokens where tbl=? order by token_id", [t.name]).fetchall()
-            t.add_tokens([w for w, _, _ in toks], 0)
-            t.added_in = np.array([a for _, a, _ in toks], dtype=np.int64)
-            t.removed_in = np.array([r_ for _, _, r_ in toks], dtype=np.int64)
-            t.compactions = compactions.get(t.name, [])
-            for version, pairs in log.query("select version, pairs from folds where tbl=?", [t.name]).fetchall():
-                t.folds[version] = np.frombuffer(pairs, np.int64).reshape(-1, 2)
-            sums = dict(log.query("select commit_id, rows from delta_sums where tbl=?", [t.name]).fetchall())
-            cur = log.query("select commit_id, token_id, layer, data from deltas where tbl=? order by commit_id", [t.name])
-            _replay(t, cur, storage_dtype(t.dtype), sums)
-            if t.name in models:
-                m = models[t.name]
-                t.model_layers, t.tokenizer = json.loads(m["model_layers"]), (m["tokenizer_kind"], m["tokenizer"] or b"")
-            self.tables[t.name] = t
+            self.tables[r["name"]] = self.load_table(r)
+
+    def load_table(self, r) -> TableState:
+        """One table's memory from the catalog (``r``: its row of ``tables``): bases mapped,
+        vocabulary, compaction records, and its deltas replayed commit by commit."""
+        log = self.log
+        t = TableState(r["name"], r["kind"], r["dtype"], r["dim"], r["num_layers"], r["created_in"])
+        for b in log.query("select version, file from bases where tbl=? order by version", [t.name]).fetchall():
+            t.bases.append((b[0], self.map_base(b[1], t)))
+        for version, sums in log.query("select version, sums from base_sums where tbl=?", [t.name]).fetchall():
+            t.base_sums[version] = np.frombuffer(sums, np.uint32)
+        toks = log.query("select token, added_in, removed_in from tokens where tbl=? order by token_id", [t.name]).fetchall()
+        t.add_tokens([w for w, _, _ in toks], 0)
+        t.added_in = np.array([a for _, a, _ in toks], dtype=np.int64)
+        t.removed_in = np.array([r_ for _, _, r_ in toks], dtype=np.int64)
+        # the compactions that folded it (gc may have deleted their bases)
+        t.compactions = [v for v, tables in log.query("select id, tables from commits where kind='compact' order by id")
+                         if t.name in json.loads(tables)]
+        for version, pairs in log.query("select version, pairs from folds where tbl=?", [t.name]).fetchall():
+            t.folds[version] = np.frombuffer(pairs, np.int64).reshape(-1, 2)
+        sums = dict(log.query("select commit_id, rows from delta_sums where tbl=?", [t.name]).fetchall())
+        cur = log.query("select commit_id, token_id, layer, data from deltas where tbl=? order by commit_id", [t.name])
+        _replay(t, cur, storage_dtype(t.dtype), sums)
+        model = log.query("select model_layers, tokenizer_kind, tokenizer from table_models where tbl=?", [t.name]).fetchone()
+        if model is not None:
+            t.model_layers, t.tokenizer = json.loads(model[0]), (model[1], model[2] or b"")
+        return t
 
     def map_base(self, file, table):
         path = self.root / file
@@ -460,18 +463,18 @@ def _replay(table, rows, dt, sums):
     batch, commit, empty = [], None, sorted(sums, reverse=True)  # then those of commits none of whose rows are left
     for c, token_id, layer, data in itertools.chain(rows, [(None, None, None, None)]):
         if c != commit and commit is not None:
-            _replay_commit(table, commit, batch, dt, sums.get(commit))
+            replay_commit(table, commit, batch, dt, sums.get(commit))
             batch = []
         while empty and (c is None or empty[-1] < c):
             if empty[-1] != commit:
-                _replay_commit(table, empty[-1], [], dt, sums[empty[-1]])
+                replay_commit(table, empty[-1], [], dt, sums[empty[-1]])
             empty.pop()
         commit = c
         if c is not None:
             batch.append((token_id, layer, data))
 
 
-def _replay_commit(table, commit, batch, dt, record):
+def replay_commit(table, commit, batch, dt, record):
     bad = {} if record is None else check_commit(record, batch)
     if not bad:
         if batch:

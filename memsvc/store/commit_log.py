@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from memsvc.core.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted
+from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from memsvc.core.values import CommitInfo, EditRequest
 
 LOG = logging.getLogger("memsvc.store")
@@ -48,6 +48,8 @@ class CommitLog:
     def __init__(self, catalog, durable: bool, reload):
         self.lock = threading.RLock()
         self._db_lock = threading.RLock()
+        self.changed = threading.Condition()  # notified when the head moves or a tag changes (wait_for)
+        self.changes = 0  # how many times it was notified
         self._reload = reload
         self.kinds = []  # the table kinds (objects with a `tables` dict) that share this log's names
         self.catalog = Path(catalog)
@@ -134,14 +136,40 @@ class CommitLog:
                      json.dumps(metrics or {})])
                 write(conn, version)
                 crash_point("commit:after-rows")
-            try:
-                publish(version)
-                self.head = version
-            except Exception:
-                # The commit is durable: rebuild memory from the catalog so that it and the head agree.
-                LOG.exception("publishing commit %d failed; reloading the knowledge base", version)
-                self._reload()
+            self._publish(version, publish)
             return version
+
+    def replay(self, version, write, publish):
+        """Apply a commit another log made (a read replica following its primary): ``write(conn)``
+        inserts the rows that commit wrote, in one transaction, then ``publish()`` mirrors them and
+        the head moves to ``version``, last, as in ``commit``."""
+        with self.lock:
+            if version != self.head + 1:
+                raise FailedPrecondition(f"version: commit {version} cannot follow version {self.head}")
+            with self.transaction() as conn:
+                write(conn)
+            self._publish(version, lambda _: publish())
+
+    def _publish(self, version, publish):
+        try:
+            publish(version)
+            self.head = version
+        except Exception:
+            # The commit is durable: rebuild memory from the catalog so that it and the head agree.
+            LOG.exception("publishing commit %d failed; reloading the knowledge base", version)
+            self._reload()
+        self.notify()
+
+    def notify(self):
+        with self.changed:
+            self.changes += 1
+            self.changed.notify_all()
+
+    def wait_for(self, done, timeout) -> bool:
+        """Wait until ``done()`` holds, at most ``timeout`` seconds, woken by each commit and tag
+        change (no polling); returns ``done()``."""
+        with self.changed:
+            return self.changed.wait_for(done, timeout)
 
     # ---------------------------------------------------------------- versions
 
@@ -200,6 +228,7 @@ class CommitLog:
                 raise Conflict(f"tag: tag {name!r} already exists")
             with self.transaction() as conn:
                 conn.execute("insert into tags values (?,?,?)", [name, v, time.time()])
+            self.notify()
             return v
 
     def delete_tag(self, name) -> int:
@@ -209,6 +238,7 @@ class CommitLog:
                 raise NotFound(f"tag: unknown tag {name!r}")
             with self.transaction() as conn:
                 conn.execute("delete from tags where name=?", [name])
+            self.notify()
             return row[0]
 
     def tags(self) -> dict:

@@ -203,7 +203,7 @@ class MosaicStore:
 
     def _load(self):
         for r in self.log.db["mosaic_tables"].rows:
-            t = self._new_table(r["name"], r["num_layers"], r["num_heads"], r["key_dim"], r["value_dim"],
+            t = self.new_table(r["name"], r["num_layers"], r["num_heads"], r["key_dim"], r["value_dim"],
                                 r["created_in"], BetaPolicy(r["beta0"], r["beta1"], r["alpha"]), r["topk_index"])
             for (layer, head), pairs in t.groups.items():
                 rows = self.log.query("select pair_id, added_in, removed_in, label, key, value from mosaic_pairs "
@@ -217,7 +217,7 @@ class MosaicStore:
             self.tables[t.name] = t
 
     @staticmethod
-    def _new_table(name, num_layers, num_heads, key_dim, value_dim, created_in, policy, topk_index):
+    def new_table(name, num_layers, num_heads, key_dim, value_dim, created_in, policy, topk_index):
         t = MosaicTable(name, num_layers, num_heads, key_dim, value_dim, created_in, policy, topk_index)
         t.groups = {(l, h): Pairs.empty(key_dim, value_dim) for l in range(num_layers) for h in range(num_heads)}
         return t
@@ -285,7 +285,7 @@ class MosaicStore:
                               policy.alpha, topk_index])
 
             def publish(version):
-                self.tables[name] = self._new_table(name, num_layers, num_heads, key_dim, value_dim, version, policy,
+                self.tables[name] = self.new_table(name, num_layers, num_heads, key_dim, value_dim, version, policy,
                                                     topk_index)
 
             version = self.log.commit("mosaic-create", [name], write, publish, author, message or f"create mosaic {name}")

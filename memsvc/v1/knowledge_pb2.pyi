@@ -26,7 +26,7 @@ class VersionRef(_message.Message):
     def __init__(self, version: _Optional[int] = ..., tag: _Optional[str] = ...) -> None: ...
 
 class TableInfo(_message.Message):
-    __slots__ = ("name", "kind", "dtype", "vocab_size", "num_layers", "dim", "created_version", "base_version", "version", "model_layers", "tokenizer")
+    __slots__ = ("name", "kind", "dtype", "vocab_size", "num_layers", "dim", "created_version", "base_version", "version", "model_layers", "tokenizer", "replica")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class TableInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_LAYERS_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     dtype: str
@@ -49,13 +50,16 @@ class TableInfo(_message.Message):
     version: int
     model_layers: _containers.RepeatedScalarFieldContainer[int]
     tokenizer: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., dtype: _Optional[str] = ..., vocab_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., dim: _Optional[int] = ..., created_version: _Optional[int] = ..., base_version: _Optional[int] = ..., version: _Optional[int] = ..., model_layers: _Optional[_Iterable[int]] = ..., tokenizer: _Optional[str] = ...) -> None: ...
+    replica: ReplicaState
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., dtype: _Optional[str] = ..., vocab_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., dim: _Optional[int] = ..., created_version: _Optional[int] = ..., base_version: _Optional[int] = ..., version: _Optional[int] = ..., model_layers: _Optional[_Iterable[int]] = ..., tokenizer: _Optional[str] = ..., replica: _Optional[_Union[ReplicaState, _Mapping]] = ...) -> None: ...
 
 class ListTablesRequest(_message.Message):
-    __slots__ = ("at",)
+    __slots__ = ("at", "min_version")
     AT_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     at: VersionRef
-    def __init__(self, at: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
+    min_version: int
+    def __init__(self, at: _Optional[_Union[VersionRef, _Mapping]] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class ListTablesResponse(_message.Message):
     __slots__ = ("tables", "version")
@@ -66,22 +70,26 @@ class ListTablesResponse(_message.Message):
     def __init__(self, tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class DescribeTableRequest(_message.Message):
-    __slots__ = ("table", "at")
+    __slots__ = ("table", "at", "min_version")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     at: VersionRef
-    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
+    min_version: int
+    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class VocabularyRequest(_message.Message):
-    __slots__ = ("table", "at", "with_tokenizer")
+    __slots__ = ("table", "at", "with_tokenizer", "min_version")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     WITH_TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     at: VersionRef
     with_tokenizer: bool
-    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., with_tokenizer: _Optional[bool] = ...) -> None: ...
+    min_version: int
+    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., with_tokenizer: _Optional[bool] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class VocabularyResponse(_message.Message):
     __slots__ = ("words", "version", "tokenizer_kind", "tokenizer")
@@ -130,7 +138,7 @@ class RowOp(_message.Message):
     def __init__(self, op: _Optional[_Union[RowOp.Op, str]] = ..., token_id: _Optional[int] = ..., token: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., vector: _Optional[_Union[Tensor, _Mapping]] = ..., source_token_id: _Optional[int] = ..., source_token: _Optional[str] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("table", "layers", "token_ids", "tokens", "at", "overrides", "reply_buffer")
+    __slots__ = ("table", "layers", "token_ids", "tokens", "at", "overrides", "reply_buffer", "min_version")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +146,7 @@ class LookupRequest(_message.Message):
     AT_FIELD_NUMBER: _ClassVar[int]
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     REPLY_BUFFER_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     layers: _containers.RepeatedScalarFieldContainer[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -145,7 +154,8 @@ class LookupRequest(_message.Message):
     at: VersionRef
     overrides: _containers.RepeatedCompositeFieldContainer[RowOp]
     reply_buffer: SharedBuffer
-    def __init__(self, table: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., overrides: _Optional[_Iterable[_Union[RowOp, _Mapping]]] = ..., reply_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
+    min_version: int
+    def __init__(self, table: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., overrides: _Optional[_Iterable[_Union[RowOp, _Mapping]]] = ..., reply_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class SharedBuffer(_message.Message):
     __slots__ = ("name", "size", "key")
@@ -174,16 +184,18 @@ class LookupResponse(_message.Message):
     def __init__(self, rows: _Optional[_Union[Tensor, _Mapping]] = ..., unique_token_ids: _Optional[_Iterable[int]] = ..., inverse: _Optional[_Iterable[int]] = ..., version: _Optional[int] = ..., rows_in_buffer: _Optional[bool] = ..., rows_in_request_order: _Optional[bool] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
-    __slots__ = ("table", "at", "start_token_id", "max_bytes")
+    __slots__ = ("table", "at", "start_token_id", "max_bytes", "min_version")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     START_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     at: VersionRef
     start_token_id: int
     max_bytes: int
-    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., start_token_id: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    min_version: int
+    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., start_token_id: _Optional[int] = ..., max_bytes: _Optional[int] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class SnapshotResponse(_message.Message):
     __slots__ = ("version", "base_version", "base_path", "delta_token_ids", "delta_rows", "vocab_size", "next_token_id", "delta_tokens_total")
@@ -206,13 +218,15 @@ class SnapshotResponse(_message.Message):
     def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ..., base_path: _Optional[str] = ..., delta_token_ids: _Optional[_Iterable[int]] = ..., delta_rows: _Optional[_Union[Tensor, _Mapping]] = ..., vocab_size: _Optional[int] = ..., next_token_id: _Optional[int] = ..., delta_tokens_total: _Optional[int] = ...) -> None: ...
 
 class ChangedTokensRequest(_message.Message):
-    __slots__ = ("table", "to")
+    __slots__ = ("table", "to", "min_version")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     FROM_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     to: VersionRef
-    def __init__(self, table: _Optional[str] = ..., to: _Optional[_Union[VersionRef, _Mapping]] = ..., **kwargs) -> None: ...
+    min_version: int
+    def __init__(self, table: _Optional[str] = ..., to: _Optional[_Union[VersionRef, _Mapping]] = ..., min_version: _Optional[int] = ..., **kwargs) -> None: ...
 
 class ChangedTokensResponse(_message.Message):
     __slots__ = ("token_ids", "from_version", "to_version")
@@ -337,12 +351,14 @@ class CommitInfo(_message.Message):
     def __init__(self, version: _Optional[int] = ..., time: _Optional[float] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., kind: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ..., rows_changed: _Optional[int] = ..., request: _Optional[_Union[EditInfo, _Mapping]] = ..., metrics_json: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LogRequest(_message.Message):
-    __slots__ = ("table", "limit")
+    __slots__ = ("table", "limit", "min_version")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     limit: int
-    def __init__(self, table: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    min_version: int
+    def __init__(self, table: _Optional[str] = ..., limit: _Optional[int] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class LogResponse(_message.Message):
     __slots__ = ("commits",)
@@ -351,10 +367,12 @@ class LogResponse(_message.Message):
     def __init__(self, commits: _Optional[_Iterable[_Union[CommitInfo, _Mapping]]] = ...) -> None: ...
 
 class ShowRequest(_message.Message):
-    __slots__ = ("at",)
+    __slots__ = ("at", "min_version")
     AT_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     at: VersionRef
-    def __init__(self, at: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
+    min_version: int
+    def __init__(self, at: _Optional[_Union[VersionRef, _Mapping]] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class ShowResponse(_message.Message):
     __slots__ = ("commit", "changes")
@@ -365,13 +383,15 @@ class ShowResponse(_message.Message):
     def __init__(self, commit: _Optional[_Union[CommitInfo, _Mapping]] = ..., changes: _Optional[_Iterable[_Union[RowChange, _Mapping]]] = ...) -> None: ...
 
 class DiffRequest(_message.Message):
-    __slots__ = ("to", "table")
+    __slots__ = ("to", "table", "min_version")
     FROM_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     to: VersionRef
     table: str
-    def __init__(self, to: _Optional[_Union[VersionRef, _Mapping]] = ..., table: _Optional[str] = ..., **kwargs) -> None: ...
+    min_version: int
+    def __init__(self, to: _Optional[_Union[VersionRef, _Mapping]] = ..., table: _Optional[str] = ..., min_version: _Optional[int] = ..., **kwargs) -> None: ...
 
 class DiffResponse(_message.Message):
     __slots__ = ("changes", "from_version", "to_version")
@@ -412,8 +432,10 @@ class TagResponse(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ListTagsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("min_version",)
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    min_version: int
+    def __init__(self, min_version: _Optional[int] = ...) -> None: ...
 
 class ListTagsResponse(_message.Message):
     __slots__ = ("tags",)
@@ -429,14 +451,16 @@ class ListTagsResponse(_message.Message):
     def __init__(self, tags: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class HotTokensRequest(_message.Message):
-    __slots__ = ("table", "n", "at")
+    __slots__ = ("table", "n", "at", "min_version")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     n: int
     at: VersionRef
-    def __init__(self, table: _Optional[str] = ..., n: _Optional[int] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
+    min_version: int
+    def __init__(self, table: _Optional[str] = ..., n: _Optional[int] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class HotTokensResponse(_message.Message):
     __slots__ = ("token_ids", "counts", "served", "version")
@@ -487,14 +511,16 @@ class ImportTableRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[ImportTableHeader, _Mapping]] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ExportTableRequest(_message.Message):
-    __slots__ = ("table", "at", "max_message_bytes")
+    __slots__ = ("table", "at", "max_message_bytes", "min_version")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     at: VersionRef
     max_message_bytes: int
-    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    min_version: int
+    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., max_message_bytes: _Optional[int] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class ExportTableResponse(_message.Message):
     __slots__ = ("table", "token_ids", "words", "rows")
@@ -507,3 +533,21 @@ class ExportTableResponse(_message.Message):
     words: _containers.RepeatedScalarFieldContainer[str]
     rows: Tensor
     def __init__(self, table: _Optional[_Union[TableInfo, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., words: _Optional[_Iterable[str]] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ReplicaState(_message.Message):
+    __slots__ = ("role", "primary", "applied_version", "primary_version", "lag_versions", "lag_seconds", "connected")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAG_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    primary: str
+    applied_version: int
+    primary_version: int
+    lag_versions: int
+    lag_seconds: float
+    connected: bool
+    def __init__(self, role: _Optional[str] = ..., primary: _Optional[str] = ..., applied_version: _Optional[int] = ..., primary_version: _Optional[int] = ..., lag_versions: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., connected: _Optional[bool] = ...) -> None: ...

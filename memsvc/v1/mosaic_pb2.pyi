@@ -111,10 +111,12 @@ class PairsCommit(_message.Message):
     def __init__(self, commit: _Optional[_Union[_knowledge_pb2.CommitResult, _Mapping]] = ..., ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListMosaicsRequest(_message.Message):
-    __slots__ = ("at",)
+    __slots__ = ("at", "min_version")
     AT_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     at: _knowledge_pb2.VersionRef
-    def __init__(self, at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ...) -> None: ...
+    min_version: int
+    def __init__(self, at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class ListMosaicsResponse(_message.Message):
     __slots__ = ("stores", "version")
@@ -125,24 +127,28 @@ class ListMosaicsResponse(_message.Message):
     def __init__(self, stores: _Optional[_Iterable[_Union[MosaicInfo, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class DescribeMosaicRequest(_message.Message):
-    __slots__ = ("table", "at")
+    __slots__ = ("table", "at", "min_version")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     at: _knowledge_pb2.VersionRef
-    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ...) -> None: ...
+    min_version: int
+    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class ReadPairsRequest(_message.Message):
-    __slots__ = ("table", "layer", "head", "at")
+    __slots__ = ("table", "layer", "head", "at", "min_version")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     layer: int
     head: int
     at: _knowledge_pb2.VersionRef
-    def __init__(self, table: _Optional[str] = ..., layer: _Optional[int] = ..., head: _Optional[int] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ...) -> None: ...
+    min_version: int
+    def __init__(self, table: _Optional[str] = ..., layer: _Optional[int] = ..., head: _Optional[int] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class ReadPairsResponse(_message.Message):
     __slots__ = ("ids", "keys", "values", "labels", "version")
@@ -169,7 +175,7 @@ class LshParams(_message.Message):
     def __init__(self, bits: _Optional[int] = ..., tables: _Optional[int] = ..., budget: _Optional[float] = ...) -> None: ...
 
 class QueryMosaicRequest(_message.Message):
-    __slots__ = ("table", "layer", "head", "queries", "beta", "policy", "mode", "k", "lsh", "at")
+    __slots__ = ("table", "layer", "head", "queries", "beta", "policy", "mode", "k", "lsh", "at", "min_version")
     class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         MODE_UNSPECIFIED: _ClassVar[QueryMosaicRequest.Mode]
@@ -190,6 +196,7 @@ class QueryMosaicRequest(_message.Message):
     K_FIELD_NUMBER: _ClassVar[int]
     LSH_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     layer: int
     head: int
@@ -200,7 +207,8 @@ class QueryMosaicRequest(_message.Message):
     k: int
     lsh: LshParams
     at: _knowledge_pb2.VersionRef
-    def __init__(self, table: _Optional[str] = ..., layer: _Optional[int] = ..., head: _Optional[int] = ..., queries: _Optional[_Union[_knowledge_pb2.Tensor, _Mapping]] = ..., beta: _Optional[float] = ..., policy: _Optional[_Union[BetaPolicy, _Mapping]] = ..., mode: _Optional[_Union[QueryMosaicRequest.Mode, str]] = ..., k: _Optional[int] = ..., lsh: _Optional[_Union[LshParams, _Mapping]] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ...) -> None: ...
+    min_version: int
+    def __init__(self, table: _Optional[str] = ..., layer: _Optional[int] = ..., head: _Optional[int] = ..., queries: _Optional[_Union[_knowledge_pb2.Tensor, _Mapping]] = ..., beta: _Optional[float] = ..., policy: _Optional[_Union[BetaPolicy, _Mapping]] = ..., mode: _Optional[_Union[QueryMosaicRequest.Mode, str]] = ..., k: _Optional[int] = ..., lsh: _Optional[_Union[LshParams, _Mapping]] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class QueryMosaicResponse(_message.Message):
     __slots__ = ("outputs", "lse", "n", "version", "beta", "touched", "lsh_tables", "index_lag")

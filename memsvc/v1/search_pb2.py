@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from memsvc.v1 import knowledge_pb2 as memsvc_dot_v1_dot_knowledge__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16memsvc/v1/search.proto\x12\tmemsvc.v1\x1a\x19memsvc/v1/knowledge.proto\"\xe3\x02\n\rSearchRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\x05\x12\"\n\x07queries\x18\x03 \x01(\x0b\x32\x11.memsvc.v1.Tensor\x12\x0e\n\x06tokens\x18\x04 \x03(\t\x12\x11\n\ttoken_ids\x18\x05 \x03(\x03\x12\t\n\x01k\x18\x06 \x01(\x05\x12\r\n\x05index\x18\x07 \x01(\t\x12\x34\n\x06params\x18\x08 \x03(\x0b\x32$.memsvc.v1.SearchRequest.ParamsEntry\x12!\n\x02\x61t\x18\t \x01(\x0b\x32\x15.memsvc.v1.VersionRef\x12\x0e\n\x06metric\x18\n \x01(\t\x12\x11\n\x04head\x18\x0b \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08ids_only\x18\x0c \x01(\x08\x12\r\n\x05\x65xact\x18\r \x01(\x08\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x07\n\x05_head\"\xd5\x01\n\x0eSearchResponse\x12\x1e\n\x03ids\x18\n \x01(\x0b\x32\x11.memsvc.v1.Tensor\x12$\n\tdistances\x18\x02 \x01(\x0b\x32\x11.memsvc.v1.Tensor\x12\x0e\n\x06tokens\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\r\n\x05index\x18\x05 \x01(\t\x12\x15\n\rindex_version\x18\x06 \x01(\x04\x12\x10\n\x08lag_rows\x18\x07 \x01(\x03\x12\x0e\n\x06metric\x18\x08 \x01(\t\x12\x0e\n\x06labels\x18\t \x03(\tJ\x04\x08\x01\x10\x02\"\xb9\x02\n\tIndexInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12\r\n\x05stage\x18\x07 \x01(\t\x12\x10\n\x08progress\x18\x08 \x01(\x02\x12\x0f\n\x07version\x18\t \x01(\x04\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\r\n\x05\x63ount\x18\x0b \x01(\x03\x12\x13\n\x0blag_commits\x18\x0c \x01(\x03\x12\x10\n\x08lag_rows\x18\r \x01(\x03\x12\x0f\n\x07\x63reated\x18\x0e \x01(\x01\x12\x1a\n\x12train_queries_from\x18\x0f \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x10 \x01(\t\x12\x11\n\x04head\x18\x11 \x01(\x05H\x00\x88\x01\x01\x42\x07\n\x05_head\"\xb2\x01\n\x12\x43reateIndexRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12!\n\x02\x61t\x18\x07 \x01(\x0b\x32\x15.memsvc.v1.VersionRef\x12\x11\n\x04head\x18\x08 \x01(\x05H\x00\x88\x01\x01\x42\x07\n\x05_head\" \n\x10\x44ropIndexRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12ListIndexesRequest\"<\n\x13ListIndexesResponse\x12%\n\x07indexes\x18\x01 \x03(\x0b\x32\x14.memsvc.v1.IndexInfo\"$\n\x14\x44\x65scribeIndexRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xb1\x03\n\rSearchService\x12=\n\x06Search\x12\x18.memsvc.v1.SearchRequest\x1a\x19.memsvc.v1.SearchResponse\x12G\n\x0cSearchStream\x12\x18.memsvc.v1.SearchRequest\x1a\x19.memsvc.v1.SearchResponse(\x01\x30\x01\x12\x42\n\x0b\x43reateIndex\x12\x1d.memsvc.v1.CreateIndexRequest\x1a\x14.memsvc.v1.IndexInfo\x12>\n\tDropIndex\x12\x1b.memsvc.v1.DropIndexRequest\x1a\x14.memsvc.v1.IndexInfo\x12L\n\x0bListIndexes\x12\x1d.memsvc.v1.ListIndexesRequest\x1a\x1e.memsvc.v1.ListIndexesResponse\x12\x46\n\rDescribeIndex\x12\x1f.memsvc.v1.DescribeIndexRequest\x1a\x14.memsvc.v1.IndexInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16memsvc/v1/search.proto\x12\tmemsvc.v1\x1a\x19memsvc/v1/knowledge.proto\"\xf8\x02\n\rSearchRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\x05\x12\"\n\x07queries\x18\x03 \x01(\x0b\x32\x11.memsvc.v1.Tensor\x12\x0e\n\x06tokens\x18\x04 \x03(\t\x12\x11\n\ttoken_ids\x18\x05 \x03(\x03\x12\t\n\x01k\x18\x06 \x01(\x05\x12\r\n\x05index\x18\x07 \x01(\t\x12\x34\n\x06params\x18\x08 \x03(\x0b\x32$.memsvc.v1.SearchRequest.ParamsEntry\x12!\n\x02\x61t\x18\t \x01(\x0b\x32\x15.memsvc.v1.VersionRef\x12\x0e\n\x06metric\x18\n \x01(\t\x12\x11\n\x04head\x18\x0b \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08ids_only\x18\x0c \x01(\x08\x12\r\n\x05\x65xact\x18\r \x01(\x08\x12\x13\n\x0bmin_version\x18\x0e \x01(\x04\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x07\n\x05_head\"\xd5\x01\n\x0eSearchResponse\x12\x1e\n\x03ids\x18\n \x01(\x0b\x32\x11.memsvc.v1.Tensor\x12$\n\tdistances\x18\x02 \x01(\x0b\x32\x11.memsvc.v1.Tensor\x12\x0e\n\x06tokens\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\r\n\x05index\x18\x05 \x01(\t\x12\x15\n\rindex_version\x18\x06 \x01(\x04\x12\x10\n\x08lag_rows\x18\x07 \x01(\x03\x12\x0e\n\x06metric\x18\x08 \x01(\t\x12\x0e\n\x06labels\x18\t \x03(\tJ\x04\x08\x01\x10\x02\"\xb9\x02\n\tIndexInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12\r\n\x05stage\x18\x07 \x01(\t\x12\x10\n\x08progress\x18\x08 \x01(\x02\x12\x0f\n\x07version\x18\t \x01(\x04\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\r\n\x05\x63ount\x18\x0b \x01(\x03\x12\x13\n\x0blag_commits\x18\x0c \x01(\x03\x12\x10\n\x08lag_rows\x18\r \x01(\x03\x12\x0f\n\x07\x63reated\x18\x0e \x01(\x01\x12\x1a\n\x12train_queries_from\x18\x0f \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x10 \x01(\t\x12\x11\n\x04head\x18\x11 \x01(\x05H\x00\x88\x01\x01\x42\x07\n\x05_head\"\xb2\x01\n\x12\x43reateIndexRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06metric\x18\x05 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12!\n\x02\x61t\x18\x07 \x01(\x0b\x32\x15.memsvc.v1.VersionRef\x12\x11\n\x04head\x18\x08 \x01(\x05H\x00\x88\x01\x01\x42\x07\n\x05_head\" \n\x10\x44ropIndexRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x12ListIndexesRequest\x12\x13\n\x0bmin_version\x18\x01 \x01(\x04\"<\n\x13ListIndexesResponse\x12%\n\x07indexes\x18\x01 \x03(\x0b\x32\x14.memsvc.v1.IndexInfo\"9\n\x14\x44\x65scribeIndexRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bmin_version\x18\x02 \x01(\x04\x32\xb1\x03\n\rSearchService\x12=\n\x06Search\x12\x18.memsvc.v1.SearchRequest\x1a\x19.memsvc.v1.SearchResponse\x12G\n\x0cSearchStream\x12\x18.memsvc.v1.SearchRequest\x1a\x19.memsvc.v1.SearchResponse(\x01\x30\x01\x12\x42\n\x0b\x43reateIndex\x12\x1d.memsvc.v1.CreateIndexRequest\x1a\x14.memsvc.v1.IndexInfo\x12>\n\tDropIndex\x12\x1b.memsvc.v1.DropIndexRequest\x1a\x14.memsvc.v1.IndexInfo\x12L\n\x0bListIndexes\x12\x1d.memsvc.v1.ListIndexesRequest\x1a\x1e.memsvc.v1.ListIndexesResponse\x12\x46\n\rDescribeIndex\x12\x1f.memsvc.v1.DescribeIndexRequest\x1a\x14.memsvc.v1.IndexInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,23 +35,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHREQUEST_PARAMSENTRY']._loaded_options = None
   _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHREQUEST']._serialized_start=65
-  _globals['_SEARCHREQUEST']._serialized_end=420
-  _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_start=366
-  _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_end=411
-  _globals['_SEARCHRESPONSE']._serialized_start=423
-  _globals['_SEARCHRESPONSE']._serialized_end=636
-  _globals['_INDEXINFO']._serialized_start=639
-  _globals['_INDEXINFO']._serialized_end=952
-  _globals['_CREATEINDEXREQUEST']._serialized_start=955
-  _globals['_CREATEINDEXREQUEST']._serialized_end=1133
-  _globals['_DROPINDEXREQUEST']._serialized_start=1135
-  _globals['_DROPINDEXREQUEST']._serialized_end=1167
-  _globals['_LISTINDEXESREQUEST']._serialized_start=1169
-  _globals['_LISTINDEXESREQUEST']._serialized_end=1189
-  _globals['_LISTINDEXESRESPONSE']._serialized_start=1191
-  _globals['_LISTINDEXESRESPONSE']._serialized_end=1251
-  _globals['_DESCRIBEINDEXREQUEST']._serialized_start=1253
-  _globals['_DESCRIBEINDEXREQUEST']._serialized_end=1289
-  _globals['_SEARCHSERVICE']._serialized_start=1292
-  _globals['_SEARCHSERVICE']._serialized_end=1725
+  _globals['_SEARCHREQUEST']._serialized_end=441
+  _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_start=387
+  _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_end=432
+  _globals['_SEARCHRESPONSE']._serialized_start=444
+  _globals['_SEARCHRESPONSE']._serialized_end=657
+  _globals['_INDEXINFO']._serialized_start=660
+  _globals['_INDEXINFO']._serialized_end=973
+  _globals['_CREATEINDEXREQUEST']._serialized_start=976
+  _globals['_CREATEINDEXREQUEST']._serialized_end=1154
+  _globals['_DROPINDEXREQUEST']._serialized_start=1156
+  _globals['_DROPINDEXREQUEST']._serialized_end=1188
+  _globals['_LISTINDEXESREQUEST']._serialized_start=1190
+  _globals['_LISTINDEXESREQUEST']._serialized_end=1231
+  _globals['_LISTINDEXESRESPONSE']._serialized_start=1233
+  _globals['_LISTINDEXESRESPONSE']._serialized_end=1293
+  _globals['_DESCRIBEINDEXREQUEST']._serialized_start=1295
+  _globals['_DESCRIBEINDEXREQUEST']._serialized_end=1352
+  _globals['_SEARCHSERVICE']._serialized_start=1355
+  _globals['_SEARCHSERVICE']._serialized_end=1788
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchRequest(_message.Message):
-    __slots__ = ("table", "layer", "queries", "tokens", "token_ids", "k", "index", "params", "at", "metric", "head", "ids_only", "exact")
+    __slots__ = ("table", "layer", "queries", "tokens", "token_ids", "k", "index", "params", "at", "metric", "head", "ids_only", "exact", "min_version")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class SearchRequest(_message.Message):
     HEAD_FIELD_NUMBER: _ClassVar[int]
     IDS_ONLY_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     layer: int
     queries: _knowledge_pb2.Tensor
@@ -42,7 +43,8 @@ class SearchRequest(_message.Message):
     head: int
     ids_only: bool
     exact: bool
-    def __init__(self, table: _Optional[str] = ..., layer: _Optional[int] = ..., queries: _Optional[_Union[_knowledge_pb2.Tensor, _Mapping]] = ..., tokens: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., index: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ..., metric: _Optional[str] = ..., head: _Optional[int] = ..., ids_only: _Optional[bool] = ..., exact: _Optional[bool] = ...) -> None: ...
+    min_version: int
+    def __init__(self, table: _Optional[str] = ..., layer: _Optional[int] = ..., queries: _Optional[_Union[_knowledge_pb2.Tensor, _Mapping]] = ..., tokens: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., index: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., at: _Optional[_Union[_knowledge_pb2.VersionRef, _Mapping]] = ..., metric: _Optional[str] = ..., head: _Optional[int] = ..., ids_only: _Optional[bool] = ..., exact: _Optional[bool] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("ids", "distances", "tokens", "version", "index", "index_version", "lag_rows", "metric", "labels")
@@ -131,8 +133,10 @@ class DropIndexRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListIndexesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("min_version",)
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    min_version: int
+    def __init__(self, min_version: _Optional[int] = ...) -> None: ...
 
 class ListIndexesResponse(_message.Message):
     __slots__ = ("indexes",)
@@ -141,7 +145,9 @@ class ListIndexesResponse(_message.Message):
     def __init__(self, indexes: _Optional[_Iterable[_Union[IndexInfo, _Mapping]]] = ...) -> None: ...
 
 class DescribeIndexRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "min_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    min_version: int
+    def __init__(self, name: _Optional[str] = ..., min_version: _Optional[int] = ...) -> None: ...
