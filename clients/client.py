@@ -88,6 +88,26 @@ class MemoryClient:
         self.streams = []  # every OpenStream of this client (closed with it)
         self.lookup_stream = self.open_stream(self.stub.LookupStream, self.stub.Lookup) if stream_lookups else None
 
+    @classmethod
+    def for_cluster(cls, timeout: float = 60.0, **kwargs) -> "MemoryClient":
+        """In a Ray worker or driver on a cluster running `memsvc cluster up`: a client of this
+        node's read replica whose writes go to the primary (on the primary's node: the primary).
+        Servers keep their ports across restarts, so the client outlives them."""
+        import ray
+
+        from memsvc.wire.cluster import NAMESPACE, PRIMARY, replica_name
+
+        try:
+            primary = ray.get_actor(PRIMARY, namespace=NAMESPACE)
+        except ValueError:
+            raise FailedPrecondition("no memsvc on this Ray cluster: `memsvc cluster up` first") from None
+        primary_address = ray.get(primary.address.remote(), timeout=timeout)
+        try:
+            replica = ray.get_actor(replica_name(ray.get_runtime_context().get_node_id()), namespace=NAMESPACE)
+        except ValueError:  # the primary's own node has no replica
+            return cls(primary_address, **kwargs)
+        return cls(ray.get(replica.address.remote(), timeout=timeout), primary=primary_address, **kwargs)
+
     def _call(self, method, request, stub=None):
         """One RPC (on ``stub``, default the KnowledgeService one) with errors as memsvc exceptions. A
         read (its request has min_version) asks for this client's last write; anything else goes to

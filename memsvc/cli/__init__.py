@@ -3,7 +3,7 @@ MemoryClient (`--server HOST:PORT`). Both have the same methods, so a command is
 either way. Each module holds one family of commands; they are registered here, by name."""
 import click
 
-from memsvc.cli import demo, edits, examples, generate, history, mosaic, ops, search, serve, tables
+from memsvc.cli import cluster, demo, edits, examples, generate, history, mosaic, ops, search, serve, tables
 from memsvc.core.errors import MemsvcError
 
 
@@ -60,3 +60,4 @@ cli.add_command(ops.gc)
 cli.add_command(mosaic.mosaic)
 cli.add_command(search.search)
 cli.add_command(search.index)
+cli.add_command(cluster.cluster)

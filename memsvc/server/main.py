@@ -162,6 +162,40 @@ def open_store(data_dir) -> KnowledgeBase:
         raise (type(e) if known else FailedPrecondition)(" ".join(message.split())) from None
 
 
+class Service:
+    """One running server: the store opened (a replica: bootstrapped or resumed, then following its
+    primary in a thread), its gRPC server started. ``serve`` runs one until a signal; a Ray actor
+    (memsvc/server/cluster.py) holds one. ``ended`` is set when a replica's primary cannot
+    continue it (``stale`` says why); ``stop()`` shuts down in order."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics | None = None, state: ServingState | None = None):
+        self.config, self.stale, self.ended = config, [], threading.Event()
+        self.state = state or ServingState(health.HealthServicer(), HEALTH_NAMES)
+        self.follower = None
+        if config.follow:  # SIGTERM kills a bootstrap outright: it leaves nothing to serve (replica.py)
+            self.follower = Follower(config.data_dir, config.follow, config.follow_api_key, config.follow_tls_ca)
+            self.kb = self.follower.prepare()
+        else:
+            self.kb = open_store(config.data_dir)
+        self.server, self.port, _, self.indexes = create_server(self.kb, config, metrics, self.state, self.follower)
+        if self.follower:
+            self.follower.start(self.kb, on_stale=lambda why: (self.stale.append(why), self.ended.set()))
+
+    def replication(self) -> dict:
+        """ReplicaState's fields (knowledge.proto): a replica's applied version and lag, or a primary's head."""
+        return self.follower.state() if self.follower else primary_state(self.kb)()
+
+    def stop(self):
+        """NOT_SERVING, drain, stop following, let in-flight calls finish, close the store."""
+        self.state.set(False)
+        time.sleep(self.config.drain_seconds)
+        if self.follower:
+            self.follower.stop()
+        self.server.stop(self.config.grace_seconds).wait()
+        self.indexes.close()  # query logs saved, search worker stopped
+        self.kb.close()
+
+
 def serve(config: ServerConfig, ready=None):
     """Serve until SIGTERM/SIGINT: then NOT_SERVING, let in-flight calls finish, close the store."""
     if not reuse_freed_memory():
@@ -171,31 +205,16 @@ def serve(config: ServerConfig, ready=None):
     if config.metrics_port is not None:  # up before the store opens: /readyz says 503 while it loads
         _, http_port = start_http(config.host, config.metrics_port, metrics, state)
         print(f"memsvc: metrics and probes on http://{config.host}:{http_port}/metrics", flush=True)
-    follower = None
-    if config.follow:  # SIGTERM kills a bootstrap outright: it leaves nothing to serve (replica.py)
-        follower = Follower(config.data_dir, config.follow, config.follow_api_key, config.follow_tls_ca)
-        kb = follower.prepare()
-    else:
-        kb = open_store(config.data_dir)
-    server, port, _, indexes = create_server(kb, config, metrics, state, follower)
-    LOG.info("memsvc serving %s on %s:%d (head version %d)", config.data_dir, config.host, port, kb.version)
-    role = f", a read replica of {config.follow}" if follower else ""
-    print(f"memsvc: serving {config.data_dir} on {config.host}:{port} (version {kb.version}{role})", flush=True)
-    stop, stale = threading.Event(), []
+    service = Service(config, metrics, state)
+    LOG.info("memsvc serving %s on %s:%d (head version %d)", config.data_dir, config.host, service.port, service.kb.version)
+    role = f", a read replica of {config.follow}" if service.follower else ""
+    print(f"memsvc: serving {config.data_dir} on {config.host}:{service.port} (version {service.kb.version}{role})", flush=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    if follower:
-        follower.start(kb, on_stale=lambda why: (stale.append(why), stop.set()))
+        signal.signal(sig, lambda *_: service.ended.set())
     if ready is not None:
-        ready(port)
-    stop.wait()
-    state.set(False)
-    time.sleep(config.drain_seconds)
-    if follower:
-        follower.stop()
-    server.stop(config.grace_seconds).wait()
-    indexes.close()  # query logs saved, search worker stopped
-    kb.close()
+        ready(service.port)
+    service.ended.wait()
+    service.stop()
     print("memsvc: stopped", flush=True)
-    if stale:
-        raise FailedPrecondition(stale[0])
+    if service.stale:
+        raise FailedPrecondition(service.stale[0])
