@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from clients.banks import LocalBank
+from clients import client as client_module
 from clients.client import MemoryClient
 from memsvc.core.dtypes import to_float32, to_storage
 from memsvc.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from memsvc.core.values import RowOp
+from memsvc.core.values import RowOp, RowWrites
 from memsvc.server.spawn import spawn_server, stop_server
 from memsvc.store import KnowledgeBase, StoreConfig, bank_table
 
@@ -242,6 +243,29 @@ def test_local_bank_opens_through_many_snapshot_pages_with_rows_equal(tmp_path):
         got = local.request(torch.arange(VOCAB + 1)).result()
         np.testing.assert_array_equal(got.numpy(), expected)
         client.close()
+    finally:
+        stop_server(proc)
+
+
+def test_local_bank_opens_with_100000_edited_tokens_their_rows_in_a_mapped_file(tmp_path, monkeypatch):
+    n, layers, dim = 100_000, 2, 8
+    rng = np.random.default_rng(2)
+    base, vectors = rng.standard_normal((n + 16, layers, dim)), rng.standard_normal((n * layers, dim))
+    data = tmp_path / "kb"
+    with KnowledgeBase(StoreConfig(data_dir=data, create=True, durable=False)) as kb:
+        kb.import_table("stem", base, words(n + 16), dtype="float16")
+        writes = RowWrites(token_ids=np.repeat(np.arange(n), layers), layers=np.tile(np.arange(layers), n), vectors=vectors)
+        kb.banks.commit_rows("stem", writes, "edit", "", "every layer of 100,000 tokens")  # what kb.edit commits
+    expected = to_float32(to_storage(np.concatenate([vectors.reshape(n, layers, dim), base[n:]]), "float16"), "float16")
+    monkeypatch.setattr(client_module, "SNAPSHOT_MEMORY_BYTES", 1 << 20)  # 3.2 MB of delta rows: past it
+    proc, address = spawn_server(data)
+    try:
+        with MemoryClient(address) as client:
+            local = LocalBank(client, "stem")
+            assert isinstance(local.delta_rows, np.memmap) and local.delta_ids.tolist() == list(range(n))
+            np.testing.assert_array_equal(local.request(torch.arange(n + 16)).result().numpy(), expected)
+            ids = torch.from_numpy(rng.integers(0, n + 16, 64))
+            np.testing.assert_array_equal(local.request(ids).result().numpy(), expected[ids.numpy()])
     finally:
         stop_server(proc)
 

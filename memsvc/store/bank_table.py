@@ -183,10 +183,11 @@ class TableState:
         return FailedPrecondition(f"data: table {self.name!r} token {token} at version {version}: its layer {layer} "
                                   f"row written by commit {commit} {why}; restore the catalog from a backup")
 
-    def gather(self, ids, version, out=None):
+    def gather(self, ids, version, out=None, cache=True):
         """Rows (n, L, d) of token ids at a version, storage dtype (a copy, into ``out`` if given).
         Base rows read for the first time are asked for at once (will_need) and checked before
-        the gather (a damaged one is FailedPrecondition); delta rows come from the reader."""
+        the gather (a damaged one is FailedPrecondition); delta rows come from the reader (and
+        stay in its cache unless ``cache`` is False: a pass over many tokens)."""
         base_version, base = self.base_at(version)
         base_ids = np.minimum(ids, base.shape[0] - 1)
         unread = self.unread.get(base_version)
@@ -198,10 +199,10 @@ class TableState:
             will_need(base, first)
             self._check_base_rows(base_version, base, first, version)
             unread[first] = False
-        rows = np.take(base, base_ids, axis=0, out=out, mode="clip")
+        rows = np.take(base.view(np.ndarray), base_ids, axis=0, out=out, mode="clip")
         edited = np.flatnonzero(self.edited[ids])
         if len(edited):
-            self.overlay(rows, edited, np.asarray(ids)[edited], version, base_version)
+            self.overlay(rows, edited, np.asarray(ids)[edited], version, base_version, cache)
         return rows
 
     def _check_base_rows(self, base_version, base, ids, version):

@@ -215,7 +215,7 @@ class BankTables:
         if not max_bytes and limit is not None and len(ids) * row_bytes > limit - (1 << 20):
             raise ResourceExhausted(f"max_bytes: the delta rows of {len(ids)} tokens are {len(ids) * row_bytes} bytes, "
                                     f"over the message limit ({limit}); page them with max_bytes")
-        rows = t.gather(np.array(ids, dtype=np.int64), v)
+        rows = t.gather(np.array(ids, dtype=np.int64), v, cache=False)
         total = (len(ids) + sum(1 for _ in edited) + (next_token_id > 0)) if start_token_id == 0 else 0
         return dict(version=v, base_version=base_version, base_path=str(Path(base.filename).resolve()),
                     delta_token_ids=np.array(ids, dtype=np.int64), delta_rows=rows, vocab_size=len(t.words),

@@ -106,7 +106,7 @@ class DeltaReader:
             toks, commits = sorted({k[0] for k in part}), sorted({k[2] for k in part})
             found = self.log.query(
                 f"select token_id, layer, commit_id, data from deltas where tbl=? and token_id in ({','.join('?' * len(toks))}) "
-                f"and commit_id in ({','.join('?' * len(commits))})", [t.name, *toks, *commits]).fetchall()
+                f"and +commit_id in ({','.join('?' * len(commits))})", [t.name, *toks, *commits]).fetchall()
             for tok, layer, c, data in found:
                 crc = want.pop((tok, layer, c), None)
                 if crc is None:
