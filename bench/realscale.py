@@ -11,15 +11,19 @@ bytes each read from disk (the server's /proc/PID/io). Base files are evicted fr
 imports, the exports (local and through the server) and the edits.
 
 Steps: import (.npy; with dtype conversion; from the exported .safetensors; through --server),
-export (local, --server), cold start with 0 and with --delta-tokens delta tokens, lookups b=1/32/128
-cold and warm, 1,000 single-token edits, LocalBank open and a b=32 read, compact, ChangedTokens
-across the compaction, gc.
+export (local, --server), cold start with 0 and with --delta-tokens delta tokens (time, the server's
+anonymous memory and disk reads once serving, against the start with 0), lookups b=1/32/128 cold
+and warm, 1,000 single-token edits, LocalBank open and a b=32 read, compact, ChangedTokens across
+the compaction through a cold server (against comparing the candidates' rows in process, the way
+it was answered before checksums), gc, then LocalBank open with --localbank-tokens edited tokens
+(against the open with --delta-tokens; anonymous memory of the worker and the server).
 
 Run: .venv/bin/python bench/realscale.py [--scale 0.05] [--work /var/tmp/rs]   (full size: ~60 GB free)
 The last line is a JSON object of the headline figures.
 """
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -64,15 +68,29 @@ def check_rows(store, table, source, ids):
         raise SystemExit(f"{table}: rows differ from the source bank")
 
 
-def started(data, results, name):
-    """A server over data started cold (bases evicted): (process, address, watch, seconds to serve)."""
+def anon_bytes(pid) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def started(data, results, name, baseline=None):
+    """A server over data started cold (bases and catalog evicted): (process, address, watch,
+    seconds to serve), with its anonymous memory and the bytes it read from disk once serving."""
     evict_bases(data)
+    evict(data / "catalog.db")
     t = time.perf_counter()
     proc, address = spawn_server(data)
     seconds = time.perf_counter() - t
-    results[name] = {"s": round(seconds, 2)}
-    print(f"{name:<34} {seconds:8.1f} s", flush=True)
-    return proc, address, ProcessWatch(proc.pid), seconds
+    watch = ProcessWatch(proc.pid)
+    anon, read = anon_bytes(proc.pid), watch.read_bytes()
+    results[name] = {"s": round(seconds, 2), "anon_gb": round(anon / GIB, 3), "read_gb": round(read / GIB, 3)}
+    if baseline:
+        results[name]["over_0_delta"] = round(seconds / baseline, 2)
+    print(f"{name:<34} {seconds:8.1f} s  anon {anon / GIB:6.3f} GB  read {read / GIB:6.3f} GB"
+          + (f"  ({seconds / baseline:.2f}x the start with 0 delta tokens)" if baseline else ""), flush=True)
+    return proc, address, watch, seconds
 
 
 def lookups(client, watch, base_file, table, vocab, results, rng):
@@ -102,6 +120,62 @@ def lookups(client, watch, base_file, table, vocab, results, rng):
               flush=True)
 
 
+def local_bank(address, name, vocab, rng, baseline=None) -> dict:
+    """LocalBank open (every Snapshot page) and a b=32 read, with this process's peak anonymous memory."""
+    import torch
+
+    watch, before = ProcessWatch(os.getpid()), anon_bytes(os.getpid())
+    with MemoryClient(address) as client:
+        t = time.perf_counter()
+        local = LocalBank(client, "stem")
+        opened = time.perf_counter() - t
+        batch = torch.from_numpy(rng.choice(vocab, 32, replace=False))
+        t = time.perf_counter()
+        local.request(batch).result()
+        read32 = time.perf_counter() - t
+    time.sleep(0.15)  # one more sample
+    watch.done = True
+    out = {"open_s": round(opened, 2), "delta_tokens": int(len(local.delta_ids)), "b32_read_ms": round(read32 * 1e3, 2),
+           "worker_peak_anon_gb": round(watch.peak / GIB, 3), "anon_growth_gb": round((watch.peak - before) / GIB, 3)}
+    if baseline:
+        out["open_over_localbank"] = round(opened / baseline, 2)
+    print(f"{name}: opened with {len(local.delta_ids)} delta tokens in {opened:.2f} s"
+          + (f" ({opened / baseline:.2f}x the first open)" if baseline else "")
+          + f", b=32 read {read32 * 1e3:.2f} ms, worker anon +{(watch.peak - before) / GIB:.3f} GB", flush=True)
+    return out
+
+
+def changed_tokens(kb, before_edits, edited, results):
+    """ChangedTokens across the compaction through a cold server (what RemoteBank.move_to calls),
+    against comparing the candidates' rows at both versions in process (the answer before checksums)."""
+    with KnowledgeBase(StoreConfig(data_dir=kb)) as store:
+        head, t = store.version, store.table("stem")
+        candidates = np.union1d(np.flatnonzero(t.edited), t.folded_pairs(before_edits, head)[:, 0])
+        evict_bases(kb)
+        start, step, differ = time.perf_counter(), t.chunk_tokens(), []
+        for i in range(0, len(candidates), step):
+            part = candidates[i:i + step]
+            differ += part[np.any(t.gather(part, before_edits) != t.gather(part, head), axis=(1, 2))].tolist()
+        rows_ms = (time.perf_counter() - start) * 1e3
+    proc, address, watch, _ = started(kb, results, "cold start after compact")
+    try:
+        with MemoryClient(address) as client:
+            start = time.perf_counter()
+            changed = client.changed_tokens("stem", before_edits, head)
+            ms = (time.perf_counter() - start) * 1e3
+    finally:
+        stop_server(proc)
+        watch.done = True
+    if set(changed.tolist()) != edited or set(differ) != edited:
+        raise SystemExit(f"ChangedTokens across the compaction: {len(changed)} tokens ({len(differ)} by rows), "
+                         f"{len(edited)} were edited")
+    results["changed_tokens_across_compact_ms"] = round(ms, 2)
+    results["changed_tokens"] = {"ms": round(ms, 2), "rows_compared_ms": round(rows_ms, 2),
+                                 "over_rows_compared": round(ms / rows_ms, 4), "server_peak_anon_gb": round(watch.peak / GIB, 3)}
+    print(f"ChangedTokens across the compaction: the {len(changed)} edited tokens in {ms:.2f} ms over gRPC "
+          f"({ms / rows_ms:.4f}x comparing the candidates' rows: {rows_ms:.1f} ms)", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the 128,256-token vocabulary")
@@ -109,6 +183,7 @@ def main():
     parser.add_argument("--d-ff", type=int, default=8192)
     parser.add_argument("--edits", type=int, default=1000)
     parser.add_argument("--delta-tokens", type=int, default=10_000)
+    parser.add_argument("--localbank-tokens", type=int, default=100_000, help="edited tokens of the last LocalBank open")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one under /tmp, removed)")
     args = parser.parse_args()
     vocab = int(round(128_256 * args.scale))
@@ -144,7 +219,7 @@ def main():
              read_once)
         shutil.rmtree(work / "kb3")
 
-        proc, address, watch, _ = started(kb, results, "cold start, 0 delta tokens")
+        proc, address, watch, start0 = started(kb, results, "cold start, 0 delta tokens")
         edited = set()
         try:
             with MemoryClient(address) as client:  # lookups first: nothing has read the base since it was evicted
@@ -178,22 +253,9 @@ def main():
             for start in range(0, len(ids), 1000):
                 store.edit("stem", [RowOp("scale", token_id=int(t), alpha=1.001) for t in ids[start:start + 1000]])
         edited |= set(ids.tolist())
-        proc, address, watch, seconds = started(kb, results, f"cold start, {len(ids)} delta tokens")
+        proc, address, watch, seconds = started(kb, results, f"cold start, {len(ids)} delta tokens", start0)
         try:
-            with MemoryClient(address) as client:
-                t = time.perf_counter()
-                local = LocalBank(client, "stem")
-                opened = time.perf_counter() - t
-                import torch
-
-                batch = torch.from_numpy(rng.choice(vocab, 32, replace=False))
-                t = time.perf_counter()
-                local.request(batch).result()
-                read32 = time.perf_counter() - t
-                results["localbank"] = {"open_s": round(opened, 2), "delta_tokens": int(len(local.delta_ids)),
-                                        "b32_read_ms": round(read32 * 1e3, 2)}
-                print(f"LocalBank: opened with {len(local.delta_ids)} delta tokens in {opened:.2f} s, b=32 read "
-                      f"{read32 * 1e3:.2f} ms", flush=True)
+            results["localbank"] = local_bank(address, "localbank", vocab, rng)
         finally:
             stop_server(proc)
             watch.done = True
@@ -201,15 +263,19 @@ def main():
 
         evict_bases(kb)
         step(results, "compact", [*MEMSVC, "compact", "--data", str(kb)], read_once)
-        with KnowledgeBase(StoreConfig(data_dir=kb)) as store:
-            t = time.perf_counter()
-            changed = store.changed_tokens("stem", before_edits, store.version)
-            results["changed_tokens_across_compact_ms"] = round((time.perf_counter() - t) * 1e3, 2)
-            if set(changed.tolist()) != edited:
-                raise SystemExit(f"ChangedTokens across the compaction: {len(changed)} tokens, {len(edited)} were edited")
-            print(f"ChangedTokens across the compaction: the {len(changed)} edited tokens in "
-                  f"{results['changed_tokens_across_compact_ms']} ms", flush=True)
+        changed_tokens(kb, before_edits, edited, results)
         step(results, "gc", [*MEMSVC, "gc", "--retention", "0", "--data", str(kb)])
+        many = rng.choice(vocab, min(args.localbank_tokens, vocab), replace=False)
+        with KnowledgeBase(StoreConfig(data_dir=kb)) as store:  # every layer of each token, 1,000 tokens a commit
+            for start in range(0, len(many), 1000):
+                store.edit("stem", [RowOp("scale", token_id=int(t), alpha=1.01) for t in many[start:start + 1000]])
+        proc, address, watch, _ = started(kb, results, f"cold start, {len(many)} delta tokens", start0)
+        try:
+            results["localbank_many"] = local_bank(address, "localbank_many", vocab, rng, results["localbank"]["open_s"])
+        finally:
+            stop_server(proc)
+            watch.done = True
+        results["server_peak_anon_gb"] = max(results["server_peak_anon_gb"], round(watch.peak / GIB, 3))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Real-size banks, at small size (issue 17): whole-table passes work a chunk at a time, history
-across a compaction answers from what it recorded, Snapshot pages its delta rows, and replay at
-start reads no base row for a token whose every layer a commit wrote."""
+across a compaction answers from what it recorded and from checksums, Snapshot pages its delta
+rows, and a start reads no base row and no delta row (only where the delta rows are)."""
 import ctypes
 import gc
 import mmap
@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from clients.banks import LocalBank
+from clients import client as client_module
 from clients.client import MemoryClient
 from memsvc.core.dtypes import to_float32, to_storage
-from memsvc.core.errors import InvalidArgument, ResourceExhausted
-from memsvc.core.values import RowOp
+from memsvc.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from memsvc.core.values import RowOp, RowWrites
 from memsvc.server.spawn import spawn_server, stop_server
 from memsvc.store import KnowledgeBase, StoreConfig, bank_table
 
@@ -109,6 +110,37 @@ def test_changed_tokens_and_diff_across_compactions_equal_a_brute_force_comparis
             assert {p for p in got if p[0] in both} == expected, (a, b)
             injected = set(np.flatnonzero((t.added_in > lo) & (t.added_in <= hi) & (t.removed_in > hi)).tolist())
             assert injected <= {tok for tok, _ in got}, (a, b)
+
+
+def flip_rows(path, tokens):
+    """Flip one byte in each token's rows of a base file (its checksum no longer matches)."""
+    base = np.load(path, mmap_mode="r+")
+    for tok in tokens:
+        base[tok, 0, 0] = -base[tok, 0, 0] + 1
+    base.flush()
+
+
+def test_changed_tokens_across_a_compaction_answers_from_checksums_without_reading_a_row(tmp_path):
+    data = tmp_path / "kb"
+    rows = bank(vocab=40)
+    with KnowledgeBase(StoreConfig(data_dir=data, create=True, durable=False)) as kb:
+        kb.import_table("stem", rows, words(40))
+        kb.edit("stem", [RowOp("set", token_id=3, vector=np.full(DIM, 2.0))])  # 2
+        kb.edit("stem", [RowOp("set", token_id=5, vector=np.full(DIM, 3.0))])  # 3
+        kb.edit("stem", [RowOp("set", token_id=5, vector=rows[5, l], layers=[l]) for l in range(LAYERS)])  # 4: back
+        kb.edit("stem", [RowOp("set", token_id=7, vector=np.full(DIM, 4.0), layers=[1])])  # 5: one layer
+        assert kb.compact().version == 6
+        kb.edit("stem", [RowOp("set", token_id=3, vector=np.full(DIM, 5.0))])  # 7
+        pairs = [(1, 6), (2, 6), (3, 6), (4, 6), (6, 1), (1, 7), (6, 7), (2, 7), (4, 7), (2, 5), (1, 4)]
+        expected = {(a, b): brute_changed(kb, a, b) for a, b in pairs}
+    assert expected[1, 6] == [3, 7] and expected[4, 6] == [7] and expected[3, 6] == [5, 7] and expected[1, 4] == [3]
+    for path in (data / "bases/stem/v1.npy", data / "bases/stem/v6.npy"):
+        flip_rows(path, [3, 5])  # a read of these rows is refused: the answers below read none
+    with KnowledgeBase(StoreConfig(data_dir=data)) as kb:
+        for a, b in pairs:
+            assert kb.changed_tokens("stem", a, b).tolist() == expected[a, b], (a, b)
+        with pytest.raises(FailedPrecondition, match="token 3 at version 6: its row in base file"):
+            kb.read_rows("stem", [3], 6)
 
 
 def test_compact_writes_the_new_base_a_chunk_at_a_time_with_every_row_equal(tmp_path, small_chunks):
@@ -215,7 +247,30 @@ def test_local_bank_opens_through_many_snapshot_pages_with_rows_equal(tmp_path):
         stop_server(proc)
 
 
-# ---------------------------------------------------------------- replay reads no base row it does not need
+def test_local_bank_opens_with_100000_edited_tokens_their_rows_in_a_mapped_file(tmp_path, monkeypatch):
+    n, layers, dim = 100_000, 2, 8
+    rng = np.random.default_rng(2)
+    base, vectors = rng.standard_normal((n + 16, layers, dim)), rng.standard_normal((n * layers, dim))
+    data = tmp_path / "kb"
+    with KnowledgeBase(StoreConfig(data_dir=data, create=True, durable=False)) as kb:
+        kb.import_table("stem", base, words(n + 16), dtype="float16")
+        writes = RowWrites(token_ids=np.repeat(np.arange(n), layers), layers=np.tile(np.arange(layers), n), vectors=vectors)
+        kb.banks.commit_rows("stem", writes, "edit", "", "every layer of 100,000 tokens")  # what kb.edit commits
+    expected = to_float32(to_storage(np.concatenate([vectors.reshape(n, layers, dim), base[n:]]), "float16"), "float16")
+    monkeypatch.setattr(client_module, "SNAPSHOT_MEMORY_BYTES", 1 << 20)  # 3.2 MB of delta rows: past it
+    proc, address = spawn_server(data)
+    try:
+        with MemoryClient(address) as client:
+            local = LocalBank(client, "stem")
+            assert isinstance(local.delta_rows, np.memmap) and local.delta_ids.tolist() == list(range(n))
+            np.testing.assert_array_equal(local.request(torch.arange(n + 16)).result().numpy(), expected)
+            ids = torch.from_numpy(rng.integers(0, n + 16, 64))
+            np.testing.assert_array_equal(local.request(ids).result().numpy(), expected[ids.numpy()])
+    finally:
+        stop_server(proc)
+
+
+# ---------------------------------------------------------------- a start reads no row
 
 def resident(path, start, stop) -> bool:
     """Whether any page of bytes [start, stop) of a file is in the page cache (mincore)."""
@@ -229,7 +284,7 @@ def resident(path, start, stop) -> bool:
         return any(b & 1 for b in vec)
 
 
-def test_replay_at_start_reads_no_base_row_of_a_token_every_layer_of_which_was_written(tmp_path):
+def test_a_start_reads_no_base_row_and_no_delta_row_until_a_read_needs_them(tmp_path):
     dim = 4096  # 16 KB rows: whole pages of their own, far from the file's header
     rows = np.random.default_rng(1).standard_normal((256, 2, dim)).astype(np.float32)
     data = tmp_path / "kb"
@@ -249,9 +304,12 @@ def test_replay_at_start_reads_no_base_row_of_a_token_every_layer_of_which_was_w
     span = lambda tok: (offset + tok * 2 * dim * 4, offset + (tok + 1) * 2 * dim * 4)
     assert not any(resident(base, *span(tok)) for tok in (100, 150, 200))
     with KnowledgeBase(StoreConfig(data_dir=data)) as kb:
-        assert not resident(base, *span(100))
-        assert resident(base, *span(150)) and resident(base, *span(200))  # their first commits wrote one layer
+        assert not any(resident(base, *span(tok)) for tok in (100, 150, 200))  # 150 and 200: partial writes
+        t = kb.table("stem")
+        assert sorted(t.history) == [100, 150, 200] and not kb.banks.reader.cache  # keys only, no row
+        assert t.latest_writes(150, kb.version, 1) == {0: (3, t.history[150][1][0][0]), 1: (4, t.history[150][1][1][1])}
         got = kb.read_rows("stem", [100, 150, 200])
+        assert len(kb.banks.reader.cache) == 5  # the delta rows read, kept for the next read
         np.testing.assert_array_equal(got[0], np.ones((2, dim)))
         np.testing.assert_array_equal(got[1], np.ones((2, dim)))
         np.testing.assert_array_equal(got[2], np.stack([np.full(dim, 2.0), rows[200, 1]]))

@@ -386,11 +386,11 @@ def _check_versions(kb, report, progress):
                 continue
             alive = np.flatnonzero((t.added_in <= v) & (t.removed_in > v))
             base_version, base = t.base_at(v)
-            uncovered = [int(i) for i in alive[alive >= base.shape[0]] if t.edited_row(i, v, -1) is None]
+            uncovered = [int(i) for i in alive[alive >= base.shape[0]] if not t.latest_writes(i, v, -1)]
             if uncovered:
                 report.problems.append(f"version {v}: table {name!r} token {uncovered[0]} has no row")
                 continue
-            edited = [i for i in alive[t.edited[alive]].tolist() if t.edited_row(i, v, base_version) is not None]
+            edited = [i for i in alive[t.edited[alive]].tolist() if t.latest_writes(i, v, base_version)]
             sample = alive[np.linspace(0, len(alive) - 1, min(len(alive), SAMPLE_TOKENS)).astype(int)].tolist()
             ids = np.array(sorted(set(edited + sample)), dtype=np.int64)
             try:

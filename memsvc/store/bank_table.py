@@ -1,6 +1,6 @@
 """One bank table in memory (TableState): memory-mapped base arrays, the vocabulary with each
-token's lifetime, and the full-row history of edits, so that any retained version is read
-without touching SQLite."""
+token's lifetime, and where the delta rows of edits are (their keys and crc32s: delta_rows.py
+reads a row from the catalog when a read needs it), so that memory holds no row per edit."""
 import bisect
 import mmap
 import os
@@ -10,8 +10,9 @@ import numpy as np
 
 from memsvc.core.dtypes import storage_dtype
 from memsvc.core.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
-from memsvc.store.checksums import token_sums
+from memsvc.store.checksums import joined_sum, token_sums
 from memsvc.store.commit_log import NEVER, alive
+from memsvc.store.delta_rows import UNCHECKED
 
 CHUNK_BYTES = 1 << 24  # whole-table passes (compact, index builds) hold ~16 MB of rows at a time
 
@@ -59,9 +60,10 @@ def read_base_rows(base, start, stop, out) -> np.ndarray:
 
 
 class TableState:
-    """One table in memory: its bases (mmapped), vocabulary and the full-row history of edits."""
+    """One table in memory: its bases (mmapped), vocabulary and the keys of its delta rows, read
+    through ``reader`` (a delta_rows.DeltaReader)."""
 
-    def __init__(self, name, kind, dtype, dim, num_layers, created_in):
+    def __init__(self, name, kind, dtype, dim, num_layers, created_in, reader):
         self.name, self.kind, self.dtype = name, kind, dtype
         self.dim, self.num_layers, self.created_in = dim, num_layers, created_in
         self.bases = []  # [(version, array (V, L, d))] sorted by version
@@ -69,13 +71,16 @@ class TableState:
         self.ids_of_word = {}  # word -> [token ids] (a removed word may come back with a new id)
         self.added_in = np.zeros(0, dtype=np.int64)
         self.removed_in = np.zeros(0, dtype=np.int64)
-        self.history = {}  # token id -> ([commit ids], [full rows (L, d) storage dtype])
+        self.history = {}  # token id -> ([commit ids ascending], [{layer: crc32 of the row it wrote, or UNCHECKED}])
+        self.reader = reader
         self.compactions = []  # versions of the compactions that folded this table, ascending
         self.folds = {}  # compaction version -> (token id, layer) pairs (n, 2) whose rows it changed
         self.unread = {}  # base version -> bool per base row: not yet gathered since the KB opened
         self.base_sums = {}  # base version -> crc32 of each token's rows, uint32 (none for a base from before checksums)
         self.edited = np.zeros(0, dtype=bool)
-        self.damaged = {}  # (token id, commit) -> why the history row it wrote is not to be served (checksums.py)
+        self.first_write = np.zeros(0, dtype=np.int64)  # by token: the first commit that wrote a row of it (NEVER: none)
+        self.last_write = np.zeros(0, dtype=np.int64)  # ... and the last (-1: none)
+        self.damaged = {}  # (token id, layer, commit) -> why the delta row is not to be served (checksums.py)
         self._word_array = np.array([""], dtype=object)  # see word_array()
         self.model_layers = []  # the transformer layer each table layer feeds (from an imported model), or []
         self.tokenizer = ("", b"")  # (kind, file bytes) of the tokenizer imported with the table; kind "" = a word list
@@ -89,6 +94,8 @@ class TableState:
         self.added_in = np.concatenate([self.added_in, np.full(n, added_in, dtype=np.int64)])
         self.removed_in = np.concatenate([self.removed_in, np.full(n, NEVER, dtype=np.int64)])
         self.edited = np.concatenate([self.edited, np.zeros(n, dtype=bool)])
+        self.first_write = np.concatenate([self.first_write, np.full(n, NEVER, dtype=np.int64)])
+        self.last_write = np.concatenate([self.last_write, np.full(n, -1, dtype=np.int64)])
 
     def word_array(self) -> np.ndarray:
         """Words by token id with '' at index -1, so that ``word_array()[ids]`` names an array of
@@ -138,36 +145,49 @@ class TableState:
             raise OutOfRange(f"{field}: layer {int(bad[0])} out of range [0, {self.num_layers}) for table {self.name!r}")
         return arr
 
-    def edited_row(self, token_id, version, base_version, check=True):
-        """The full row a commit in (base_version, version] wrote last, or None. A row built from
-        a delta row that failed its checksum is FailedPrecondition (unless ``check`` is False)."""
+    def latest_writes(self, token_id, version, base_version) -> dict:
+        """{layer: (commit, crc32)} of the rows that commits in (base_version, version] wrote last
+        for a token: the layers a read at the version takes from delta rows, not the base."""
         entry = self.history.get(int(token_id))
         if entry is None:
-            return None
-        commits, rows = entry
-        j = bisect.bisect_right(commits, version) - 1
-        if j < 0 or commits[j] <= base_version:
-            return None
-        if check and self.damaged and (int(token_id), commits[j]) in self.damaged:
-            raise FailedPrecondition(f"data: table {self.name!r} token {int(token_id)} at version {version}: "
-                                     f"{self.damaged[int(token_id), commits[j]]}")
-        return rows[j]
+            return {}
+        commits, writes = entry
+        j, out = bisect.bisect_right(commits, version) - 1, {}
+        while j >= 0 and commits[j] > base_version and len(out) < self.num_layers:
+            for layer, crc in writes[j].items():
+                out.setdefault(layer, (commits[j], crc))
+            j -= 1
+        return out
 
-    def _damage_before(self, token_id, commit):
-        """Why the row a token reads just before ``commit`` is damaged, or None."""
-        entry = self.history.get(token_id)
-        if not self.damaged or entry is None:
-            return None
-        j = bisect.bisect_right(entry[0], commit - 1) - 1
-        if j < 0 or entry[0][j] <= self.base_at(commit - 1)[0]:
-            return None
-        return self.damaged.get((token_id, entry[0][j]))
+    def overlay(self, rows, positions, ids, version, base_version, cache=True) -> list:
+        """Write the delta rows that token ``ids`` read at a version into rows[positions] (which
+        hold their base rows), read and checked by the reader; returns the (position, layer)
+        pairs written. A damaged delta row is FailedPrecondition, never served."""
+        keys, placed = [], []
+        for pos, tok in zip(positions.tolist(), ids.tolist()):
+            for layer, (commit, crc) in sorted(self.latest_writes(tok, version, base_version).items()):
+                why = self.damaged.get((tok, layer, commit)) if self.damaged else None
+                if why:
+                    raise self.delta_damage(tok, layer, commit, version, why)
+                keys.append((tok, layer, commit, crc))
+                placed.append((pos, layer))
+        if keys:
+            got = self.reader.read(self, keys, version, cache)
+            for (pos, layer), (tok, _, commit, _) in zip(placed, keys):
+                rows[pos, layer] = got[tok, layer, commit]
+        return placed
 
-    def gather(self, ids, version, out=None, check=True, damaged=None):
+    def delta_damage(self, token, layer, commit, version, why) -> FailedPrecondition:
+        """Mark a delta row damaged (for every later read too) and say so."""
+        why = self.damaged.setdefault((token, layer, commit), why)
+        return FailedPrecondition(f"data: table {self.name!r} token {token} at version {version}: its layer {layer} "
+                                  f"row written by commit {commit} {why}; restore the catalog from a backup")
+
+    def gather(self, ids, version, out=None, cache=True):
         """Rows (n, L, d) of token ids at a version, storage dtype (a copy, into ``out`` if given).
         Base rows read for the first time are asked for at once (will_need) and checked before
-        the gather: a damaged one is FailedPrecondition, or noted in ``damaged`` {token: why}
-        when given (replay). ``check`` False reads history rows marked damaged (record)."""
+        the gather (a damaged one is FailedPrecondition); delta rows come from the reader (and
+        stay in its cache unless ``cache`` is False: a pass over many tokens)."""
         base_version, base = self.base_at(version)
         base_ids = np.minimum(ids, base.shape[0] - 1)
         unread = self.unread.get(base_version)
@@ -177,32 +197,25 @@ class TableState:
         if len(first):
             first = np.unique(first)
             will_need(base, first)
-            bad = self._check_base_rows(base_version, base, first, version, damaged)
+            self._check_base_rows(base_version, base, first, version)
             unread[first] = False
-            unread[bad] = True  # checked again, and refused, at every read
-        rows = np.take(base, base_ids, axis=0, out=out, mode="clip")
-        for i in np.flatnonzero(self.edited[ids]):
-            row = self.edited_row(ids[i], version, base_version, check)
-            if row is not None:
-                rows[i] = row
+        rows = np.take(base.view(np.ndarray), base_ids, axis=0, out=out, mode="clip")
+        edited = np.flatnonzero(self.edited[ids])
+        if len(edited):
+            self.overlay(rows, edited, np.asarray(ids)[edited], version, base_version, cache)
         return rows
 
-    def _check_base_rows(self, base_version, base, ids, version, damaged=None) -> list:
+    def _check_base_rows(self, base_version, base, ids, version):
         """Base rows against their checksums, on their first read since the KB opened (the rows
-        are being read anyway: ~32 us per 80 KB row, on first touch only); returns the damaged
-        ids noted in ``damaged`` (raises on the first when it is None)."""
+        are being read anyway: ~32 us per 80 KB row, on first touch only): a damaged one is
+        FailedPrecondition at every read (it stays unread)."""
         sums = self.base_sums.get(base_version)
         if sums is None:
-            return []
-        rows, bad = base.view(np.ndarray), []  # a plain view: memmap's per-row __getitem__ cost 2 us
+            return
+        rows = base.view(np.ndarray)  # a plain view: memmap's per-row __getitem__ cost 2 us
         for tok in ids.tolist():
             if zlib.crc32(rows[tok]) != sums[tok]:
-                if damaged is None:
-                    raise self._base_damage(base, tok, version)
-                damaged[tok] = (f"its row in base file {base.filename} does not match its checksum; "
-                                "restore the file from a backup")
-                bad.append(tok)
-        return bad
+                raise self._base_damage(base, tok, version)
 
     def _base_damage(self, base, token_id, version) -> FailedPrecondition:
         return FailedPrecondition(f"data: table {self.name!r} token {token_id} at version {version}: its row in base file "
@@ -222,10 +235,9 @@ class TableState:
             if len(bad):
                 raise self._base_damage(base, start + int(bad[0]), version)
         rows[n_base:] = 0
-        for tok in (np.flatnonzero(self.edited[start:stop]) + start).tolist():
-            row = self.edited_row(tok, version, base_version)
-            if row is not None:
-                rows[tok - start] = row
+        edited = np.flatnonzero(self.edited[start:stop])
+        if len(edited):  # a whole-table pass: its delta rows do not push lookups' rows out of the cache
+            self.overlay(rows, edited, edited + start, version, base_version, cache=False)
         return rows
 
     def chunk_tokens(self) -> int:
@@ -245,16 +257,15 @@ class TableState:
 
     def changed_tokens(self, a, b, layer=None) -> np.ndarray:
         """Sorted token ids whose rows (in ``layer``, or any layer) read differently at a and b,
-        tokens injected or removed in between included. The candidates are the tokens the
-        in-memory history wrote in between and those each compaction in between recorded as
-        folded; only they are read (every token across a compaction that has no record)."""
+        tokens injected or removed in between included. The candidates are the tokens commits in
+        between wrote and those each compaction in between recorded as folded (every token across
+        a compaction that has no record); they are compared by their checksums (_same_by_sums),
+        and only the rows of those the checksums cannot decide are read."""
         lo, hi = min(a, b), max(a, b)
-        n = min(len(self.added_in), len(self.removed_in))  # a concurrent inject may have grown one already
+        n = min(len(self.added_in), len(self.removed_in), len(self.last_write))  # a concurrent inject may have grown one
         added, removed = self.added_in[:n], self.removed_in[:n]
         moved = np.flatnonzero(((added > lo) & (added <= hi)) | ((removed > lo) & (removed <= hi)))
-        edited = np.array([tok for tok, (commits, _) in list(self.history.items())
-                           if tok < n and bisect.bisect_right(commits, hi) > bisect.bisect_right(commits, lo)],
-                          dtype=np.int64)
+        edited = np.flatnonzero(self._wrote_between(np.arange(n), lo, hi))
         folded = self.folded_pairs(lo, hi)
         if folded is None:
             candidates = np.arange(n, dtype=np.int64)
@@ -262,35 +273,90 @@ class TableState:
             folded = folded[:, 0] if layer is None else folded[folded[:, 1] == layer, 0]
             candidates = np.union1d(edited, folded[folded < n]).astype(np.int64)
         both = candidates[(added[candidates] <= lo) & (removed[candidates] > hi)]
+        decided, same = self._same_by_sums(both, lo, hi, layer)
+        unsure = both[~decided]
         cols = slice(None) if layer is None else [layer]
         step = self.chunk_tokens()
         differ = [part[np.any(self.gather(part, lo)[:, cols] != self.gather(part, hi)[:, cols], axis=(1, 2))]
-                  for part in (both[i:i + step] for i in range(0, len(both), step))]
-        return np.union1d(moved, np.concatenate([np.zeros(0, np.int64)] + differ)).astype(np.int64)
+                  for part in (unsure[i:i + step] for i in range(0, len(unsure), step))]
+        return np.union1d(moved, np.concatenate([both[decided & ~same]] + differ)).astype(np.int64)
 
-    def record(self, commit, token_ids, layers, stored_vectors, damaged=None):
-        """Mirror a commit's row writes as full rows in the history (commit > every earlier one).
-        A token the commit writes in every layer needs no earlier row, so replaying it at start
-        reads no base row (issue 17: a cold restart read each edited token's base row).
-        ``damaged`` {token: why} marks rows built from delta rows that failed their checksums;
-        a partial write over a damaged row is damaged too."""
-        written = {}
-        for t, l in zip(token_ids.tolist(), layers.tolist()):
-            written.setdefault(t, set()).add(l)
-        partial = np.array([t for t, ls in written.items() if len(ls) < self.num_layers], dtype=np.int64)
-        damaged = dict(damaged or {})
-        full = dict(zip(partial.tolist(), self.gather(partial, commit - 1, check=False, damaged=damaged))) if len(partial) else {}
-        for t in written:
-            why = damaged.get(t) or (self._damage_before(t, commit) if t in full else None)
-            if why:
-                self.damaged[t, commit] = why
-        for t in written:
-            if t not in full:
-                full[t] = np.empty((self.num_layers, self.dim), storage_dtype(self.dtype))
-        for t, l, v in zip(token_ids.tolist(), layers.tolist(), stored_vectors):
-            full[t][l] = v
-        for t, row in full.items():
-            commits, rows = self.history.setdefault(t, ([], []))
-            commits.append(commit)
-            rows.append(row)
-            self.edited[t] = True
+    def _wrote_between(self, ids, lo, hi) -> np.ndarray:
+        """Whether some commit in (lo, hi] wrote a row of each token id (from the first and last
+        commit that wrote it; the history only for a token written before and after)."""
+        first, last = self.first_write[ids], self.last_write[ids]
+        out = (first <= hi) & (last > lo)
+        for i in np.flatnonzero(out & (first <= lo) & (last > hi)).tolist():
+            commits = self.history[int(ids[i])][0]
+            out[i] = bisect.bisect_right(commits, hi) > bisect.bisect_right(commits, lo)
+        return out
+
+    def _same_by_sums(self, ids, lo, hi, layer):
+        """(decided, same) masks over token ids: whether their rows (in ``layer``, or all) read
+        the same at lo and hi, decided from the rows' sources and crc32s without reading a row
+        (issue 17: comparing rows across a compaction took 1.9 s at STEM-1B size). Equal crc32s
+        count as equal rows (a chance of 2^-32 per row of a change unseen)."""
+        (base_lo, _), (base_hi, _) = self.base_at(lo), self.base_at(hi)
+        decided, same = np.zeros(len(ids), bool), np.zeros(len(ids), bool)
+        plain = ~self._wrote_between(ids, base_lo, lo) & ~self._wrote_between(ids, base_hi, hi)  # base rows at both
+        sums_lo, sums_hi = self.base_sums.get(base_lo), self.base_sums.get(base_hi)
+        if base_lo == base_hi:
+            decided[plain] = same[plain] = True
+        elif layer is None and sums_lo is not None and sums_hi is not None:
+            ok = plain & (ids < len(sums_lo)) & (ids < len(sums_hi))
+            decided[ok] = True
+            same[ok] = sums_lo[ids[ok]] == sums_hi[ids[ok]]
+        for i in np.flatnonzero(~decided).tolist():
+            tok = int(ids[i])
+            answer = self._token_same(tok, (lo, base_lo), (hi, base_hi), layer)
+            if answer is not None:
+                decided[i], same[i] = True, answer
+        return decided, same
+
+    def _token_same(self, tok, at_lo, at_hi, layer):
+        """Whether one token's rows read the same at two (version, base version): per layer by
+        source (the same base or commit) or delta crc32s, else by the whole token's crc32 (a
+        base's, or one joined from every layer's delta crc32); None when neither decides."""
+        (lo, base_lo), (hi, base_hi) = at_lo, at_hi
+        wa, wb = self.latest_writes(tok, lo, base_lo), self.latest_writes(tok, hi, base_hi)
+        undecided = False
+        for l in range(self.num_layers) if layer is None else [layer]:
+            a, b = wa.get(l), wb.get(l)
+            if (a is None and b is None and base_lo == base_hi) or (a and b and a[0] == b[0]):
+                continue  # one source
+            if a and b and a[1] != UNCHECKED and b[1] != UNCHECKED:
+                if a[1] != b[1]:
+                    return False
+                continue
+            undecided = True
+        if not undecided:
+            return True
+        if layer is not None:
+            return None
+        sum_a, sum_b = self._token_sum(tok, wa, base_lo), self._token_sum(tok, wb, base_hi)
+        return None if sum_a is None or sum_b is None else sum_a == sum_b
+
+    def _token_sum(self, tok, writes, base_version):
+        """crc32 of a token's rows (L, d) that read ``writes`` over a base, or None when unknown."""
+        if not writes:
+            sums = self.base_sums.get(base_version)
+            return int(sums[tok]) if sums is not None and tok < len(sums) else None
+        crcs = [writes[l][1] if l in writes else UNCHECKED for l in range(self.num_layers)]
+        if UNCHECKED in crcs:
+            return None
+        return joined_sum(crcs, self.dim * storage_dtype(self.dtype).itemsize)
+
+    def record(self, commit, token_ids, layers, crcs, stored_vectors):
+        """Note a commit's row writes in the history (commit > every earlier one): their keys and
+        crc32s; the rows go to the reader's cache (a row just written is likely read next)."""
+        for t, l, crc in zip(token_ids.tolist(), layers.tolist(), crcs):
+            commits, writes = self.history.setdefault(t, ([], []))
+            if not commits or commits[-1] != commit:
+                commits.append(commit)
+                writes.append({})
+            writes[-1][l] = crc
+        self.edited[token_ids] = True
+        self.first_write[token_ids] = np.minimum(self.first_write[token_ids], commit)
+        self.last_write[token_ids] = commit
+        self.reader.put(self.name, list(zip(token_ids.tolist(), layers.tolist(), [commit] * len(token_ids))),
+                        stored_vectors)

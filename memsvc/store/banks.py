@@ -1,10 +1,9 @@
 """The bank table kind: token-major embedding rows [vocab, layers, dim] with a vocabulary.
 
 Catalog tables: tables, bases, tokens, deltas. Reading version v of a table = the newest base at
-or below v, overlaid with the rows that commits in (base, v] wrote (bank_table.TableState keeps
-all of it in memory); every write is a commit of the KB's CommitLog.
+or below v, overlaid with the rows that commits in (base, v] wrote (bank_table.TableState knows
+where they are, delta_rows.py reads them); every write is a commit of the KB's CommitLog.
 """
-import itertools
 import json
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ from memsvc.store import bank_table
 from memsvc.store.bank_table import TableState, map_for_lookups
 from memsvc.store.checksums import check_commit, create_tables, row_sums, token_sums
 from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
+from memsvc.store.delta_rows import UNCHECKED, DeltaReader, load_history
 
 
 class BankTables:
@@ -44,15 +44,17 @@ class BankTables:
         # what each compaction folded: the (token, layer) pairs whose rows its base changed, as int64 (n, 2)
         db["folds"].create({"tbl": str, "version": int, "pairs": bytes}, pk=("tbl", "version"), if_not_exists=True)
         create_tables(db)  # delta_sums, base_sums (a catalog from before checksums gains them empty)
+        self.reader = DeltaReader(log, limits.delta_cache_bytes)
         self.tables = {}
         for r in db["tables"].rows:
             self.tables[r["name"]] = self.load_table(r)
 
     def load_table(self, r) -> TableState:
         """One table's memory from the catalog (``r``: its row of ``tables``): bases mapped,
-        vocabulary, compaction records, and its deltas replayed commit by commit."""
+        vocabulary, compaction records, and where its delta rows are (delta_rows.load_history:
+        their keys and checksums, no row)."""
         log = self.log
-        t = TableState(r["name"], r["kind"], r["dtype"], r["dim"], r["num_layers"], r["created_in"])
+        t = TableState(r["name"], r["kind"], r["dtype"], r["dim"], r["num_layers"], r["created_in"], self.reader)
         for b in log.query("select version, file from bases where tbl=? order by version", [t.name]).fetchall():
             t.bases.append((b[0], self.map_base(b[1], t)))
         for version, sums in log.query("select version, sums from base_sums where tbl=?", [t.name]).fetchall():
@@ -66,9 +68,7 @@ class BankTables:
                          if t.name in json.loads(tables)]
         for version, pairs in log.query("select version, pairs from folds where tbl=?", [t.name]).fetchall():
             t.folds[version] = np.frombuffer(pairs, np.int64).reshape(-1, 2)
-        sums = dict(log.query("select commit_id, rows from delta_sums where tbl=?", [t.name]).fetchall())
-        cur = log.query("select commit_id, token_id, layer, data from deltas where tbl=? order by commit_id", [t.name])
-        _replay(t, cur, storage_dtype(t.dtype), sums)
+        load_history(t, log)
         model = log.query("select model_layers, tokenizer_kind, tokenizer from table_models where tbl=?", [t.name]).fetchone()
         if model is not None:
             t.model_layers, t.tokenizer = json.loads(model[0]), (model[1], model[2] or b"")
@@ -208,7 +208,7 @@ class BankTables:
         base_version, base = t.base_at(v)
         row_bytes = t.num_layers * t.dim * storage_dtype(t.dtype).itemsize
         edited = (tok for tok in (np.flatnonzero(t.edited[start_token_id:]) + start_token_id).tolist()
-                  if t.edited_row(tok, v, base_version) is not None)
+                  if t.latest_writes(tok, v, base_version))
         ids, next_token_id = [], 0
         for tok in edited:
             if max_bytes and ids and (len(ids) + 1) * row_bytes > max_bytes:
@@ -219,9 +219,7 @@ class BankTables:
         if not max_bytes and limit is not None and len(ids) * row_bytes > limit - (1 << 20):
             raise ResourceExhausted(f"max_bytes: the delta rows of {len(ids)} tokens are {len(ids) * row_bytes} bytes, "
                                     f"over the message limit ({limit}); page them with max_bytes")
-        rows = np.empty((len(ids), t.num_layers, t.dim), storage_dtype(t.dtype))
-        for i, tok in enumerate(ids):
-            rows[i] = t.edited_row(tok, v, base_version)
+        rows = t.gather(np.array(ids, dtype=np.int64), v, cache=False)
         total = (len(ids) + sum(1 for _ in edited) + (next_token_id > 0)) if start_token_id == 0 else 0
         return dict(version=v, base_version=base_version, base_path=str(Path(base.filename).resolve()),
                     delta_token_ids=np.array(ids, dtype=np.int64), delta_rows=rows, vocab_size=len(t.words),
@@ -291,7 +289,7 @@ class BankTables:
                                  [name, json.dumps(model_layers), tokenizer[0], tokenizer[1]])
 
             def publish(version):
-                t = TableState(name, "bank", dtype, rows.shape[2], rows.shape[1], version)
+                t = TableState(name, "bank", dtype, rows.shape[2], rows.shape[1], version, self.reader)
                 t.model_layers, t.tokenizer = model_layers, tokenizer
                 t.bases.append((version, self.map_base(written[0], t)))
                 t.base_sums[version] = np.frombuffer(written[1], np.uint32)
@@ -315,6 +313,7 @@ class BankTables:
         t = self.tables[name]
         stored = to_storage(writes.vectors, t.dtype)
         sums = row_sums(writes.token_ids.tolist(), writes.layers.tolist(), stored)
+        crcs = np.frombuffer(sums, np.int64).reshape(-1, 3)[:, 2].tolist()
 
         def write(conn, commit):
             conn.executemany("insert into tokens values (?,?,?,?,?)",
@@ -331,7 +330,7 @@ class BankTables:
                 t.add_tokens(list(new_tokens), commit)
             for tok in removed_tokens:
                 t.removed_in[tok] = commit
-            t.record(commit, writes.token_ids, writes.layers, stored)
+            t.record(commit, writes.token_ids, writes.layers, crcs, stored)
 
         version = self.log.commit(kind, [name], write, publish, author, message, len(writes), request, metrics)
         return CommitResult(version=version, rows_changed=len(writes))
@@ -448,48 +447,21 @@ def _base_rows(t, ids):
     for i, tok in enumerate(ids.tolist()):
         if tok < first_base.shape[0]:
             out[i] = to_float32(first_base[tok], t.dtype)
-        else:
-            commits, rows = t.history[tok]
-            out[i] = to_float32(rows[0], t.dtype)
+        else:  # the rows of the commit that injected it (every layer)
+            out[i] = to_float32(t.gather(np.array([tok]), t.history[tok][0][0]), t.dtype)[0]
     return out
 
 
-def _replay(table, rows, dt, sums):
-    """Mirror the catalog's deltas (ordered by commit, read as they come) in the table's history,
-    one commit at a time, each checked against its delta_sums record when it has one (``sums``:
-    commit -> record; a commit with no record wrote no row or predates checksums). A row that
-    fails is recorded as damaged (a deleted one as zeros): reads of it are FailedPrecondition,
-    never its bytes (TableState.edited_row)."""
-    batch, commit, empty = [], None, sorted(sums, reverse=True)  # then those of commits none of whose rows are left
-    for c, token_id, layer, data in itertools.chain(rows, [(None, None, None, None)]):
-        if c != commit and commit is not None:
-            replay_commit(table, commit, batch, dt, sums.get(commit))
-            batch = []
-        while empty and (c is None or empty[-1] < c):
-            if empty[-1] != commit:
-                replay_commit(table, empty[-1], [], dt, sums[empty[-1]])
-            empty.pop()
-        commit = c
-        if c is not None:
-            batch.append((token_id, layer, data))
-
 
 def replay_commit(table, commit, batch, dt, record):
-    bad = {} if record is None else check_commit(record, batch)
-    if not bad:
-        if batch:
-            ids, layers, data = zip(*batch)
-            table.record(commit, np.array(ids), np.array(layers), [np.frombuffer(d, dtype=dt) for d in data])
+    """A read replica's copy of one commit's delta rows (``batch``: [(token, layer, row bytes)])
+    noted as the primary's commit_rows noted them, each checked against the commit's delta_sums
+    ``record`` (None: a commit from before checksums): a row that fails is marked damaged, never served."""
+    if not batch:
         return
-    row_bytes = table.dim * dt.itemsize
-    rows = {(t, layer): data for t, layer, data in batch}
-    for key in bad:
-        if key not in rows or len(rows[key]) != row_bytes:
-            rows[key] = bytes(row_bytes)  # never served: the token's row is marked damaged
-    damaged = {}
-    for (t, layer), why in sorted(bad.items()):
-        damaged.setdefault(t, f"its layer {layer} row written by commit {commit} {why}; restore the catalog from a backup")
-    if rows:  # a damaged commit: its rows recorded (zeros for deleted ones) and marked
-        keys = list(rows)
-        table.record(commit, np.array([t for t, _ in keys]), np.array([layer for _, layer in keys]),
-                     [np.frombuffer(rows[k], dtype=dt) for k in keys], damaged)
+    crc_of = {} if record is None else {(t, layer): crc for t, layer, crc in np.frombuffer(record, np.int64).reshape(-1, 3).tolist()}
+    for (t, layer), why in ({} if record is None else check_commit(record, batch)).items():
+        table.damaged[t, layer, commit] = why
+    ids, layers, data = zip(*batch)
+    table.record(commit, np.array(ids, np.int64), np.array(layers, np.int64),
+                 [crc_of.get(key, UNCHECKED) for key in zip(ids, layers)], [np.frombuffer(d, dtype=dt) for d in data])

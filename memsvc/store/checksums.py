@@ -13,6 +13,7 @@ truth. Catalog tables:
 Both are written in the transaction that names the rows or the base. Commits and bases from
 before checksums have no record: they are unchecked, and fsck says so.
 """
+import functools
 import zlib
 
 import numpy as np
@@ -53,3 +54,31 @@ def token_sums(rows) -> np.ndarray:
     """crc32 of each token's rows (L, d) of a block of base rows (n, L, d): uint32 (n,)."""
     rows = np.ascontiguousarray(rows)
     return np.array([zlib.crc32(r.data) for r in rows], dtype=np.uint32)
+
+
+@functools.lru_cache(maxsize=16)
+def _shift_tables(n_bytes) -> tuple:
+    """crc32 is affine in its start value: crc32(B, x) = P(x) ^ crc32(B, 0) with P linear over
+    GF(2) and fixed by len(B). P as four byte tables (P of each byte of x, as a table-driven crc)."""
+    zeros = bytes(n_bytes)
+    basis = [zlib.crc32(zeros, 1 << i) ^ zlib.crc32(zeros, 0) for i in range(32)]
+    return tuple(tuple(_xor_of(basis[8 * k:8 * k + 8], b) for b in range(256)) for k in range(4))
+
+
+def _xor_of(images, bits):
+    out = 0
+    for i, image in enumerate(images):
+        if bits >> i & 1:
+            out ^= image
+    return out
+
+
+def joined_sum(crcs, row_bytes) -> int:
+    """crc32 of the concatenation of rows of ``row_bytes`` each, from their crc32s (zlib's
+    crc32_combine): the token_sums value of a token's rows (L, d) from its per-layer delta_sums,
+    so history compares a row written by commits with a base row without reading either."""
+    tables = _shift_tables(row_bytes)
+    acc = crcs[0]
+    for crc in crcs[1:]:
+        acc = tables[0][acc & 255] ^ tables[1][acc >> 8 & 255] ^ tables[2][acc >> 16 & 255] ^ tables[3][acc >> 24] ^ crc
+    return acc

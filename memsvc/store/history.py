@@ -32,21 +32,24 @@ def diff(log: CommitLog, banks: BankTables, from_version, to_version, table=None
             keys |= _differing_rows(t.base_at(a)[1], t.base_at(b)[1])
         else:
             keys |= set(map(tuple, folded.tolist()))
-        changes += _row_changes(t, sorted(keys), a, b)
+        changed = set(t.changed_tokens(a, b).tolist())  # from checksums: rows of the others need not be read
+        changes += _row_changes(t, sorted(k for k in keys if k[0] in changed), a, b)
     return changes
 
 
 def _row_changes(t, keys, a, b):
-    """The RowChanges of (token, layer) keys between a and b; a token that does not exist at a
-    version reads as zeros there (an injected token is all new rows)."""
-    tokens = sorted({tok for tok, _ in keys})
-    if not tokens:
-        return []
-    ids = np.array(tokens, dtype=np.int64)
-    old, new = (to_float32(t.gather(ids, v), t.dtype) * t.alive(v)[ids, None, None] for v in (a, b))
-    pos = {tok: i for i, tok in enumerate(tokens)}
-    changes = (row_change(t, tok, layer, old[pos[tok], layer], new[pos[tok], layer]) for tok, layer in keys)
-    return [c for c in changes if c is not None]
+    """The RowChanges of (token, layer) keys (sorted) between a and b, their rows read a chunk of
+    tokens at a time; a token that does not exist at a version reads as zeros there (an injected
+    token is all new rows)."""
+    tokens, changes = sorted({tok for tok, _ in keys}), []
+    step = t.chunk_tokens()
+    for start in range(0, len(tokens), step):
+        ids = np.array(tokens[start:start + step], dtype=np.int64)
+        old, new = (to_float32(t.gather(ids, v), t.dtype) * t.alive(v)[ids, None, None] for v in (a, b))
+        pos = {tok: i for i, tok in enumerate(ids.tolist())}
+        part = (row_change(t, tok, layer, old[pos[tok], layer], new[pos[tok], layer]) for tok, layer in keys if tok in pos)
+        changes += [c for c in part if c is not None]
+    return changes
 
 
 def _differing_rows(base_a, base_b, chunk=4096) -> set:

@@ -49,6 +49,7 @@ class StoreConfig:
     durable: bool = True  # fsync every commit (SQLite synchronous=FULL)
     max_lookup_tokens: int | None = None  # a lookup of more tokens is refused (ResourceExhausted)
     max_message_bytes: int | None = None  # ... and one whose rows exceed this less 1 MiB of reply overhead
+    delta_cache_bytes: int = 64 << 20  # delta rows kept in memory once read (LRU); the rest stay in the catalog
 
 
 class KnowledgeBase:

@@ -48,13 +48,13 @@ def _folded_chunks(t, head, pairs):
     base_version, base = t.base_at(head)
     step = t.chunk_tokens()
     for start in range(0, len(t.words), step):
-        rows = t.rows_in_range(start, min(len(t.words), start + step), base_version)  # as the base has them
-        for tok in (np.flatnonzero(t.edited[start:start + step]) + start).tolist():
-            row = t.edited_row(tok, head, base_version)
-            if row is not None:
-                differ = np.ones(t.num_layers, bool) if tok >= base.shape[0] else np.any(row != rows[tok - start], axis=1)
-                pairs += [(tok, layer) for layer in np.flatnonzero(differ).tolist()]
-                rows[tok - start] = row
+        stop = min(len(t.words), start + step)
+        rows = t.rows_in_range(start, stop, base_version)  # as the base has them
+        edited = np.flatnonzero(t.edited[start:stop])
+        before, index = rows[edited], {pos: i for i, pos in enumerate(edited.tolist())}
+        for pos, layer in t.overlay(rows, edited, edited + start, head, base_version, cache=False):
+            if start + pos >= base.shape[0] or np.any(rows[pos, layer] != before[index[pos], layer]):
+                pairs.append((start + pos, layer))
         yield rows
 
 
