@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from memsvc.core.dtypes import storage_dtype, to_float32
 from memsvc.core.errors import FailedPrecondition, InvalidArgument
-from memsvc.store.checksums import check_commit, token_sums
+from memsvc.store.checksums import check_commit, delta_sums, summed_from, token_sums
 
 FORMAT = "memsvc-backup/1"
 CATALOG = "catalog.db"
@@ -283,11 +283,12 @@ def _check_deltas(db, tbl, dtype, dim, report):
     checksums recorded with it (changed, deleted and added rows)."""
     size = dim * storage_dtype(dtype).itemsize
     sums = dict(db.execute("select commit_id, rows from delta_sums where tbl=?", [tbl]).fetchall())
+    since = summed_from(db.execute, "delta_sums")
     unchecked, batch, commit = set(), [], None
     cur = db.execute("select token_id, layer, commit_id, data from deltas where tbl=? order by commit_id", [tbl])
     for token, layer, c, data in itertools.chain(cur, [(None, None, None, None)]):
         if c != commit and commit is not None:
-            _check_delta_sums(tbl, commit, batch, sums.pop(commit, None), unchecked, report)
+            _check_delta_sums(tbl, commit, batch, sums.pop(commit, None), since, unchecked, report)
             batch = []
         commit = c
         if c is None:
@@ -297,18 +298,21 @@ def _check_deltas(db, tbl, dtype, dim, report):
         if len(data) != size or not np.isfinite(to_float32(np.frombuffer(data, storage_dtype(dtype)), dtype)).all():
             report.problems.append(f"delta: table {tbl!r} token {token} layer {layer} commit {c} is not {dim} finite {dtype}")
     for c, record in sorted(sums.items()):  # commits none of whose rows are left
-        _check_delta_sums(tbl, c, [], record, unchecked, report)
+        _check_delta_sums(tbl, c, [], record, since, unchecked, report)
     if unchecked:
         report.notes.append(f"delta: table {tbl!r}: the rows of {len(unchecked)} commits (first {min(unchecked)}) "
                             f"have no checksums (written before checksums): unchecked")
 
 
-def _check_delta_sums(tbl, commit, rows, record, unchecked, report):
+def _check_delta_sums(tbl, commit, rows, record, since, unchecked, report):
+    if record is None and rows and commit >= since:
+        report.problems.append(f"delta: table {tbl!r} commit {commit}: its delta_sums record is missing "
+                               f"(deleted); its {len(rows)} rows are unchecked")
+    elif record is None and rows:
+        unchecked.add(commit)
     if record is None:
-        if rows:
-            unchecked.add(commit)
         return
-    for (token, layer), why in sorted(check_commit(record, rows).items()):
+    for (token, layer), why in sorted(check_commit(record, delta_sums(rows)).items()):
         report.problems.append(f"delta: table {tbl!r} token {token} layer {layer} commit {commit} {why}")
 
 

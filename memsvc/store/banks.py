@@ -19,7 +19,7 @@ from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, No
 from memsvc.core.values import CommitResult, LookupResult, RowChange, RowWrites, TableInfo
 from memsvc.store import bank_table
 from memsvc.store.bank_table import TableState, map_for_lookups
-from memsvc.store.checksums import check_commit, create_tables, row_sums, token_sums
+from memsvc.store.checksums import MISSING, check_commit, create_tables, delta_sums, row_sums, summed_from, token_sums
 from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
 
 
@@ -45,6 +45,7 @@ class BankTables:
         # what each compaction folded: the (token, layer) pairs whose rows its base changed, as int64 (n, 2)
         db["folds"].create({"tbl": str, "version": int, "pairs": bytes}, pk=("tbl", "version"), if_not_exists=True)
         create_tables(db)  # delta_sums, base_sums (a catalog from before checksums gains them empty)
+        since = summed_from(log.query, "delta_sums")
         self.tables = {}
         compactions = {}  # table -> versions of the compactions that folded it (gc may have deleted their bases)
         for version, tables in log.query("select id, tables from commits where kind='compact' order by id").fetchall():
@@ -65,7 +66,7 @@ class BankTables:
                 t.folds[version] = np.frombuffer(pairs, np.int64).reshape(-1, 2)
             sums = dict(log.query("select commit_id, rows from delta_sums where tbl=?", [t.name]).fetchall())
             cur = log.query("select commit_id, token_id, layer, data from deltas where tbl=? order by commit_id", [t.name])
-            _replay(t, cur, storage_dtype(t.dtype), sums)
+            _replay(t, cur, storage_dtype(t.dtype), sums, since)
             if t.name in models:
                 m = models[t.name]
                 t.model_layers, t.tokenizer = json.loads(m["model_layers"]), (m["tokenizer_kind"], m["tokenizer"] or b"")
@@ -451,28 +452,31 @@ def _base_rows(t, ids):
     return out
 
 
-def _replay(table, rows, dt, sums):
+def _replay(table, rows, dt, sums, since):
     """Mirror the catalog's deltas (ordered by commit, read as they come) in the table's history,
-    one commit at a time, each checked against its delta_sums record when it has one (``sums``:
-    commit -> record; a commit with no record wrote no row or predates checksums). A row that
-    fails is recorded as damaged (a deleted one as zeros): reads of it are FailedPrecondition,
-    never its bytes (TableState.edited_row)."""
+    one commit at a time, each checked against its delta_sums record (``sums``: commit -> record;
+    a commit before ``since`` with no record predates checksums, one from ``since`` on lost it).
+    A row that fails is recorded as damaged (a deleted one as zeros): reads of it are
+    FailedPrecondition, never its bytes (TableState.edited_row)."""
     batch, commit, empty = [], None, sorted(sums, reverse=True)  # then those of commits none of whose rows are left
     for c, token_id, layer, data in itertools.chain(rows, [(None, None, None, None)]):
         if c != commit and commit is not None:
-            _replay_commit(table, commit, batch, dt, sums.get(commit))
+            _replay_commit(table, commit, batch, dt, sums.get(commit), since)
             batch = []
         while empty and (c is None or empty[-1] < c):
             if empty[-1] != commit:
-                _replay_commit(table, empty[-1], [], dt, sums[empty[-1]])
+                _replay_commit(table, empty[-1], [], dt, sums[empty[-1]], since)
             empty.pop()
         commit = c
         if c is not None:
             batch.append((token_id, layer, data))
 
 
-def _replay_commit(table, commit, batch, dt, record):
-    bad = {} if record is None else check_commit(record, batch)
+def _replay_commit(table, commit, batch, dt, record, since):
+    if record is None:
+        bad = {(t, layer): MISSING.format("delta_sums") for t, layer, _ in batch} if commit >= since else {}
+    else:
+        bad = check_commit(record, delta_sums(batch))
     if not bad:
         if batch:
             ids, layers, data = zip(*batch)
