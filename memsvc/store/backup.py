@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from memsvc.core.dtypes import storage_dtype, to_float32
 from memsvc.core.errors import FailedPrecondition, InvalidArgument
-from memsvc.store.checksums import check_commit, delta_sums, summed_from, token_sums
+from memsvc.store.checksums import MISSING, check_commit, check_commits, delta_sums, pair_sum, summed_from, token_sums
 
 FORMAT = "memsvc-backup/1"
 CATALOG = "catalog.db"
@@ -57,6 +57,7 @@ class FsckReport:
     versions_checked: int = 0
     bases_checked: int = 0
     deltas_checked: int = 0
+    pairs_checked: int = 0
 
     @property
     def ok(self) -> bool:
@@ -273,6 +274,8 @@ def _check_files(root, db, report, progress):
         report.bases_checked += 1
     for tbl, (dtype, dim, _) in tables.items():
         _check_deltas(db, tbl, dtype, dim, report)
+    for (tbl,) in db.execute("select name from mosaic_tables").fetchall():
+        _check_pairs(db, tbl, report)
     for p in sorted((root / "bases").rglob("*")) if (root / "bases").exists() else []:
         if p.is_file() and p.relative_to(root).as_posix() not in named:
             report.notes.append(f"{p.relative_to(root)} is named by no commit (left by an interrupted write; gc-safe to delete)")
@@ -314,6 +317,29 @@ def _check_delta_sums(tbl, commit, rows, record, since, unchecked, report):
         return
     for (token, layer), why in sorted(check_commit(record, delta_sums(rows)).items()):
         report.problems.append(f"delta: table {tbl!r} token {token} layer {layer} commit {commit} {why}")
+
+
+def _check_pairs(db, tbl, report):
+    """Every pair of a mosaic store against the pair_sums record of the commit that wrote it,
+    one commit's checksums in memory at a time."""
+    since = summed_from(db.execute, "pair_sums")
+    records = dict(db.execute("select commit_id, pairs from pair_sums where tbl=?", [tbl]).fetchall())
+    cur = db.execute("select added_in, layer, head, pair_id, label, key, value from mosaic_pairs where tbl=? "
+                     "order by added_in, rowid", [tbl])
+    sums = ((a, layer, head, i, pair_sum(label, k, v)) for a, layer, head, i, label, k, v in cur)
+    for commit, bad in sorted(check_commits(sums, records, since, "pair_sums", 4).items()):
+        if MISSING.format("pair_sums") in bad.values():
+            report.problems.append(f"pair: mosaic store {tbl!r} commit {commit}: its pair_sums record is missing "
+                                   f"(deleted); its {len(bad)} pairs are unchecked")
+            continue
+        report.problems += [f"pair: mosaic store {tbl!r} layer {layer} head {head} pair {i} commit {commit} {why}"
+                            for (layer, head, i), why in sorted(bad.items())]
+    report.pairs_checked += db.execute("select count(*) from mosaic_pairs where tbl=?", [tbl]).fetchone()[0]
+    unchecked = db.execute("select count(distinct added_in), min(added_in) from mosaic_pairs where tbl=? and added_in<? "
+                           "and added_in not in (select commit_id from pair_sums where tbl=?)", [tbl, since, tbl]).fetchone()
+    if unchecked[0]:
+        report.notes.append(f"pair: mosaic store {tbl!r}: the pairs of {unchecked[0]} commits (first {unchecked[1]}) "
+                            f"have no checksums (written before checksums): unchecked")
 
 
 def _check_base_rows(db, tbl, version, rel, base, dtype, report, progress):

@@ -109,6 +109,12 @@ def check_commits(rows, records, since, table, width) -> dict:
     return damaged
 
 
+def without(record, keys, width) -> bytes:
+    """A record less the rows whose keys are in ``keys`` (rows gc deleted)."""
+    listed = np.frombuffer(record, np.int64).reshape(-1, width)
+    return listed[np.array([tuple(r[:-1]) not in keys for r in listed.tolist()], bool).reshape(-1)].tobytes()
+
+
 def token_sums(rows) -> np.ndarray:
     """crc32 of each token's rows (L, d) of a block of base rows (n, L, d): uint32 (n,)."""
     rows = np.ascontiguousarray(rows)
