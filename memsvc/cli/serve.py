@@ -21,8 +21,12 @@ from memsvc.cli.options import data_option
               help="On SIGTERM, report NOT_SERVING this long before refusing calls.")
 @click.option("--build-niceness", type=click.IntRange(0, 19), default=10, show_default=True,
               help="How much nicer than the server index builds run (0: same priority as Lookups).")
+@click.option("--max-streams", type=click.IntRange(1), default=16, show_default=True,
+              help="LookupStream/SearchStream calls open at once (beyond: RESOURCE_EXHAUSTED; below the 32 workers).")
+@click.option("--stream-idle-seconds", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="End a stream that sends no message for this long (UNAVAILABLE).")
 def serve(data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls_key, metrics_port, drain_seconds,
-          build_niceness):
+          build_niceness, max_streams, stream_idle_seconds):
     """Serve a knowledge base over gRPC (health checking and reflection included).
 
     On first run an empty --data is seeded with the demo model's knowledge base. Beyond
@@ -47,4 +51,5 @@ def serve(data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls_key,
         seed_demo_kb(data)
     run(ServerConfig(data_dir=Path(data), host=host, port=port, api_keys_file=api_keys_file,
                      insecure=insecure, tls_cert=tls_cert, tls_key=tls_key, metrics_port=metrics_port,
-                     drain_seconds=drain_seconds, build_niceness=build_niceness))
+                     drain_seconds=drain_seconds, build_niceness=build_niceness, max_streams=max_streams,
+                     stream_idle_seconds=stream_idle_seconds))
