@@ -8,11 +8,12 @@ Against real `memsvc serve` processes over a small KB (64 tokens x 3 layers x 8,
     disk     the KB on an 8 MB tmpfs (root only) filled up: what Edit and Tag answered, whether
              reads still matched, whether a SIGTERM on the full disk lost the saved query log,
              and whether writes came back once space was freed
-    damage   each kind of file damaged in a fresh copy of the KB (a flipped byte in a delta row
-             or a base row, a deleted delta row included): what `memsvc serve` said (its one
-             line, or that it served) and fsck's findings, and every (version, token) row read
-             alone compared with the undamaged KB's: equal, refused (and the first refusal's
-             message), or wrong (served with status OK and different)
+    damage   each kind of file damaged in a fresh copy of the KB (a flipped byte in a delta row,
+             a base row or a mosaic pair, a deleted delta row, pair or checksum record included):
+             what `memsvc serve` said (its one line, or that it served) and fsck's findings, every
+             (version, token) row read alone and every (version, head) mosaic query compared with
+             the undamaged KB's: equal, refused (and the first refusal's message), or wrong
+             (served with status OK and different)
 
 The figures are counts and what each side said: no timing baseline. Run:
 .venv/bin/python bench/faults.py (~1 min). Tests: tests/test_limits.py and tests/test_faults.py.
@@ -36,6 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from clients.client import MemoryClient  # noqa: E402
+from clients.mosaic import MosaicClient  # noqa: E402
 from clients.search import SearchClient  # noqa: E402
 from memsvc.core.errors import MemsvcError  # noqa: E402
 from memsvc.core.values import RowOp  # noqa: E402
@@ -46,15 +48,23 @@ from memsvc.v1 import knowledge_pb2 as pb  # noqa: E402
 
 LOG = logging.getLogger("bench.faults")
 WORDS = [f"w{i}" for i in range(64)]
+MOSAIC_VERSIONS = (8, 9, 10)  # after the bank's 6 and the store's create (7): pairs added to heads 0, 1, one replaced
+QUERIES = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
 
 
 def make_kb(data):
-    """The KB: an import and 5 edits (delta rows), an exact index and a query log."""
-    rows = np.random.default_rng(0).standard_normal((64, 3, 8)).astype(np.float32)
+    """The KB: an import and 5 edits (delta rows), a mosaic store 'facts' (1 layer, 2 heads, 8 -> 8;
+    versions 7-10), an exact index and a query log."""
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((64, 3, 8)).astype(np.float32)
     with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as kb:
         kb.import_table("stem", rows, WORDS, dtype="float16", message="import")
         for i in range(5):
             kb.edit("stem", [RowOp("copy", token=f"w{i}", source_token=f"w{63 - i}")], message=f"e{i}")
+        kb.mosaic.create("facts", num_layers=1, num_heads=2, key_dim=8, value_dim=8)
+        kb.mosaic.add("facts", 0, 0, rng.standard_normal((4, 8)), rng.standard_normal((4, 8)))
+        kb.mosaic.add("facts", 0, 1, rng.standard_normal((3, 8)), rng.standard_normal((3, 8)))
+        kb.mosaic.replace("facts", 0, 0, [0], rng.standard_normal((1, 8)), rng.standard_normal((1, 8)))
     proc, address = spawn_server(data)
     with MemoryClient(address) as client:
         SearchClient(client).create("ix", "stem", config={"kind": "exact"}, wait=True)
@@ -66,6 +76,13 @@ def make_kb(data):
 def all_rows(address) -> np.ndarray:
     with MemoryClient(address, timeout=20) as client:
         return np.stack([client.lookup("stem", list(range(64)), version=v).in_request_order() for v in range(1, 7)])
+
+
+def all_outputs(address) -> dict:
+    """EXACT outputs of QUERIES over each mosaic (version, head)."""
+    with MemoryClient(address, timeout=20) as client:
+        return {(v, h): MosaicClient(client).query("facts", 0, h, QUERIES, beta=2.0, version=v).outputs
+                for v in MOSAIC_VERSIONS for h in (0, 1)}
 
 
 def streams(data) -> dict:
@@ -168,6 +185,17 @@ def _delete_delta(data):
         db.execute("delete from deltas where rowid=(select max(rowid) from deltas)")
 
 
+def _sql(data, statement, params=()):
+    with sqlite3.connect(data / "catalog.db") as db:
+        return db.execute(statement, params).fetchall()
+
+
+def _flip_pair(data):
+    """One bit of the key of the first pair stored (head 0, commit 8; replaced at 10)."""
+    (rowid, key), = _sql(data, "select rowid, key from mosaic_pairs order by rowid limit 1")
+    _sql(data, "update mosaic_pairs set key=? where rowid=?", [bytes([key[0] ^ 0x01]) + key[1:], rowid])
+
+
 def _flip_base(data):
     """One bit of token 40's row (a token no edit writes) in the base's data, past its header."""
     path = data / "bases" / "stem" / "v1.npy"
@@ -187,7 +215,11 @@ DAMAGE = {
     "query log 0 bytes": lambda d: (d / "indexes" / "querylog" / "stem@0.npz").write_bytes(b""),
     "delta row byte flipped": _flip_delta,
     "delta row deleted": _delete_delta,
+    "delta_sums record deleted": lambda d: _sql(d, "delete from delta_sums where commit_id=(select max(commit_id) from delta_sums)"),
     "base row byte flipped": _flip_base,
+    "mosaic pair byte flipped": _flip_pair,
+    "mosaic pair deleted": lambda d: _sql(d, "delete from mosaic_pairs where rowid=(select max(rowid) from mosaic_pairs)"),
+    "pair_sums record deleted": lambda d: _sql(d, "delete from pair_sums where commit_id=(select min(commit_id) from pair_sums)"),
 }
 
 
@@ -208,7 +240,23 @@ def rows_one_by_one(address, expected) -> dict:
     return said
 
 
-def damage(template, workdir, expected) -> dict:
+def pairs_one_by_one(address, expected) -> dict:
+    """Every mosaic (version, head) queried alone: answers equal to the undamaged KB's, wrong
+    (status OK, different: computed over a wrong pair), or refused (and the first refusal)."""
+    said = {"pair_reads_equal": 0, "wrong_pair_reads": 0, "refused_pair_reads": 0}
+    with MemoryClient(address, timeout=20, stream_lookups=False) as client:
+        for (v, h), outputs in expected.items():
+            try:
+                got = MosaicClient(client).query("facts", 0, h, QUERIES, beta=2.0, version=v).outputs
+            except MemsvcError as e:
+                said["refused_pair_reads"] += 1
+                said.setdefault("first_pair_refusal", f"{type(e).__name__}: {str(e)[:200]}")
+                continue
+            said["pair_reads_equal" if np.array_equal(got, outputs) else "wrong_pair_reads"] += 1
+    return said
+
+
+def damage(template, workdir, expected, expected_pairs) -> dict:
     results = {}
     for i, (kind, hurt) in enumerate(DAMAGE.items()):
         data = shutil.copytree(template, workdir / f"damaged{i}")
@@ -222,6 +270,7 @@ def damage(template, workdir, expected) -> dict:
         else:
             said["serve"] = "served"
             said.update(rows_one_by_one(address, expected))
+            said.update(pairs_one_by_one(address, expected_pairs))
             stop_server(proc)
         results[kind] = said
         LOG.info("%-28s %s", kind, said)
@@ -234,17 +283,18 @@ def main():
         workdir = Path(tmp)
         template = make_kb(workdir / "template")
         proc, address = spawn_server(template)
-        expected = all_rows(address)
+        expected, expected_pairs = all_rows(address), all_outputs(address)
         stop_server(proc)
         streams_said = streams(shutil.copytree(template, workdir / "streams"))
         LOG.info("200 open streams: %s", streams_said)
         disk_said = full_disk(template, workdir)
         LOG.info("full disk: %s", disk_said)
-        damage_said = damage(template, workdir, expected)
+        damage_said = damage(template, workdir, expected, expected_pairs)
     wrong = sum(d.get("wrong_rows", 0) for d in damage_said.values())
+    wrong_pairs = sum(d.get("wrong_pair_reads", 0) for d in damage_said.values())
     tracebacks = sum("Traceback" in json.dumps(d) or "Aborted" in json.dumps(d) for d in damage_said.values())
     print(json.dumps({"streams": streams_said, "full_disk": disk_said, "damage": damage_said,
-                      "wrong_rows_served": wrong, "tracebacks": tracebacks}))
+                      "wrong_rows_served": wrong, "wrong_pair_reads_served": wrong_pairs, "tracebacks": tracebacks}))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,27 @@ with wrong shapes, dtypes and byte counts, oversize batches. Each answer must be
 status code (never UNKNOWN, INTERNAL or UNAVAILABLE), the server must stay up, and a rejected
 write must change nothing: every List* RPC answers byte-for-byte the same before and after.
 
+Limits (issue 19): requests built to pass validation and land just past each work limit the
+server sets (Lookup tokens, Search k / queries / queries x k / params, QueryMosaic queries / k /
+LSH tables, CreateIndex fields and their types, an ImportTable larger than the disk, a mosaic
+store's shape) must each get their one code (RESOURCE_EXHAUSTED or INVALID_ARGUMENT) with a
+message naming the field, and change nothing; rounds of LookupStream/SearchStream streams past
+max_streams (idle, abandoned, closed, or sent garbage) must get RESOURCE_EXHAUSTED beyond the limit,
+UNAVAILABLE after the idle timeout, INVALID_ARGUMENT for garbage, while a unary Lookup and a health
+check from another client answer. The server runs with --max-streams 4 --stream-idle-seconds 1.
+
 The baseline is the same request stream's share of each status code; the figures that must be 0
 are `bad_status` and `changed_by_rejected`.
-Run: .venv/bin/python bench/fuzz.py --requests 10000   (~2-4 min on 2 cores; --only ImportTable,ExportTable)
-Test: tests/test_fuzz.py runs ~200 examples.
+Run: .venv/bin/python bench/fuzz.py --per-rpc 10000   (every RPC 10,000 times, then the limit
+cases and stream rounds; --requests N spreads N over all RPCs; --only ImportTable,ExportTable)
+Test: tests/test_fuzz.py runs ~200 examples, ~10 of each limit case and 2 stream rounds.
 """
 import argparse
 import collections
+import contextlib
 import importlib
+import queue
+import threading
 import json
 import logging
 import pkgutil
@@ -32,9 +45,19 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 import memsvc.v1  # noqa: E402
+import numpy as np  # noqa: E402
+
 from bench.crash import TABLE, make_kb  # noqa: E402
+from memsvc.search.config import SearchConfig  # noqa: E402
+from memsvc.search.limits import INDEX_LIMITS  # noqa: E402
 from memsvc.server.auth import WRITE, required_role  # noqa: E402
-from memsvc.server.spawn import spawn_server  # noqa: E402
+from memsvc.server.main import ServerConfig  # noqa: E402
+from memsvc.server.spawn import spawn_server, stop_server  # noqa: E402
+from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
+from memsvc.store.mosaic_input import MAX_SHAPE, MosaicLimits  # noqa: E402
+from memsvc.v1 import knowledge_pb2 as kpb  # noqa: E402
+from memsvc.v1 import mosaic_pb2 as mpb  # noqa: E402
+from memsvc.v1 import search_pb2 as spb  # noqa: E402
 
 LOG = logging.getLogger("bench.fuzz")
 EXPECTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE,
@@ -53,6 +76,19 @@ DTYPES = ["float32", "float16", "bfloat16", "float64", "int8", "", "FLOAT32"]
 # A request that makes the server allocate without bound must fail there, not OOM the machine.
 MEMORY_LIMIT = 8 << 30  # the server's address space, bytes (spawn_server(memory_limit=...))
 OVERSIZE = 70_000  # more tokens than a lookup accepts (ServerConfig.max_lookup_tokens = 65536)
+MOSAIC = "mosaic"  # the fuzzed KB's mosaic store (a name in WORDS, so plain fuzzing reaches it too)
+MAX_STREAMS, IDLE_SECONDS = 4, 1.0  # the fuzzed server's --max-streams and --stream-idle-seconds
+SERVE_ARGS = ("--max-streams", str(MAX_STREAMS), "--stream-idle-seconds", str(IDLE_SECONDS))
+
+
+def make_fuzz_kb(data):
+    """bench.crash's KB (bank TABLE, 64 tokens x 3 layers x 8) and mosaic store MOSAIC: 1 layer,
+    2 heads, key and value dim 8, 16 pairs in head 0."""
+    make_kb(data)
+    rng = np.random.default_rng(0)
+    with KnowledgeBase(StoreConfig(data_dir=data)) as kb:
+        kb.mosaic.create(MOSAIC, num_layers=1, num_heads=2, key_dim=8, value_dim=8)
+        kb.mosaic.add(MOSAIC, 0, 0, rng.standard_normal((16, 8)), rng.standard_normal((16, 8)))
 
 
 def rpc_methods() -> list:
@@ -184,6 +220,7 @@ class FuzzTarget:
     """A live server seen through raw-bytes calls; keeps the status-code histogram."""
 
     def __init__(self, address, timeout=30.0):
+        self.address = address
         self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 256 << 20),
                                                                ("grpc.max_receive_message_length", 256 << 20)])
         self.timeout = timeout
@@ -220,13 +257,15 @@ class FuzzTarget:
         """What every List* RPC answers: a rejected write must leave all of it unchanged."""
         return tuple(self.channel.unary_unary(m)(b"", timeout=self.timeout) for m in self.listings)
 
-    def send(self, method, data) -> grpc.StatusCode:
+    def send(self, method, data, expect=None) -> grpc.StatusCode:
+        """One call, counted; ``expect`` (codes, text): the only codes accepted, and the text the
+        details must hold (a limit case's field)."""
         write = required_role(method) == WRITE
         before = self.state() if write else None
         code, details = self.raw(method, data)
         self.histogram[code.name] += 1
         self.per_method[method] += 1
-        if code not in EXPECTED:
+        if code not in EXPECTED or (expect and (code not in expect[0] or expect[1] not in (details or ""))):
             self.bad.append((method, code.name, details))
         elif write and code != grpc.StatusCode.OK and self.state() != before:
             self.changed.append((method, code.name))
@@ -239,52 +278,222 @@ class FuzzTarget:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def fuzz(target: FuzzTarget, n: int, seed: int = 0):
-    """Send ``n`` hypothesis-generated requests to ``target`` (no shrinking: this is a survey)."""
+def survey(n, strategy, each):
+    """``each`` of ``n`` examples of ``strategy`` (no shrinking: this is a survey)."""
+    if n < 1:
+        return
+
     @settings(max_examples=n, database=None, deadline=None, derandomize=True, phases=["generate"],
               suppress_health_check=list(HealthCheck))
-    @given(requests(target.methods, target.kinds))
-    def one(request):
-        target.send(*request)
+    @given(strategy)
+    def one(example):
+        each(example)
 
     one()
 
 
+def fuzz(target: FuzzTarget, n: int, methods=None):
+    """Send ``n`` hypothesis-generated requests to ``target``, to ``methods`` (default: all)."""
+    survey(n, requests(methods or target.methods, target.kinds), lambda request: target.send(*request))
+
+
+# ---------------------------------------------------------------- the limits
+
+KNOWLEDGE, MOSAIC_SERVICE, SEARCH = "/memsvc.v1.KnowledgeService", "/memsvc.v1.MosaicService", "/memsvc.v1.SearchService"
+RE, IA = grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT
+SERVER, SEARCH_LIMITS, MOSAIC_LIMITS = ServerConfig(), SearchConfig(), MosaicLimits()  # the fuzzed server's
+
+
+def past(limit, top=2**31 - 1):
+    """A count just past ``limit``, or well past it (up to ``top``)."""
+    return st.one_of(st.integers(limit + 1, limit + 64), st.integers(limit + 1, top))
+
+
+def f32(rows, dim=8):
+    return kpb.Tensor(dtype="float32", shape=[rows, dim], data=bytes(4 * rows * dim))
+
+
+@st.composite
+def limit_cases(draw):
+    """(method, serialized request, (the codes accepted, text the details name)) built to pass
+    every check but one limit."""
+    case = draw(st.sampled_from(["lookup_tokens", "search_k", "search_queries", "search_results", "search_params",
+                                 "mosaic_queries", "mosaic_k", "mosaic_lsh_tables", "index_limit", "index_type",
+                                 "import_size", "mosaic_shape"]))
+    if case == "lookup_tokens":
+        n = draw(st.integers(SERVER.max_lookup_tokens + 1, SERVER.max_lookup_tokens + 8192))
+        ids = draw(st.booleans())
+        msg = kpb.LookupRequest(table=TABLE, token_ids=[1] * n if ids else [], tokens=[] if ids else ["t1"] * n)
+        return f"{KNOWLEDGE}/Lookup", msg.SerializeToString(), ((RE,), "token_ids:")
+    if case.startswith("search"):
+        n, k = 1, 1
+        if case == "search_k":
+            k = draw(past(SEARCH_LIMITS.max_k))
+        elif case == "search_queries":
+            n = draw(st.integers(SEARCH_LIMITS.max_queries + 1, SEARCH_LIMITS.max_queries + 1024))
+        elif case == "search_results":
+            k = SEARCH_LIMITS.max_k
+            n = draw(st.integers(SEARCH_LIMITS.max_results // k + 1, SEARCH_LIMITS.max_queries))
+        params = {draw(st.sampled_from(["complexity", "ef_search", "nprobe", "beam_width"])):
+                  draw(past(SEARCH_LIMITS.max_search_param, 2**63 - 1))} if case == "search_params" else {}
+        msg = spb.SearchRequest(table=TABLE, k=k, params=params, **({"tokens": ["t0"] * n} if draw(st.booleans())
+                                                                     else {"queries": f32(n)}))
+        field = {"search_queries": "queries:", "search_params": "params."}.get(case, "k:")
+        return f"{SEARCH}/Search", msg.SerializeToString(), ((RE,), field)
+    if case.startswith("mosaic_") and case != "mosaic_shape":
+        n = draw(st.integers(MOSAIC_LIMITS.max_queries + 1, MOSAIC_LIMITS.max_queries + 1024)) if case == "mosaic_queries" else 1
+        msg = mpb.QueryMosaicRequest(table=MOSAIC, layer=0, head=draw(st.sampled_from([0, 1])), queries=f32(n))
+        if case == "mosaic_k":
+            msg.mode, msg.k = mpb.QueryMosaicRequest.TOPK, draw(past(MOSAIC_LIMITS.max_k))
+        elif case == "mosaic_lsh_tables":
+            msg.mode, msg.lsh.tables = mpb.QueryMosaicRequest.LSH, draw(past(MOSAIC_LIMITS.max_lsh_tables))
+        else:
+            msg.mode = draw(st.sampled_from([mpb.QueryMosaicRequest.EXACT, mpb.QueryMosaicRequest.TOPK]))
+            msg.k = 1
+        field = {"mosaic_queries": "queries:", "mosaic_k": "k:", "mosaic_lsh_tables": "lsh.tables:"}[case]
+        return f"{MOSAIC_SERVICE}/QueryMosaic", msg.SerializeToString(), ((RE,), field)
+    if case.startswith("index_"):
+        key = draw(st.sampled_from(sorted(INDEX_LIMITS)))
+        if case == "index_limit":
+            limit = INDEX_LIMITS[key]
+            value = draw(past(limit, 2**62)) if isinstance(limit, int) else draw(st.floats(limit * 1.01, 1e300))
+            expect = ((RE,), f"config.{key}:")
+        else:
+            value, expect = draw(st.sampled_from(["abc", None, [1], {"x": 1}])), ((IA,), f"config.{key}:")
+        msg = spb.CreateIndexRequest(name="fz-ix", table=TABLE, kind=draw(st.sampled_from(["exact", "hnsw", "ivfpq"])),
+                                     config_json=json.dumps({key: value}))
+        return f"{SEARCH}/CreateIndex", msg.SerializeToString(), expect
+    if case == "import_size":  # 4 tokens, but layers x dim past any disk
+        header = kpb.ImportTableHeader(table="fz-big", dtype="float16", vocab_size=4, words=["a", "b", "c", "d"],
+                                       num_layers=draw(st.integers(2**20, 2**31 - 1)), dim=draw(st.integers(2**20, 2**31 - 1)))
+        return f"{KNOWLEDGE}/ImportTable", [kpb.ImportTableRequest(header=header).SerializeToString()], ((RE,), "data:")
+    shape = {what: 1 for what in MAX_SHAPE}
+    what = draw(st.sampled_from(sorted(MAX_SHAPE)))
+    shape[what] = draw(past(MAX_SHAPE[what]))
+    msg = mpb.CreateMosaicRequest(table="fz-mosaic", **shape)
+    return f"{MOSAIC_SERVICE}/CreateMosaic", msg.SerializeToString(), ((IA,), f"{what}:")
+
+
+def fuzz_limits(target: FuzzTarget, n: int):
+    """Send ``n`` limit cases; each must get its code and name its field."""
+    survey(n, limit_cases(), lambda case: target.send(*case))
+
+
+STREAMS = {"LookupStream": kpb.LookupRequest(table=TABLE, tokens=["t1"]),
+           "SearchStream": spb.SearchRequest(table=TABLE, tokens=["t1"], k=2)}
+STREAM_KINDS = ("idle", "abandoned", "closed", "garbage")  # nothing sent / one message, never read / closed / bad bytes
+ENDS = {"idle": grpc.StatusCode.UNAVAILABLE, "abandoned": grpc.StatusCode.UNAVAILABLE, "closed": grpc.StatusCode.OK,
+        "garbage": IA}
+WAIT = 20.0  # seconds any one answer may take before the round counts as hung
+
+
+def stream_ok(kind, code, details) -> bool:
+    """How a stream of ``kind`` may end: as its kind says, refused past max_streams, or ended idle."""
+    return code == ENDS[kind] or (code == RE and details.startswith("streams:")) or \
+        (code == grpc.StatusCode.UNAVAILABLE and details.startswith("stream: idle"))
+
+
+def stream_round(target: FuzzTarget, opened: list):
+    """Open ``opened`` [(stream name, kind)] on one channel; while they are open a Lookup and a
+    health check from another answer, and each stream ends as stream_ok says, within WAIT."""
+    ended, done, feeds, abandoned = [], threading.Condition(), [], []
+
+    def finished(call, kind, method):
+        with done:
+            ended.append((method, kind, call.code(), call.details() or ""))
+            done.notify_all()
+
+    with grpc.insecure_channel(target.address) as channel:
+        for name, kind in opened:
+            method = f"{SEARCH if name == 'SearchStream' else KNOWLEDGE}/{name}"
+            feeds.append(queue.SimpleQueue())
+            call = channel.stream_stream(method)(iter(lambda f=feeds[-1]: f.get(timeout=2 * WAIT), None), timeout=WAIT)
+            call.add_done_callback(lambda c, k=kind, m=method: finished(c, k, m))
+            if kind != "idle":
+                feeds[-1].put(b"\xff\xff\xff" if kind == "garbage" else STREAMS[name].SerializeToString())
+            if kind == "closed":
+                with contextlib.suppress(grpc.RpcError):  # refused: its status is counted below
+                    next(call)
+                feeds[-1].put(None)
+            abandoned += [call] if kind == "abandoned" else []
+        code = target.raw(f"{KNOWLEDGE}/Lookup", STREAMS["LookupStream"].SerializeToString())[0]
+        if code != grpc.StatusCode.OK or not target.serving():
+            target.bad.append((f"{KNOWLEDGE}/Lookup", code.name, "a Lookup or health check beside open streams"))
+        for call in abandoned:  # its status reaches the client once its reply is read, after the idle timeout
+            with contextlib.suppress(grpc.RpcError):  # counted below
+                list(call)
+        with done:
+            done.wait_for(lambda: len(ended) == len(opened), WAIT)
+        for feed in feeds:
+            feed.put(None)  # ends the request iterators that idle streams left waiting
+    for method, kind, code, details in ended:
+        target.histogram[code.name] += 1
+        target.per_method[method] += 1
+        if not stream_ok(kind, code, details):
+            target.bad.append((method, code.name, f"{kind} stream: {details}"))
+    if len(ended) < len(opened):
+        target.bad.append(("streams", "HUNG", f"{len(opened) - len(ended)} of {len(opened)} streams never ended"))
+
+
+def fuzz_streams(target: FuzzTarget, rounds: int):
+    """``rounds`` stream rounds of MAX_STREAMS + 1 .. + 4 streams of random kinds."""
+    stream = st.tuples(st.sampled_from(sorted(STREAMS)), st.sampled_from(STREAM_KINDS))
+    opened = st.lists(stream, min_size=MAX_STREAMS + 1, max_size=MAX_STREAMS + 4)  # past the limit, every round
+    survey(rounds, opened, lambda streams: stream_round(target, streams))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=10_000, help="Requests spread over every RPC at random.")
+    parser.add_argument("--per-rpc", type=int, default=0, help="Instead: this many requests to each RPC in turn.")
+    parser.add_argument("--limit-cases", type=int, default=None, help="Limit cases (default: --per-rpc or 500).")
+    parser.add_argument("--stream-rounds", type=int, default=None, help="Stream rounds (default: 1 per 100 limit cases, 5 or more).")
     parser.add_argument("--server-log", default=None, help="Write the server's log (tracebacks of INTERNAL) here.")
     parser.add_argument("--only", default=None, help="Fuzz only these RPCs (comma-separated names, e.g. ImportTable,ExportTable).")
     args = parser.parse_args()
+    limit_n = args.limit_cases if args.limit_cases is not None else (args.per_rpc or 500)
+    rounds = args.stream_rounds if args.stream_rounds is not None else max(5, limit_n // 100)
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+    seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
-        make_kb(Path(tmp) / "kb")
-        proc, address = spawn_server(Path(tmp) / "kb", log=args.server_log, memory_limit=MEMORY_LIMIT)
+        make_fuzz_kb(Path(tmp) / "kb")
+        proc, address = spawn_server(Path(tmp) / "kb", *SERVE_ARGS, log=args.server_log, memory_limit=MEMORY_LIMIT)
         try:
             target = FuzzTarget(address)
             if args.only:
                 target.methods = [m for m in target.methods if m[0].rsplit("/", 1)[1] in args.only.split(",")]
             start = time.perf_counter()
-            fuzz(target, args.requests)
-            seconds = time.perf_counter() - start
+            for methods in [[m] for m in target.methods] if args.per_rpc else [None]:
+                fuzz(target, args.per_rpc or args.requests, methods)
+            seconds["fuzz"] = time.perf_counter() - start
+            fuzzed, bad_fuzz = sum(target.histogram.values()), len(target.bad)
+            fewest = min(target.per_method[m] for m, _ in target.methods)
+            start = time.perf_counter()
+            fuzz_limits(target, limit_n)
+            seconds["limits"] = time.perf_counter() - start
+            limits, bad_limits = sum(target.histogram.values()) - fuzzed, len(target.bad) - bad_fuzz
+            start = time.perf_counter()
+            fuzz_streams(target, rounds)
+            seconds["streams"] = time.perf_counter() - start
             up = proc.poll() is None and target.serving()
         finally:
-            proc.terminate()
-            proc.wait(30)
+            stop_server(proc, timeout=30)
     total = sum(target.histogram.values())
-    fewest = min(target.per_method[m] for m, _ in target.methods)
-    print(f"{total} requests to {len(target.methods)} RPCs (at least {fewest} each) in {seconds:.0f} s; "
-          f"server {'up' if up else 'DOWN'}")
+    print(f"{fuzzed} fuzzed requests to {len(target.methods)} RPCs (at least {fewest} each) in {seconds['fuzz']:.0f} s, "
+          f"{limits} limit cases in {seconds['limits']:.0f} s, {total - fuzzed - limits} streams in "
+          f"{rounds} rounds in {seconds['streams']:.0f} s; server {'up' if up else 'DOWN'}")
     print(f"{'status':<22} {'count':>7} {'share':>7}")
     for code, count in target.histogram.most_common():
         print(f"{code:<22} {count:>7} {count / total:>7.1%}")
     for method, code, details in target.bad[:20]:
-        print(f"UNEXPECTED {code} from {method}: {details[:200]}")
+        print(f"UNEXPECTED {code} from {method}: {(details or '')[:200]}")
     for method, code in target.changed[:20]:
         print(f"CHANGED STATE: {method} answered {code} but a listing changed")
-    print(json.dumps({"fuzz_requests": total, "bad_status": len(target.bad), "internal_or_unknown":
-                      target.histogram["INTERNAL"] + target.histogram["UNKNOWN"],
-                      "changed_by_rejected": len(target.changed), "server_up": up}))
+    print(json.dumps({"fuzz_requests": fuzzed, "limit_cases": limits, "stream_rounds": rounds, "requests": total,
+                      "bad_status": len(target.bad), "bad_limit_cases": bad_limits,
+                      "internal_or_unknown": target.histogram["INTERNAL"] + target.histogram["UNKNOWN"],
+                      "changed_by_rejected": len(target.changed), "server_up": up,
+                      "seconds": {k: round(v, 1) for k, v in seconds.items()}}))
 
 
 if __name__ == "__main__":

@@ -123,8 +123,10 @@ def test_a_flipped_byte_in_a_base_row_is_refused_on_read_and_by_compaction_and_f
 
 def test_a_catalog_from_before_checksums_opens_reads_and_fsck_says_unchecked(tmp_path):
     data, expected = edited_kb(tmp_path / "kb")
-    sql(data, "drop table delta_sums")
+    sql(data, "drop table delta_sums")  # a catalog from before checksums: no tables, no markers
     sql(data, "drop table base_sums")
+    sql(data, "drop table pair_sums")
+    sql(data, "delete from meta where key like '%_sums_from'")
     served_rows(data, expected, set())
     report = fsck(data)
     assert report.ok, report.problems
@@ -136,6 +138,31 @@ def test_a_catalog_from_before_checksums_opens_reads_and_fsck_says_unchecked(tmp
     flip_delta(data, token=WORDS.index("Berlin"), layer=0, commit=5)
     problems = fsck(data).problems
     assert problems == ["delta: table 'stem' token 4 layer 0 commit 5 does not match its checksum"], problems
+
+
+def test_a_deleted_delta_sums_record_is_damage_refused_and_found_by_fsck(tmp_path):
+    data, expected = edited_kb(tmp_path / "kb")
+    sql(data, "delete from delta_sums where commit_id=4")  # France (2), every layer: rows intact, record gone
+    refusals = served_rows(data, expected, {(4, 2)})
+    assert refusals[4, 2] == ("data: table 'stem' token 2 at version 4: its layer 0 row written by commit 4 has no "
+                              "checksum: its commit's delta_sums record is missing; restore the catalog from a backup")
+    code, output = fsck_lines(data)
+    assert code == 1 and ("problem: delta: table 'stem' commit 4: its delta_sums record is missing (deleted); "
+                          "its 3 rows are unchecked\n") in output
+    assert "unchecked\n" not in output.replace("its 3 rows are unchecked\n", "")  # not taken for an old commit
+
+
+def test_a_catalog_upgraded_mid_history_checks_only_the_commits_after_the_upgrade(tmp_path):
+    data, expected = edited_kb(tmp_path / "kb")
+    sql(data, "drop table delta_sums")  # commits 2-4 written before checksums
+    sql(data, "delete from meta where key='delta_sums_from'")
+    with KnowledgeBase(StoreConfig(data_dir=data)) as kb:  # the upgrade: from commit 5 on, records are certain
+        kb.edit("stem", [RowOp("set", token="Berlin", vector=np.ones(8))])
+        expected = np.concatenate([expected, kb.lookup("stem", np.arange(64), version=5).in_request_order()[None]])
+    sql(data, "delete from delta_sums where commit_id=5")
+    served_rows(data, expected, {(5, WORDS.index("Berlin"))})
+    problems = fsck(data).problems
+    assert problems == ["delta: table 'stem' commit 5: its delta_sums record is missing (deleted); its 3 rows are unchecked"]
 
 
 def test_gc_drops_the_checksums_of_the_rows_it_deletes_and_fsck_stays_clean(tmp_path):

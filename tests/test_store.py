@@ -10,6 +10,7 @@ from memsvc.core.dtypes import to_float32, to_storage
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange, ResourceExhausted
 from memsvc.core.values import RowOp
 from memsvc.store import KnowledgeBase, StoreConfig
+from memsvc.store.checksums import row_sums
 from tests.conftest import ROOT, WORDS, small_bank
 
 BANK = small_bank()
@@ -235,8 +236,10 @@ def test_a_crash_mid_commit_leaves_the_previous_head_intact(kb, point):
 
 
 def test_a_commit_whose_publish_fails_is_still_read_and_the_next_commit_works(kb):
-    def write(conn, version):
-        conn.execute("insert into deltas values (?,?,?,?,?)", ["stem", 2, 0, version, np.full(8, 4.0, np.float32).tobytes()])
+    def write(conn, version):  # a commit that writes delta rows writes their checksums (checksums.py)
+        row = np.full(8, 4.0, np.float32)
+        conn.execute("insert into deltas values (?,?,?,?,?)", ["stem", 2, 0, version, row.tobytes()])
+        conn.execute("insert into delta_sums values (?,?,?)", ["stem", version, row_sums([2], [0], [row])])
 
     def publish(version):
         raise MemoryError("simulated failure while mirroring the commit")

@@ -26,9 +26,13 @@ from memsvc.cli.options import data_option
                    "from it, then apply its commits as they land; writes are refused, naming PRIMARY.")
 @click.option("--min-version-wait", type=float, default=5.0, show_default=True,
               help="With --follow: how long a read naming a min_version this replica lacks waits (then UNAVAILABLE).")
+@click.option("--max-streams", type=click.IntRange(1), default=16, show_default=True,
+              help="LookupStream/SearchStream calls open at once (beyond: RESOURCE_EXHAUSTED; below the 32 workers).")
+@click.option("--stream-idle-seconds", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="End a stream that sends no message for this long (UNAVAILABLE).")
 @click.pass_context
 def serve(ctx, data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls_key, metrics_port, drain_seconds,
-          build_niceness, follow, min_version_wait):
+          build_niceness, follow, min_version_wait, max_streams, stream_idle_seconds):
     """Serve a knowledge base over gRPC (health checking and reflection included).
 
     On first run an empty --data is seeded with the demo model's knowledge base. Beyond
@@ -57,4 +61,5 @@ def serve(ctx, data, host, port, no_seed, api_keys_file, insecure, tls_cert, tls
                      insecure=insecure, tls_cert=tls_cert, tls_key=tls_key, metrics_port=metrics_port,
                      drain_seconds=drain_seconds, build_niceness=build_niceness, follow=follow,
                      min_version_wait=min_version_wait, follow_api_key=(ctx.obj or {}).get("api_key"),
-                     follow_tls_ca=(ctx.obj or {}).get("tls_ca")))
+                     follow_tls_ca=(ctx.obj or {}).get("tls_ca"), max_streams=max_streams,
+                     stream_idle_seconds=stream_idle_seconds))

@@ -114,12 +114,14 @@ class MosaicGroup:
 
     def __init__(self, t, layer, head):
         self.pairs = t.group(layer, head)  # OutOfRange names `layer` or `head`
+        self.check_intact = lambda version: t.check_intact(layer, head, version)  # a damaged pair: never searched
         self.dim, self.where = t.key_dim, where_of(t.name, layer, head)
         self.cache_key = (t.name, t.created_in, int(layer), int(head))
         self._by_id = {}  # version -> (sorted pair ids alive there, their slots)
 
     def _alive_at(self, version):
         if version not in self._by_id:
+            self.check_intact(version)
             slots = np.flatnonzero(self.pairs.alive(version))
             order = np.argsort(self.pairs.ids[slots], kind="stable")
             self._by_id[version] = self.pairs.ids[slots][order], slots[order]

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from memsvc.core.dtypes import storage_dtype, to_float32
 from memsvc.core.errors import FailedPrecondition, InvalidArgument
-from memsvc.store.checksums import check_commit, token_sums
+from memsvc.store.checksums import MISSING, check_commit, check_commits, delta_sums, pair_sum, summed_from, token_sums
 
 FORMAT = "memsvc-backup/1"
 CATALOG = "catalog.db"
@@ -58,6 +58,7 @@ class FsckReport:
     versions_checked: int = 0
     bases_checked: int = 0
     deltas_checked: int = 0
+    pairs_checked: int = 0
 
     @property
     def ok(self) -> bool:
@@ -293,6 +294,8 @@ def _check_files(root, db, report, progress):
         report.bases_checked += 1
     for tbl, (dtype, dim, _) in tables.items():
         _check_deltas(db, tbl, dtype, dim, report)
+    for (tbl,) in db.execute("select name from mosaic_tables").fetchall():
+        _check_pairs(db, tbl, report)
     for p in sorted((root / "bases").rglob("*")) if (root / "bases").exists() else []:
         if p.is_file() and p.relative_to(root).as_posix() not in named:
             report.notes.append(f"{p.relative_to(root)} is named by no commit (left by an interrupted write; gc-safe to delete)")
@@ -303,11 +306,12 @@ def _check_deltas(db, tbl, dtype, dim, report):
     checksums recorded with it (changed, deleted and added rows)."""
     size = dim * storage_dtype(dtype).itemsize
     sums = dict(db.execute("select commit_id, rows from delta_sums where tbl=?", [tbl]).fetchall())
+    since = summed_from(db.execute, "delta_sums")
     unchecked, batch, commit = set(), [], None
     cur = db.execute("select token_id, layer, commit_id, data from deltas where tbl=? order by commit_id", [tbl])
     for token, layer, c, data in itertools.chain(cur, [(None, None, None, None)]):
         if c != commit and commit is not None:
-            _check_delta_sums(tbl, commit, batch, sums.pop(commit, None), unchecked, report)
+            _check_delta_sums(tbl, commit, batch, sums.pop(commit, None), since, unchecked, report)
             batch = []
         commit = c
         if c is None:
@@ -317,19 +321,45 @@ def _check_deltas(db, tbl, dtype, dim, report):
         if len(data) != size or not np.isfinite(to_float32(np.frombuffer(data, storage_dtype(dtype)), dtype)).all():
             report.problems.append(f"delta: table {tbl!r} token {token} layer {layer} commit {c} is not {dim} finite {dtype}")
     for c, record in sorted(sums.items()):  # commits none of whose rows are left
-        _check_delta_sums(tbl, c, [], record, unchecked, report)
+        _check_delta_sums(tbl, c, [], record, since, unchecked, report)
     if unchecked:
         report.notes.append(f"delta: table {tbl!r}: the rows of {len(unchecked)} commits (first {min(unchecked)}) "
                             f"have no checksums (written before checksums): unchecked")
 
 
-def _check_delta_sums(tbl, commit, rows, record, unchecked, report):
+def _check_delta_sums(tbl, commit, rows, record, since, unchecked, report):
+    if record is None and rows and commit >= since:
+        report.problems.append(f"delta: table {tbl!r} commit {commit}: its delta_sums record is missing "
+                               f"(deleted); its {len(rows)} rows are unchecked")
+    elif record is None and rows:
+        unchecked.add(commit)
     if record is None:
-        if rows:
-            unchecked.add(commit)
         return
-    for (token, layer), why in sorted(check_commit(record, rows).items()):
+    for (token, layer), why in sorted(check_commit(record, delta_sums(rows)).items()):
         report.problems.append(f"delta: table {tbl!r} token {token} layer {layer} commit {commit} {why}")
+
+
+def _check_pairs(db, tbl, report):
+    """Every pair of a mosaic store against the pair_sums record of the commit that wrote it,
+    one commit's checksums in memory at a time."""
+    since = summed_from(db.execute, "pair_sums")
+    records = dict(db.execute("select commit_id, pairs from pair_sums where tbl=?", [tbl]).fetchall())
+    cur = db.execute("select added_in, layer, head, pair_id, label, key, value from mosaic_pairs where tbl=? "
+                     "order by added_in, rowid", [tbl])
+    sums = ((a, layer, head, i, pair_sum(label, k, v)) for a, layer, head, i, label, k, v in cur)
+    for commit, bad in sorted(check_commits(sums, records, since, "pair_sums", 4).items()):
+        if MISSING.format("pair_sums") in bad.values():
+            report.problems.append(f"pair: mosaic store {tbl!r} commit {commit}: its pair_sums record is missing "
+                                   f"(deleted); its {len(bad)} pairs are unchecked")
+            continue
+        report.problems += [f"pair: mosaic store {tbl!r} layer {layer} head {head} pair {i} commit {commit} {why}"
+                            for (layer, head, i), why in sorted(bad.items())]
+    report.pairs_checked += db.execute("select count(*) from mosaic_pairs where tbl=?", [tbl]).fetchone()[0]
+    unchecked = db.execute("select count(distinct added_in), min(added_in) from mosaic_pairs where tbl=? and added_in<? "
+                           "and added_in not in (select commit_id from pair_sums where tbl=?)", [tbl, since, tbl]).fetchone()
+    if unchecked[0]:
+        report.notes.append(f"pair: mosaic store {tbl!r}: the pairs of {unchecked[0]} commits (first {unchecked[1]}) "
+                            f"have no checksums (written before checksums): unchecked")
 
 
 def _check_base_rows(db, tbl, version, rel, base, dtype, report, progress):

@@ -18,7 +18,7 @@ from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, No
 from memsvc.core.values import CommitResult, LookupResult, RowChange, RowWrites, TableInfo
 from memsvc.store import bank_table
 from memsvc.store.bank_table import TableState, map_for_lookups
-from memsvc.store.checksums import check_commit, create_tables, row_sums, token_sums
+from memsvc.store.checksums import MISSING, check_commit, create_tables, delta_sums, row_sums, summed_from, token_sums
 from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
 from memsvc.store.delta_rows import UNCHECKED, DeltaReader, load_history
 
@@ -45,6 +45,7 @@ class BankTables:
         db["folds"].create({"tbl": str, "version": int, "pairs": bytes}, pk=("tbl", "version"), if_not_exists=True)
         create_tables(db)  # delta_sums, base_sums (a catalog from before checksums gains them empty)
         self.reader = DeltaReader(log, limits.delta_cache_bytes)
+        self.sums_from = summed_from(log.query, "delta_sums")  # from this commit on, a missing record is damage
         self.tables = {}
         for r in db["tables"].rows:
             self.tables[r["name"]] = self.load_table(r)
@@ -68,7 +69,7 @@ class BankTables:
                          if t.name in json.loads(tables)]
         for version, pairs in log.query("select version, pairs from folds where tbl=?", [t.name]).fetchall():
             t.folds[version] = np.frombuffer(pairs, np.int64).reshape(-1, 2)
-        load_history(t, log)
+        load_history(t, log, self.sums_from)
         model = log.query("select model_layers, tokenizer_kind, tokenizer from table_models where tbl=?", [t.name]).fetchone()
         if model is not None:
             t.model_layers, t.tokenizer = json.loads(model[0]), (model[1], model[2] or b"")
@@ -453,14 +454,19 @@ def _base_rows(t, ids):
 
 
 
-def replay_commit(table, commit, batch, dt, record):
+def replay_commit(table, commit, batch, dt, record, sums_from):
     """A read replica's copy of one commit's delta rows (``batch``: [(token, layer, row bytes)])
     noted as the primary's commit_rows noted them, each checked against the commit's delta_sums
-    ``record`` (None: a commit from before checksums): a row that fails is marked damaged, never served."""
+    ``record`` (None: lost, or a commit from before checksums, before ``sums_from``): a row that
+    fails is marked damaged, never served."""
     if not batch:
         return
     crc_of = {} if record is None else {(t, layer): crc for t, layer, crc in np.frombuffer(record, np.int64).reshape(-1, 3).tolist()}
-    for (t, layer), why in ({} if record is None else check_commit(record, batch)).items():
+    if record is not None:
+        bad = check_commit(record, delta_sums(batch))
+    else:  # a commit from sums_from on always has its record: a lost one is damage
+        bad = {(t, layer): MISSING.format("delta_sums") for t, layer, _ in batch} if commit >= sums_from else {}
+    for (t, layer), why in bad.items():
         table.damaged[t, layer, commit] = why
     ids, layers, data = zip(*batch)
     table.record(commit, np.array(ids, np.int64), np.array(layers, np.int64),

@@ -4,24 +4,47 @@ truth. Catalog tables:
 
 - ``delta_sums(tbl, commit_id, rows)``: per (table, commit), every row it wrote as int64 triples
   (token, layer, crc32 of the row's bytes). A changed, deleted or added row of the commit shows.
+- ``pair_sums(tbl, commit_id, pairs)``: per (mosaic store, commit), every pair it wrote as int64
+  quads (layer, head, pair id, crc32 of its label, key and value bytes), the same way.
 - ``base_sums(tbl, version, sums)``: crc32 of each token's rows (L, d) in a base file, uint32 by
   token id. The server checks a base row the first time it reads it since the KB opened
   (TableState.gather, rows_in_range), so a cold start reads no base and a damaged row is never
   served; fsck checks every row. (Per token, not per 64 MB: checking a 64 MB chunk on first
   touch would read it whole for one row; a token's crc32 costs 32 us per 80 KB STEM-1B row.)
 
-Both are written in the transaction that names the rows or the base. Commits and bases from
-before checksums have no record: they are unchecked, and fsck says so.
+Each is written in the transaction that names the rows, pairs or base. Commits and bases from
+before checksums have no record: they are unchecked, and fsck says so. The catalog's meta
+``<table>_from`` (``summed_from``) tells them apart from a record that was deleted: from that
+commit on, every row-writing commit has its record, so a missing one is damage.
 """
 import functools
+import itertools
 import zlib
 
 import numpy as np
 
+NEVER = 2**62  # no marker (a catalog this code never opened): every record counts as optional
+MISSING = "has no checksum: its commit's {} record is missing"
+
 
 def create_tables(db):
+    """The checksum tables, and the marker of each per-commit one: the first commit whose record
+    is certain (1 for a new catalog; an existing table's first record; else the next commit)."""
+    existing = set(db.table_names())
+    head = db.execute("select coalesce(max(id), 0) from commits").fetchone()[0]
     db["delta_sums"].create({"tbl": str, "commit_id": int, "rows": bytes}, pk=("tbl", "commit_id"), if_not_exists=True)
+    db["pair_sums"].create({"tbl": str, "commit_id": int, "pairs": bytes}, pk=("tbl", "commit_id"), if_not_exists=True)
     db["base_sums"].create({"tbl": str, "version": int, "sums": bytes}, pk=("tbl", "version"), if_not_exists=True)
+    for table in ("delta_sums", "pair_sums"):
+        if not db.execute("select 1 from meta where key=?", [f"{table}_from"]).fetchone():
+            first = db.execute(f"select min(commit_id) from {table}").fetchone()[0] if table in existing else None
+            db.execute("insert into meta values (?, ?)", [f"{table}_from", str(first or head + 1)])
+
+
+def summed_from(query, table) -> int:
+    """The first commit whose ``table`` record is certain (``query``: an execute of the catalog)."""
+    row = query("select value from meta where key=?", [f"{table}_from"]).fetchone()
+    return int(row[0]) if row else NEVER
 
 
 def row_sums(token_ids, layers, stored) -> bytes:
@@ -30,24 +53,67 @@ def row_sums(token_ids, layers, stored) -> bytes:
     return np.array([token_ids, layers, crcs], dtype=np.int64).T.tobytes()
 
 
-def check_commit(record, rows) -> dict:
-    """Compare a commit's rows [(token, layer, bytes)] with its delta_sums record: {(token, layer):
+def delta_sums(rows) -> list:
+    """(token, layer, crc32) of delta rows [(token, layer, bytes)], as check_commit takes them."""
+    return [(t, layer, zlib.crc32(data)) for t, layer, data in rows]
+
+
+def pair_sum(label: str, key: bytes, value: bytes) -> int:
+    return zlib.crc32(value, zlib.crc32(key, zlib.crc32(label.encode("utf-8", "surrogatepass"))))
+
+
+def pair_record(pairs) -> bytes:
+    """The pair_sums record of a commit's pairs [(layer, head, id, label, key bytes, value bytes)]."""
+    quads = [(layer, head, i, pair_sum(label, k, v)) for layer, head, i, label, k, v in pairs]
+    return np.array(quads, dtype=np.int64).reshape(-1, 4).tobytes()
+
+
+def check_commit(record, sums, width=3) -> dict:
+    """Compare a commit's rows, as (key..., crc32) tuples of ``width``, with its record: {key:
     what is wrong}, empty when they match."""
-    triples = np.frombuffer(record, np.int64).reshape(-1, 3)
-    actual = np.array([(t, layer, zlib.crc32(data)) for t, layer, data in rows], dtype=np.int64).reshape(-1, 3)
-    if np.array_equal(actual, triples):  # the usual case: SQLite returns a commit's rows in the order written
+    listed = np.frombuffer(record, np.int64).reshape(-1, width)
+    actual = np.array(sums, dtype=np.int64).reshape(-1, width)
+    if np.array_equal(actual, listed):  # the usual case: SQLite returns a commit's rows in the order written
         return {}
-    expected = {(t, layer): crc for t, layer, crc in triples.tolist()}
+    expected = {tuple(r[:-1]): r[-1] for r in listed.tolist()}
     damaged = {}
-    for token, layer, data in rows:
-        crc = expected.pop((token, layer), None)
-        if crc is None:
-            damaged[(token, layer)] = "is not listed in its commit's checksums (added)"
-        elif zlib.crc32(data) != crc:
-            damaged[(token, layer)] = "does not match its checksum"
+    for *key, crc in sums:
+        want = expected.pop(tuple(key), None)
+        if want is None:
+            damaged[tuple(key)] = "is not listed in its commit's checksums (added)"
+        elif crc != want:
+            damaged[tuple(key)] = "does not match its checksum"
     for key in expected:
         damaged[key] = "is missing (deleted)"
     return damaged
+
+
+def check_commits(rows, records, since, table, width) -> dict:
+    """Every commit's rows against its record: ``rows`` (commit, key..., crc32) ordered by commit,
+    ``records`` {commit: record}, ``since`` summed_from(table). Returns {commit: {key: why}} of the
+    damaged ones: a changed, added or deleted row, or a record missing from ``since`` on (every
+    row of the commit); a commit before ``since`` without a record is unchecked, not damaged."""
+    damaged, records = {}, dict(records)
+    for commit, group in itertools.groupby(rows, key=lambda r: r[0]):
+        sums = [r[1:] for r in group]
+        record = records.pop(commit, None)
+        if record is not None:
+            bad = check_commit(record, sums, width)
+        else:
+            bad = {tuple(s[:-1]): MISSING.format(table) for s in sums} if commit >= since else {}
+        if bad:
+            damaged[commit] = bad
+    for commit, record in records.items():  # commits none of whose rows are left
+        bad = check_commit(record, [], width)
+        if bad:
+            damaged[commit] = bad
+    return damaged
+
+
+def without(record, keys, width) -> bytes:
+    """A record less the rows whose keys are in ``keys`` (rows gc deleted)."""
+    listed = np.frombuffer(record, np.int64).reshape(-1, width)
+    return listed[np.array([tuple(r[:-1]) not in keys for r in listed.tolist()], bool).reshape(-1)].tobytes()
 
 
 def token_sums(rows) -> np.ndarray:

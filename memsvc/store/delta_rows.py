@@ -16,14 +16,16 @@ from collections import OrderedDict
 import numpy as np
 
 from memsvc.core.dtypes import storage_dtype
+from memsvc.store.checksums import MISSING, NEVER
 
 SQL_TOKENS = 500  # token ids per read of delta rows (SQLite's default limit is 32,766 parameters)
 UNCHECKED = -1  # crc of a key whose commit has no checksum record (written before checksums)
 
 
-def load_history(t, log):
+def load_history(t, log, sums_from=NEVER):
     """Fill TableState t's history with the keys and crc32s of its delta rows, marking keys that
-    are missing or not listed in their commit's checksums as damaged. Reads no row."""
+    are missing or not listed in their commit's checksums as damaged, and the rows of a commit
+    from ``sums_from`` on whose record is lost (checksums.summed_from). Reads no row."""
     keys = np.array(log.query("select commit_id, token_id, layer from deltas where tbl=?", [t.name]).fetchall(),
                     np.int64).reshape(-1, 3)
     sums = dict(log.query("select commit_id, rows from delta_sums where tbl=?", [t.name]).fetchall())
@@ -31,6 +33,8 @@ def load_history(t, log):
         np.column_stack([np.full(len(r), c, np.int64), r]) for c, r in
         ((c, np.frombuffer(rows, np.int64).reshape(-1, 3)) for c, rows in sums.items())])  # (commit, token, layer, crc)
     checked = np.isin(keys[:, 0], np.array(list(sums), np.int64))
+    for c, tok, layer in keys[~checked & (keys[:, 0] >= sums_from)].tolist():
+        t.damaged[tok, layer, c] = MISSING.format("delta_sums")
     entries = [np.column_stack([keys[~checked], np.full(int((~checked).sum()), UNCHECKED, np.int64)])]
     mine, theirs = _sorted(keys[checked]), _sorted(listed)
     if np.array_equal(mine, theirs[:, :3]):  # the usual case: every listed row is there, and no other

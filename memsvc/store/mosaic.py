@@ -32,6 +32,10 @@ Reads return (o, lse, n) (indexes/mosaic.py), so results of several stores merge
 
 Lifetime: gc deletes the pair rows that no retained version reads; indexes live in memory only
 and are rebuilt on first use after the KB is opened or gc'd.
+
+Checksums (checksums.py): each commit records its pairs in pair_sums; a pair that fails (a flipped
+byte, a deleted or added row, a lost record) makes every read of its group at a version where it
+lives FailedPrecondition naming store, layer and head (`MosaicTable.check_intact`), never a result.
 """
 import bisect
 import threading
@@ -45,9 +49,10 @@ from indexes.mosaic import kernel_regression, lsh_regression, topk_regression
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange, ResourceExhausted
 from memsvc.core.mosaic import BetaPolicy, LshParams, MosaicInfo, MosaicResult, PairsResult
 from memsvc.core.values import CommitResult, TableInfo
+from memsvc.store.checksums import check_commits, pair_record, pair_sum, summed_from, without
 from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
 from memsvc.store.mosaic_input import (MosaicLimits, check_lsh, check_matrix, check_pair_ids, check_policy,
-                                       check_query_work, hashed_cosines, resolve_beta, unit_keys)
+                                       check_query_work, check_shape, hashed_cosines, resolve_beta, unit_keys)
 
 MODES = ("exact", "topk", "lsh")
 TOPK_INDEX_KINDS = ("exact", "hnsw")  # ANN kinds that build without training queries
@@ -157,6 +162,7 @@ class MosaicTable:
     topk_index: str
     groups: dict = field(default_factory=dict)  # (layer, head) -> Pairs
     indexes: dict = field(default_factory=dict)  # (mode, layer, head, knobs...) -> FollowingIndex
+    damaged: dict = field(default_factory=dict)  # (layer, head) -> [(slot, or None when deleted, commit, why)]
     _index_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def group(self, layer, head) -> Pairs:
@@ -164,6 +170,28 @@ class MosaicTable:
             if not 0 <= value < size:
                 raise OutOfRange(f"{what}: {value} out of range [0, {size}) for mosaic store {self.name!r}")
         return self.groups[(layer, head)]
+
+    def mark_damaged(self, damaged: dict):
+        """Pairs that failed their checksums, {commit: {(layer, head, pair id): why}} (check_commits)."""
+        for commit, bad in damaged.items():
+            for (layer, head, pair_id), why in bad.items():
+                if (layer, head) in self.groups:
+                    p = self.groups[(layer, head)]
+                    slot = np.flatnonzero((p.ids == pair_id) & (p.added_in == commit))
+                    self.damaged.setdefault((layer, head), []).append(
+                        (int(slot[0]) if len(slot) else None, commit, f"pair {pair_id} written by commit {commit} {why}"))
+
+    def check_intact(self, layer, head, version=None, copied=()):
+        """FailedPrecondition when a damaged pair of the group lives at ``version`` or is ``copied``
+        (slots whose bytes a write carries over: a revert's, a replace's labels)."""
+        pairs = self.groups[(layer, head)]
+        for slot, commit, why in self.damaged.get((layer, head), ()):
+            lives = version is not None and (commit <= version if slot is None else
+                                             pairs.added_in[slot] <= version < pairs.removed_in[slot])
+            if lives or slot in copied:
+                raise FailedPrecondition(f"data: mosaic store {self.name!r} layer {layer} head {head}"
+                                         f"{'' if version is None else f' at version {version}'}: {why}; "
+                                         "restore the catalog from a backup")
 
     def following(self, key, make, values=False) -> FollowingIndex:
         """The cached index under `key`, created empty on first use (`FollowingIndex`)."""
@@ -176,11 +204,6 @@ class MosaicTable:
 
 
 # ---------------------------------------------------------------- the store
-
-# Bounds on a store's shape: every (layer, head) group is allocated at create.
-MAX_SHAPE = {"num_layers": 1024, "num_heads": 1024, "key_dim": 65536, "value_dim": 65536}
-MAX_GROUPS = 65536
-
 
 class MosaicStore:
     """Every mosaic store of one knowledge base: persisted in its catalog (tables mosaic_tables,
@@ -202,9 +225,11 @@ class MosaicStore:
                                   pk=("tbl", "layer", "head", "pair_id", "added_in"), if_not_exists=True)
 
     def _load(self):
+        since = summed_from(self.log.query, "pair_sums")
         for r in self.log.db["mosaic_tables"].rows:
             t = self.new_table(r["name"], r["num_layers"], r["num_heads"], r["key_dim"], r["value_dim"],
                                 r["created_in"], BetaPolicy(r["beta0"], r["beta1"], r["alpha"]), r["topk_index"])
+            sums = []  # (commit, layer, head, pair id, crc32) of every stored pair
             for (layer, head), pairs in t.groups.items():
                 rows = self.log.query("select pair_id, added_in, removed_in, label, key, value from mosaic_pairs "
                                       "where tbl=? and layer=? and head=? order by rowid", [t.name, layer, head]).fetchall()
@@ -214,6 +239,9 @@ class MosaicStore:
                         np.array(ids, np.int64), np.frombuffer(b"".join(keys), np.float32).reshape(len(rows), t.key_dim),
                         np.frombuffer(b"".join(values), np.float32).reshape(len(rows), t.value_dim), tuple(labels),
                         np.array(added, np.int64), np.array(removed, np.int64))
+                    sums += [(a, layer, head, i, pair_sum(label, k, v)) for i, a, _, label, k, v in rows]
+            records = self.log.query("select commit_id, pairs from pair_sums where tbl=?", [t.name]).fetchall()
+            t.mark_damaged(check_commits(sorted(sums, key=lambda s: s[0]), dict(records), since, "pair_sums", 4))
             self.tables[t.name] = t
 
     @staticmethod
@@ -256,7 +284,9 @@ class MosaicStore:
     def read_pairs(self, name, layer, head, version=None, tag=None) -> dict:
         """The live pairs of a group at a version: ids, keys (unit), values, labels (the export)."""
         v = self.log.resolve_version(version, tag)
-        pairs = self.table(name, v).group(layer, head)
+        t = self.table(name, v)
+        pairs = t.group(layer, head)
+        t.check_intact(layer, head, v)
         alive = np.flatnonzero(pairs.alive(v))
         return {"ids": pairs.ids[alive], "keys": pairs.keys[alive], "values": pairs.values[alive],
                 "labels": [pairs.labels[i] for i in alive], "version": v}
@@ -267,12 +297,7 @@ class MosaicStore:
                author="", message="") -> PairsResult:
         """An empty store (one commit)."""
         check_table_name(name)
-        for what, value in (("num_layers", num_layers), ("num_heads", num_heads), ("key_dim", key_dim),
-                            ("value_dim", value_dim)):
-            if not 1 <= value <= MAX_SHAPE[what]:
-                raise InvalidArgument(f"{what}: must be in [1, {MAX_SHAPE[what]}], got {value}")
-        if num_layers * num_heads > MAX_GROUPS:
-            raise InvalidArgument(f"num_heads: num_layers x num_heads must be <= {MAX_GROUPS}, got {num_layers * num_heads}")
+        check_shape(num_layers=num_layers, num_heads=num_heads, key_dim=key_dim, value_dim=value_dim)
         policy = check_policy(policy or BetaPolicy())
         if topk_index not in ("",) + TOPK_INDEX_KINDS:
             raise InvalidArgument(f"topk_index: {topk_index!r} is not one of {', '.join(TOPK_INDEX_KINDS)} (or empty)")
@@ -329,6 +354,8 @@ class MosaicStore:
             keys, values = unit_keys(keys, t.key_dim), check_matrix("values", values, t.value_dim, "value dim")
             if not len(ids) == len(keys) == len(values):
                 raise InvalidArgument(f"keys: {len(ids)} ids, {len(keys)} keys and {len(values)} values")
+            if labels is None:
+                t.check_intact(layer, head, copied=slots.tolist())
             labels = [pairs.labels[s] for s in slots] if labels is None else self._labels(labels, len(ids))
             change = GroupChange(layer, head, slots, ids, keys, values, labels)
             return self._commit(t, [change], "mosaic-replace", author, message or f"replace {len(ids)} pairs in {name}", ids)
@@ -349,6 +376,9 @@ class MosaicStore:
                 conn.executemany("insert into mosaic_pairs values (?,?,?,?,?,?,?,?,?)",
                                  [(t.name, c.layer, c.head, i, version, NEVER, label, k.tobytes(), val.tobytes())
                                   for i, label, k, val in zip(c.ids.tolist(), c.labels, c.keys, c.values)])
+            conn.execute("insert into pair_sums values (?,?,?)", [t.name, version, pair_record(
+                (c.layer, c.head, i, label, k.tobytes(), val.tobytes()) for c in changes
+                for i, label, k, val in zip(c.ids.tolist(), c.labels, c.keys, c.values))])
 
         def publish(version):
             for c in changes:
@@ -374,6 +404,7 @@ class MosaicStore:
                     raise FailedPrecondition(f"version: pairs of commit {version} in layer {layer} head {h} were changed "
                                              "again by a later commit; revert that one first")
                 if len(added) or len(removed):
+                    t.check_intact(layer, h, copied=removed.tolist())
                     changes.append(GroupChange(layer, h, added, pairs.ids[removed], pairs.keys[removed],
                                                pairs.values[removed], [pairs.labels[s] for s in removed]))
                     ids += pairs.ids[np.concatenate([added, removed])].tolist()
@@ -392,6 +423,12 @@ class MosaicStore:
                     if j == len(keep_versions) or keep_versions[j] >= r:
                         stale.append((t.name, layer, head, i, a))
         conn.executemany("delete from mosaic_pairs where tbl=? and layer=? and head=? and pair_id=? and added_in=?", stale)
+        gone = {}  # (store, commit) -> the (layer, head, id) of its pairs deleted here, dropped from its record
+        for name, layer, head, i, a in stale:
+            gone.setdefault((name, a), set()).add((layer, head, i))
+        for (name, a), keys in gone.items():
+            for (record,) in conn.execute("select pairs from pair_sums where tbl=? and commit_id=?", [name, a]).fetchall():
+                conn.execute("update pair_sums set pairs=? where tbl=? and commit_id=?", [without(record, keys, 4), name, a])
         return len(stale)
 
     # ---------------------------------------------------------------- reads
@@ -408,6 +445,7 @@ class MosaicStore:
         v = self.log.resolve_version(version, tag)
         t = self.table(name, v)
         pairs = t.group(layer, head)
+        t.check_intact(layer, head, v)
         queries = check_matrix("queries", queries, t.key_dim, "key dim")
         if mode == "topk" and k < 1:
             raise InvalidArgument(f"k: TOPK needs k >= 1, got {k}")

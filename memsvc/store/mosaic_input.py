@@ -7,6 +7,20 @@ import numpy as np
 from memsvc.core.errors import InvalidArgument, ResourceExhausted
 from memsvc.core.mosaic import BetaPolicy, LshParams
 
+# Bounds on a store's shape: every (layer, head) group is allocated at create.
+MAX_SHAPE = {"num_layers": 1024, "num_heads": 1024, "key_dim": 65536, "value_dim": 65536}
+MAX_GROUPS = 65536
+
+
+def check_shape(**shape):
+    """A new store's num_layers, num_heads, key_dim and value_dim, each within MAX_SHAPE."""
+    for what, value in shape.items():
+        if not 1 <= value <= MAX_SHAPE[what]:
+            raise InvalidArgument(f"{what}: must be in [1, {MAX_SHAPE[what]}], got {value}")
+    if shape["num_layers"] * shape["num_heads"] > MAX_GROUPS:
+        raise InvalidArgument(f"num_heads: num_layers x num_heads must be <= {MAX_GROUPS}, "
+                              f"got {shape['num_layers'] * shape['num_heads']}")
+
 
 def check_matrix(name, x, dim, what):
     """x as float32 (c, dim), c > 0, finite; errors name the field."""

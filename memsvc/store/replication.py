@@ -50,16 +50,18 @@ ROWS_OF = {
     "folds": f"{IN_COMMIT} and version = :v",
     "mosaic_tables": "created_in = :v",
     "mosaic_pairs": f"{IN_COMMIT} and (added_in = :v or removed_in = :v)",
+    "pair_sums": f"{IN_COMMIT} and commit_id = :v",
 }
 # The catalog tables each commit kind writes (a kind missing here sends every table: slower, exact).
 WRITES = {
     "import": ("tables", "table_models", "bases", "base_sums", "tokens"),
     "edit": ("deltas", "delta_sums"),
     "inject": ("tokens", "deltas", "delta_sums"),
-    "revert": ("tokens", "deltas", "delta_sums", "mosaic_pairs"),
+    "revert": ("tokens", "deltas", "delta_sums", "mosaic_pairs", "pair_sums"),
     "compact": ("bases", "base_sums", "folds"),
     "mosaic-create": ("mosaic_tables",),
-    "mosaic-add": ("mosaic_pairs",), "mosaic-remove": ("mosaic_pairs",), "mosaic-replace": ("mosaic_pairs",),
+    "mosaic-add": ("mosaic_pairs", "pair_sums"), "mosaic-remove": ("mosaic_pairs", "pair_sums"),
+    "mosaic-replace": ("mosaic_pairs", "pair_sums"),
 }
 
 
@@ -281,7 +283,7 @@ def _publish_banks(banks, v, commit, rows):
         deltas.setdefault(r["tbl"], []).append((r["token_id"], r["layer"], r["data"]))
     for name, batch in deltas.items():
         t = banks.tables[name]
-        replay_commit(t, v, batch, storage_dtype(t.dtype), sums.get(name))
+        replay_commit(t, v, batch, storage_dtype(t.dtype), sums.get(name), banks.sums_from)
 
 
 def _publish_mosaics(mosaic, v, rows):
