@@ -11,6 +11,8 @@ import grpc
 import numpy as np
 import pytest
 
+from bench.cluster import stamped_reads
+from bench.load import bad_reads
 from clients.client import MemoryClient
 from clients.mosaic import MosaicClient
 from memsvc.core.errors import FailedPrecondition, InvalidArgument
@@ -279,3 +281,17 @@ def test_read_ahead_raises_the_producers_error_and_stops_with_its_consumer():
     items.close()  # the consumer stops early: the producer thread ends instead of filling memory
     assert not any(t.name == "test-read-ahead" for t in threading.enumerate())
     assert len(produced) <= 4
+
+
+def test_no_torn_read_over_a_replica_during_edits(primary, tmp_path):
+    """bench/load.py's stamps over a replica: while the primary commits, each setting a group of
+    8 tokens to one stamp, readers on the replica never see a group mixing stamps, nor a stamp that
+    is not the one the version they were answered at holds."""
+    kb, address = primary
+    proc, replica = follow(tmp_path / "replica", address)
+    try:
+        reads = stamped_reads(address, replica, edits=60, dim=8, groups=4, readers=2, timeout=60)
+    finally:
+        stop_server(proc)
+    assert len(reads["edits"]) == 60 and len({v for v, *_ in reads["reads"]}) > 1  # reads spanned the edits
+    assert bad_reads(reads) == (0, 0)
