@@ -216,11 +216,21 @@ def stamped_reads(primary, replica, edits, dim, groups=8, group_size=8, readers=
     return out
 
 
-def lookup_rate(addresses, args) -> float:
-    """Lookups per second of args.clients processes x 4 threads, process p calling
-    addresses[p % len(addresses)] (bench/load.py's lookup-only clients)."""
+def cpu_seconds(pid) -> float:
+    """CPU time (user + system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lookup_rate(replicas, args) -> tuple:
+    """(lookups per second, cores the replica processes used) of args.clients processes x 4
+    threads, process p calling replicas[p % len(replicas)] ((process, address) pairs; bench/load.py's
+    lookup-only clients)."""
     config = LoadConfig(processes=args.clients, threads=4, vocab=args.tokens, layers=4, dim=args.dim)
-    return latency_table(run_phase(addresses, config, False, args.lookup_seconds), args.lookup_seconds)["Lookup"]["per_s"]
+    before = sum(cpu_seconds(proc.pid) for proc, _ in replicas)
+    phase = run_phase([address for _, address in replicas], config, False, args.lookup_seconds)
+    cores = (sum(cpu_seconds(proc.pid) for proc, _ in replicas) - before) / args.lookup_seconds
+    return latency_table(phase, args.lookup_seconds)["Lookup"]["per_s"], cores
 
 
 def main():
@@ -250,8 +260,8 @@ def main():
             lags = measure_lag(address, replica, args.edits, args.rate, args.dim)
             stamped = stamped_reads(address, replica, args.torn_edits, args.dim)
             torn, wrong = bad_reads(stamped)
-            one = lookup_rate([replica], args)
-            two = lookup_rate([r for _, r in replicas], args) if len(replicas) > 1 else float("nan")
+            one, one_cores = lookup_rate(replicas[:1], args)
+            two, two_cores = lookup_rate(replicas[:2], args) if len(replicas) > 1 else (float("nan"), float("nan"))
         finally:
             for proc, _ in replicas:
                 stop_server(proc)
@@ -264,15 +274,17 @@ def main():
               "lag_max_ms": round(float(lags.max()), 2), "torn_edits": args.torn_edits,
               "reads_checked": len(stamped["reads"]), "versions_read": len({r[0] for r in stamped["reads"]}), "torn_reads": torn,
               "wrong_version_reads": wrong, "lookups_per_s_1_replica": round(one, 1),
-              "lookups_per_s_2_replicas": round(two, 1), "two_over_one": round(two / one, 2), "cores": os.cpu_count()}
+              "lookups_per_s_2_replicas": round(two, 1), "two_over_one": round(two / one, 2),
+              "replica_cores_1": round(one_cores, 2), "replica_cores_2": round(two_cores, 2), "cores": os.cpu_count()}
     LOG.info("bank %.1f MiB, medians of %d: file copy %.3f s, socket copy %.3f s, bootstrap %.3f s (%.2fx the file copy, "
              "%.2fx the socket copy)", nbytes / 2**20, args.repeats, copy_s, socket_s, boot_s, boot_s / copy_s, boot_s / socket_s)
     LOG.info("lag at %g edits/s over %d edits: p50 %.2f ms, p99 %.2f ms", args.rate, args.edits,
              result["lag_p50_ms"], result["lag_p99_ms"])
     LOG.info("torn reads over a replica during %d edits: %d reads at %d versions, %d torn, %d of a wrong version",
              args.torn_edits, result["reads_checked"], result["versions_read"], torn, wrong)
-    LOG.info("lookups/s, %d client processes x 4 threads: 1 replica %.0f, 2 replicas %.0f (%.2fx) on %d cores",
-             args.clients, one, two, two / one, os.cpu_count())
+    LOG.info("lookups/s, %d client processes x 4 threads: 1 replica %.0f (it used %.2f cores), 2 replicas %.0f (%.2fx; "
+             "they used %.2f cores together) on a machine of %d cores", args.clients, one, one_cores, two, two / one,
+             two_cores, os.cpu_count())
     print(json.dumps(result))
 
 
