@@ -257,6 +257,9 @@ def test_receive_file_refuses_a_damaged_missing_or_repeated_piece(tmp_path):
         assert list((tmp_path / "bad" / "bases/stem").iterdir()) == []  # neither the file nor its .tmp
     with pytest.raises(InvalidArgument, match="outside the data directory"):
         receive_file(out, "../escape.npy", iter(pieces))
+    with pytest.raises(FailedPrecondition, match=f"v1.npy needs {1 << 60} bytes, more than .* can hold"):
+        receive_file(tmp_path / "bad", "bases/stem/v1.npy", iter([(1 << 60,) + pieces[0][1:]]))
+    assert list((tmp_path / "bad" / "bases/stem").iterdir()) == []
 
 
 def test_read_ahead_raises_the_producers_error_and_stops_with_its_consumer():

@@ -219,7 +219,7 @@ def receive_file(root, rel, pieces) -> int:
         try:
             for size, offset, data in read_ahead(checked(), name="memsvc-receive-file"):
                 if offset == 0 and size:
-                    os.posix_fallocate(fd, 0, size)
+                    reserve(fd, size, root, rel)
                 os.pwrite(fd, data, offset)
             os.fsync(fd)
         finally:
@@ -231,6 +231,15 @@ def receive_file(root, rel, pieces) -> int:
         tmp.unlink(missing_ok=True)
     fsync_dir(target.parent)
     return seen["size"]
+
+
+def reserve(fd, size, root, rel):
+    """Allocate a file's ``size`` bytes on disk before receiving them; FailedPrecondition when
+    the disk cannot hold them (not an OSError after a gigabyte has crossed the network)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        raise FailedPrecondition(f"data: {rel} needs {size} bytes, more than {root} can hold ({e.strerror})") from None
 
 
 def apply_commit(kb, version, batches):
