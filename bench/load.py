@@ -118,20 +118,26 @@ def client_process(address, config, mixed, seconds, proc_id, queue):
     time.sleep(seconds)
     stop.set()
     for t in threads:
-        t.join()
+        t.join(timeout=120)
     queue.put(out)
 
 
-def run_phase(address, config, mixed, seconds) -> dict:
-    """All client processes for ``seconds``; their observations merged."""
+def run_phase(addresses, config, mixed, seconds) -> dict:
+    """All client processes for ``seconds``, process p calling addresses[p % len(addresses)] (one
+    server, or replicas with the clients spread over them); their observations merged."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=client_process, args=(address, config, mixed, seconds, p, queue)) for p in range(config.processes)]
+    procs = [ctx.Process(target=client_process, args=(addresses[p % len(addresses)], config, mixed, seconds, p, queue))
+             for p in range(config.processes)]
     for p in procs:
         p.start()
-    outs = [queue.get() for _ in procs]
-    for p in procs:
-        p.join()
+    try:
+        outs = [queue.get(timeout=seconds + 300) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
     return {k: [x for o in outs for x in o[k]] for k in ("calls", "reads", "edits")}
 
 
@@ -170,8 +176,8 @@ def main():
         proc, address = spawn_server(Path(tmp) / "kb")
         try:
             make_mosaic(address, config)
-            baseline = latency_table(run_phase(address, config, False, config.baseline_seconds), config.baseline_seconds)
-            mixed_phase = run_phase(address, config, True, config.seconds)
+            baseline = latency_table(run_phase([address], config, False, config.baseline_seconds), config.baseline_seconds)
+            mixed_phase = run_phase([address], config, True, config.seconds)
         finally:
             proc.terminate()
             proc.wait(30)

@@ -11,13 +11,17 @@ import grpc
 import numpy as np
 import pytest
 
+from bench.cluster import stamped_reads
+from bench.load import bad_reads
 from clients.client import MemoryClient
 from clients.mosaic import MosaicClient
-from memsvc.core.errors import FailedPrecondition
+from memsvc.core.errors import FailedPrecondition, InvalidArgument
 from memsvc.core.values import RowOp
 from memsvc.server.main import ServerConfig, create_server
 from memsvc.server.spawn import spawn_server, stop_server
 from memsvc.store import KnowledgeBase, StoreConfig
+from memsvc.store.files import read_ahead
+from memsvc.store.replication import PIECE_BYTES, file_pieces, receive_file
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
 from memsvc.v1 import replication_pb2 as rpb
@@ -227,3 +231,70 @@ def test_primary_killed_replica_serves_then_catches_up(tmp_path):
         if replica_proc is not None:
             stop_server(replica_proc)
         stop_server(primary)
+
+
+def test_receive_file_refuses_a_damaged_missing_or_repeated_piece(tmp_path):
+    """What Bootstrap and Follow send of a file, damaged on the way, never lands under its name."""
+    body = np.random.default_rng(0).bytes(2 * PIECE_BYTES + 123)
+    (tmp_path / "v1.npy").write_bytes(body)
+    with open(tmp_path / "v1.npy", "rb") as f:
+        pieces = [(size, offset, data, crc) for _, _, size, offset, data, crc in file_pieces("bases/stem/v1.npy", f)]
+    assert [p[1] for p in pieces] == [0, PIECE_BYTES, 2 * PIECE_BYTES] and pieces[0][3] == pieces[1][3] == 0
+    out = tmp_path / "replica"
+    assert receive_file(out, "bases/stem/v1.npy", iter(pieces)) == len(body)
+    assert (out / "bases/stem/v1.npy").read_bytes() == body
+    flipped = bytearray(pieces[1][2])
+    flipped[77] ^= 1
+    broken = [
+        ("does not match its size and checksum", [pieces[0], pieces[1][:2] + (bytes(flipped), 0), pieces[2]]),
+        ("does not match its size and checksum", pieces[:2]),  # the stream ended before the last piece
+        (f"a piece at {2 * PIECE_BYTES}, expected {PIECE_BYTES}", [pieces[0], pieces[2]]),
+        (f"a piece at 0, expected {PIECE_BYTES}", [pieces[0], pieces[0], pieces[1], pieces[2]]),
+    ]
+    for why, sent in broken:
+        with pytest.raises(FailedPrecondition, match=why):
+            receive_file(tmp_path / "bad", "bases/stem/v1.npy", iter(sent))
+        assert list((tmp_path / "bad" / "bases/stem").iterdir()) == []  # neither the file nor its .tmp
+    with pytest.raises(InvalidArgument, match="outside the data directory"):
+        receive_file(out, "../escape.npy", iter(pieces))
+    with pytest.raises(FailedPrecondition, match=f"v1.npy needs {1 << 60} bytes, more than .* can hold"):
+        receive_file(tmp_path / "bad", "bases/stem/v1.npy", iter([(1 << 60,) + pieces[0][1:]]))
+    assert list((tmp_path / "bad" / "bases/stem").iterdir()) == []
+
+
+def test_read_ahead_raises_the_producers_error_and_stops_with_its_consumer():
+    def failing():
+        yield from (1, 2)
+        raise ValueError("disk gone")
+
+    got = []
+    with pytest.raises(ValueError, match="disk gone"):
+        for x in read_ahead(failing()):
+            got.append(x)
+    assert got == [1, 2]
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    items = read_ahead(endless(), depth=2, name="test-read-ahead")
+    assert next(items) == 0
+    items.close()  # the consumer stops early: the producer thread ends instead of filling memory
+    assert not any(t.name == "test-read-ahead" for t in threading.enumerate())
+    assert len(produced) <= 4
+
+
+def test_no_torn_read_over_a_replica_during_edits(primary, tmp_path):
+    """bench/load.py's stamps over a replica: while the primary commits, each setting a group of
+    8 tokens to one stamp, readers on the replica never see a group mixing stamps, nor a stamp that
+    is not the one the version they were answered at holds."""
+    kb, address = primary
+    proc, replica = follow(tmp_path / "replica", address)
+    try:
+        reads = stamped_reads(address, replica, edits=60, dim=8, groups=4, readers=2, timeout=60)
+    finally:
+        stop_server(proc)
+    assert len(reads["edits"]) == 60 and len({v for v, *_ in reads["reads"]}) > 1  # reads spanned the edits
+    assert bad_reads(reads) == (0, 0)

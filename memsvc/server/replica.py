@@ -74,7 +74,7 @@ class Follower:
                         boot.receive_file(msg.file.path, file_pieces_from_pb(msg, messages))
                     elif msg.commit:
                         boot.finish(msg.commit)
-                        print(f"memsvc: bootstrapped version {msg.commit} in {time.monotonic() - start:.1f} s", flush=True)
+                        print(f"memsvc: bootstrapped version {msg.commit} in {time.monotonic() - start:.3f} s", flush=True)
                         return
                 raise FailedPrecondition("bootstrap: the stream ended before its last message")
             except grpc.RpcError as e:

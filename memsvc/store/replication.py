@@ -14,13 +14,13 @@ version is its own catalog's head, written in the same transaction as the rows, 
 any crash; a crash before a commit's transaction leaves, at most, a base file no commit names
 (rewritten when the commit comes again).
 """
-import hashlib
 import json
 import os
 import shutil
 import sqlite3
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +28,10 @@ import numpy as np
 from memsvc.core.dtypes import storage_dtype
 from memsvc.core.errors import FailedPrecondition, InvalidArgument
 from memsvc.core.mosaic import BetaPolicy
-from memsvc.store.backup import CATALOG, consistent_snapshot, write_blocks
+from memsvc.store.backup import CATALOG, consistent_snapshot
 from memsvc.store.banks import replay_commit
 from memsvc.store.commit_log import crash_point
-from memsvc.store.files import fsync_dir, fsync_tree
+from memsvc.store.files import fsync_dir, fsync_tree, read_ahead
 
 PIECE_BYTES = 4 << 20  # a file piece or a batch of rows per message: far under gRPC's limits, ~10 ms to move
 MARKER = "replica.json"
@@ -68,16 +68,21 @@ WRITES = {
 # ---------------------------------------------------------------- the primary's side
 
 def file_pieces(rel, f):
-    """("file", path, size, offset, data, sha256) pieces of an open file; sha256 on the last one."""
-    size, offset, h = os.fstat(f.fileno()).st_size, 0, hashlib.sha256()
-    while True:
-        data = f.read(PIECE_BYTES)
-        h.update(data)
-        last = offset + len(data) >= size
-        yield ("file", rel, size, offset, data, h.hexdigest() if last else "")
-        offset += len(data)
-        if last or not data:
-            return
+    """("file", path, size, offset, data, crc32) pieces of an open file, the last one ending at
+    size and carrying the CRC-32 of the whole file (0 on the others). Read and checksummed a
+    piece ahead, in a thread, while gRPC sends the one before."""
+    def read():
+        size, offset, crc = os.fstat(f.fileno()).st_size, 0, 0
+        while True:
+            data = f.read(PIECE_BYTES)
+            crc = zlib.crc32(data, crc)
+            last = offset + len(data) >= size
+            yield ("file", rel, size, offset, data, crc if last else 0)
+            offset += len(data)
+            if last or not data:  # a file that shrank has no last piece: the receiver refuses it
+                return
+
+    yield from read_ahead(read(), name="memsvc-send-file")
 
 
 def bootstrap_pieces(root):
@@ -176,7 +181,7 @@ class Bootstrap:
         self.staging.mkdir(parents=True)
 
     def receive_file(self, rel, pieces) -> int:
-        """Write one file from its pieces ((offset, data, sha256) in order); returns its size."""
+        """Write one file from its pieces (receive_file); returns its size."""
         size = receive_file(self.staging, rel, pieces)
         crash_point("bootstrap:after-file")
         return size
@@ -191,32 +196,52 @@ class Bootstrap:
 
 
 def receive_file(root, rel, pieces) -> int:
-    """Write ``root/rel`` whole from its pieces ((offset, data, sha256) in order): to a temporary
-    sibling, checked against the sha256 of the last piece, then renamed. Returns its size."""
+    """Write ``root/rel`` whole from its pieces ((size, offset, data, crc32) in order, the last one
+    ending at size): to a temporary sibling (its size reserved at the first piece, so a full disk
+    fails before the transfer), checked against the size and CRC-32 of the last piece, fsynced,
+    then renamed. Returns the size. A thread pulls the pieces from the stream and checksums them
+    while this one writes (one thread doing both bounded a bootstrap)."""
     path = Path(rel)
     if not rel or path.is_absolute() or ".." in path.parts:
         raise InvalidArgument(f"file.path: {rel!r} is outside the data directory")
     target = Path(root) / path
     tmp = target.with_name(target.name + ".tmp")
-    told = {"offset": 0}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    seen = {"size": 0, "crc": 0}
 
-    def blocks():
-        for offset, data, sha in pieces:
-            if offset != told["offset"]:
-                raise FailedPrecondition(f"file: {rel}: a piece at {offset}, expected {told['offset']}")
-            told["offset"] += len(data)
-            told["sha256"] = sha
-            yield data
+    def checked():
+        for size, offset, data, told_crc in pieces:
+            if offset != seen["size"]:
+                raise FailedPrecondition(f"file: {rel}: a piece at {offset}, expected {seen['size']}")
+            seen["size"], seen["crc"], seen["told"] = offset + len(data), zlib.crc32(data, seen["crc"]), (size, told_crc)
+            yield size, offset, data
 
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        size, sha = write_blocks(blocks(), tmp)
-        if sha != told.get("sha256"):
-            raise FailedPrecondition(f"file: {rel} does not match its checksum")
+        try:
+            for size, offset, data in read_ahead(checked(), name="memsvc-receive-file"):
+                if offset == 0 and size:
+                    reserve(fd, size, root, rel)
+                os.pwrite(fd, data, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if seen.get("told") != (seen["size"], seen["crc"]):
+            raise FailedPrecondition(f"file: {rel} does not match its size and checksum")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(target.parent)
-    return size
+    return seen["size"]
+
+
+def reserve(fd, size, root, rel):
+    """Allocate a file's ``size`` bytes on disk before receiving them; FailedPrecondition when
+    the disk cannot hold them (not an OSError after a gigabyte has crossed the network)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        raise FailedPrecondition(f"data: {rel} needs {size} bytes, more than {root} can hold ({e.strerror})") from None
 
 
 def apply_commit(kb, version, batches):

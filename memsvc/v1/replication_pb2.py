@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from memsvc.v1 import knowledge_pb2 as memsvc_dot_v1_dot_knowledge__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmemsvc/v1/replication.proto\x12\tmemsvc.v1\x1a\x19memsvc/v1/knowledge.proto\"\x12\n\x10\x42ootstrapRequest\"?\n\rFollowRequest\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x04\x12\x18\n\x10\x66rom_commit_time\x18\x02 \x01(\x01\"\x16\n\x14ReplicaStatusRequest\"W\n\x0bReplicaFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"j\n\x0c\x43\x61talogValue\x12\x0e\n\x04null\x18\x01 \x01(\x08H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x12H\x00\x12\x0e\n\x04real\x18\x03 \x01(\x01H\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x0e\n\x04\x62lob\x18\x05 \x01(\x0cH\x00\x42\x07\n\x05value\"5\n\nCatalogRow\x12\'\n\x06values\x18\x01 \x03(\x0b\x32\x17.memsvc.v1.CatalogValue\"R\n\x0b\x43\x61talogRows\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t\x12#\n\x04rows\x18\x03 \x03(\x0b\x32\x15.memsvc.v1.CatalogRow\"\xf5\x01\n\x0eReplicaMessage\x12$\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x16.memsvc.v1.ReplicaFile\x12$\n\x04rows\x18\x02 \x01(\x0b\x32\x16.memsvc.v1.CatalogRows\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\x12\x14\n\x0chead_version\x18\x04 \x01(\x04\x12\x11\n\thead_time\x18\x05 \x01(\x01\x12\x31\n\x04tags\x18\x06 \x03(\x0b\x32#.memsvc.v1.ReplicaMessage.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xe7\x01\n\x12ReplicationService\x12\x45\n\tBootstrap\x12\x1b.memsvc.v1.BootstrapRequest\x1a\x19.memsvc.v1.ReplicaMessage0\x01\x12?\n\x06\x46ollow\x12\x18.memsvc.v1.FollowRequest\x1a\x19.memsvc.v1.ReplicaMessage0\x01\x12I\n\rReplicaStatus\x12\x1f.memsvc.v1.ReplicaStatusRequest\x1a\x17.memsvc.v1.ReplicaStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmemsvc/v1/replication.proto\x12\tmemsvc.v1\x1a\x19memsvc/v1/knowledge.proto\"\x12\n\x10\x42ootstrapRequest\"?\n\rFollowRequest\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x04\x12\x18\n\x10\x66rom_commit_time\x18\x02 \x01(\x01\"\x16\n\x14ReplicaStatusRequest\"d\n\x0bReplicaFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x06 \x01(\rJ\x04\x08\x05\x10\x06R\x06sha256\"j\n\x0c\x43\x61talogValue\x12\x0e\n\x04null\x18\x01 \x01(\x08H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x12H\x00\x12\x0e\n\x04real\x18\x03 \x01(\x01H\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x0e\n\x04\x62lob\x18\x05 \x01(\x0cH\x00\x42\x07\n\x05value\"5\n\nCatalogRow\x12\'\n\x06values\x18\x01 \x03(\x0b\x32\x17.memsvc.v1.CatalogValue\"R\n\x0b\x43\x61talogRows\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t\x12#\n\x04rows\x18\x03 \x03(\x0b\x32\x15.memsvc.v1.CatalogRow\"\xf5\x01\n\x0eReplicaMessage\x12$\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x16.memsvc.v1.ReplicaFile\x12$\n\x04rows\x18\x02 \x01(\x0b\x32\x16.memsvc.v1.CatalogRows\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\x12\x14\n\x0chead_version\x18\x04 \x01(\x04\x12\x11\n\thead_time\x18\x05 \x01(\x01\x12\x31\n\x04tags\x18\x06 \x03(\x0b\x32#.memsvc.v1.ReplicaMessage.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xe7\x01\n\x12ReplicationService\x12\x45\n\tBootstrap\x12\x1b.memsvc.v1.BootstrapRequest\x1a\x19.memsvc.v1.ReplicaMessage0\x01\x12?\n\x06\x46ollow\x12\x18.memsvc.v1.FollowRequest\x1a\x19.memsvc.v1.ReplicaMessage0\x01\x12I\n\rReplicaStatus\x12\x1f.memsvc.v1.ReplicaStatusRequest\x1a\x17.memsvc.v1.ReplicaStateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,17 +41,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICASTATUSREQUEST']._serialized_start=154
   _globals['_REPLICASTATUSREQUEST']._serialized_end=176
   _globals['_REPLICAFILE']._serialized_start=178
-  _globals['_REPLICAFILE']._serialized_end=265
-  _globals['_CATALOGVALUE']._serialized_start=267
-  _globals['_CATALOGVALUE']._serialized_end=373
-  _globals['_CATALOGROW']._serialized_start=375
-  _globals['_CATALOGROW']._serialized_end=428
-  _globals['_CATALOGROWS']._serialized_start=430
-  _globals['_CATALOGROWS']._serialized_end=512
-  _globals['_REPLICAMESSAGE']._serialized_start=515
-  _globals['_REPLICAMESSAGE']._serialized_end=760
-  _globals['_REPLICAMESSAGE_TAGSENTRY']._serialized_start=717
-  _globals['_REPLICAMESSAGE_TAGSENTRY']._serialized_end=760
-  _globals['_REPLICATIONSERVICE']._serialized_start=763
-  _globals['_REPLICATIONSERVICE']._serialized_end=994
+  _globals['_REPLICAFILE']._serialized_end=278
+  _globals['_CATALOGVALUE']._serialized_start=280
+  _globals['_CATALOGVALUE']._serialized_end=386
+  _globals['_CATALOGROW']._serialized_start=388
+  _globals['_CATALOGROW']._serialized_end=441
+  _globals['_CATALOGROWS']._serialized_start=443
+  _globals['_CATALOGROWS']._serialized_end=525
+  _globals['_REPLICAMESSAGE']._serialized_start=528
+  _globals['_REPLICAMESSAGE']._serialized_end=773
+  _globals['_REPLICAMESSAGE_TAGSENTRY']._serialized_start=730
+  _globals['_REPLICAMESSAGE_TAGSENTRY']._serialized_end=773
+  _globals['_REPLICATIONSERVICE']._serialized_start=776
+  _globals['_REPLICATIONSERVICE']._serialized_end=1007
 # @@protoc_insertion_point(module_scope)

@@ -24,18 +24,18 @@ class ReplicaStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaFile(_message.Message):
-    __slots__ = ("path", "size", "offset", "data", "sha256")
+    __slots__ = ("path", "size", "offset", "data", "crc32")
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
-    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
     path: str
     size: int
     offset: int
     data: bytes
-    sha256: str
-    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., sha256: _Optional[str] = ...) -> None: ...
+    crc32: int
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ...) -> None: ...
 
 class CatalogValue(_message.Message):
     __slots__ = ("null", "integer", "real", "text", "blob")

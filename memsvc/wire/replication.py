@@ -25,13 +25,13 @@ def value_from_pb(v: rpb.CatalogValue):
 
 
 def piece_to_pb(piece, head=0, head_time=0.0, tags=None) -> rpb.ReplicaMessage:
-    """A piece ("file", path, size, offset, data, sha256) / ("rows", table, columns, rows) /
+    """A piece ("file", path, size, offset, data, crc32) / ("rows", table, columns, rows) /
     ("commit", version) as a ReplicaMessage carrying the primary's head (and tags, when given)."""
     msg = rpb.ReplicaMessage(head_version=head, head_time=head_time, tags=tags or {})
     kind = piece[0]
     if kind == "file":
-        _, path, size, offset, data, sha = piece
-        msg.file.path, msg.file.size, msg.file.offset, msg.file.data, msg.file.sha256 = path, size, offset, data, sha
+        _, path, size, offset, data, crc = piece
+        msg.file.path, msg.file.size, msg.file.offset, msg.file.data, msg.file.crc32 = path, size, offset, data, crc
     elif kind == "rows":
         _, table, columns, rows = piece
         msg.rows.table = table
@@ -52,12 +52,13 @@ def rows_from_pb(rows: rpb.CatalogRows) -> tuple:
 
 
 def file_pieces_from_pb(first: rpb.ReplicaMessage, messages):
-    """(offset, data, sha256) of one file's pieces: ``first`` and the messages after it, up to
-    the piece that carries the sha256."""
+    """(size, offset, data, crc32) of one file's pieces: ``first`` and the messages after it, up
+    to the piece that ends at the file's size."""
     msg, path = first, first.file.path
     while True:
-        yield msg.file.offset, msg.file.data, msg.file.sha256
-        if msg.file.sha256:
+        data = msg.file.data
+        yield msg.file.size, msg.file.offset, data, msg.file.crc32
+        if msg.file.offset + len(data) >= msg.file.size:
             return
         msg = next(messages, None)
         if msg is None or not msg.HasField("file") or msg.file.path != path:
