@@ -276,6 +276,16 @@ def test_a_failing_reader_raises_its_own_error_and_commits_nothing(client, monke
     assert [t.name for t in client.list_tables()] == ["stem"]
 
 
+def test_a_temporary_file_left_by_an_import_killed_midway_is_removed_at_the_next_open(kb):
+    """A process SIGKILLed inside import_chunks leaves its .import-*.tmp (rows half written); the
+    next process to open the KB holds its lock, so no import of its own is running: it goes."""
+    left = kb.root / ".import-0123456789abcdef.tmp"
+    left.write_bytes(b"\x93NUMPY half a bank")
+    kb.close()
+    with KnowledgeBase(StoreConfig(data_dir=kb.root)) as again:
+        assert not left.exists() and again.version == 1
+
+
 def test_import_needs_a_write_key_and_export_a_read_key(tmp_path):
     assert required_role(f"{SERVICE}/ImportTable") == WRITE and required_role(f"{SERVICE}/ExportTable") == READ
     with KnowledgeBase(StoreConfig(data_dir=tmp_path / "kb", create=True)) as kb:

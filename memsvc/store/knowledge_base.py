@@ -71,6 +71,8 @@ class KnowledgeBase:
             self._lock_file.close()
             raise FailedPrecondition(f"data: {self.root} is open in another process (a running server? send the "
                                      "command to it with --server HOST:PORT or MEMSVC_SERVER=HOST:PORT, or stop it)")
+        for stale in self.root.glob(".import-*.tmp"):  # a process killed mid-import left it; none runs while we hold the lock
+            stale.unlink(missing_ok=True)
         try:
             self.commits = CommitLog(catalog, config.durable, reload=self._load)
             self._load()
