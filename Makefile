@@ -30,8 +30,10 @@ $(NODE_MODULES): tests/node/package.json tests/node/package-lock.json
 
 # Two workers, one a core: most tests wait on servers, pipes and disks, so the suite takes about
 # 80 s instead of 130 s on the 2-core machines; a test file stays whole in one worker (module fixtures).
+# A worker that dies (pytest-timeout ends a stuck test that way) ends the run at once: a replaced
+# worker was seen to leave the run waiting forever.
 test: $(STAMP) $(NODE_MODULES)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --max-worker-restart 0 tests
 
 # Regenerate the committed gRPC stubs from proto/ (tests/test_proto.py fails when they are stale).
 proto: $(STAMP)

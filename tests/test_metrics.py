@@ -134,8 +134,10 @@ def test_sigterm_drains_finishes_calls_and_closes_the_store(data):
         assert thread.is_alive()
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
     while health_status(address) != health_pb2.HealthCheckResponse.NOT_SERVING:
-        pass  # the drain window: NOT_SERVING is visible while calls are still answered
+        assert time.monotonic() < deadline, "the server did not report NOT_SERVING within 30 s of SIGTERM"
+        # the drain window: NOT_SERVING is visible while calls are still answered
     assert http_get(port, "/readyz")[0] == 503
     with MemoryClient(address) as c:
         seen = acked[-1]  # read before the lookup: the editor may ack more commits while it runs

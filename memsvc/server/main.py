@@ -207,13 +207,19 @@ def serve(config: ServerConfig, ready=None):
         print(f"memsvc: metrics and probes on http://{config.host}:{http_port}/metrics", flush=True)
     service = Service(config, metrics, state)
     LOG.info("memsvc serving %s on %s:%d (head version %d)", config.data_dir, config.host, service.port, service.kb.version)
+    # The handler only notes the signal, and the main thread looks every 0.2 s: Event.set() in a
+    # handler can deadlock on the Event's own lock, and a wait without a timeout may never see a
+    # signal that another thread took (a SIGTERM was lost this way under load). Installed before
+    # the line that says "serving", so a SIGTERM sent on seeing it drains too.
+    signalled = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _: signalled.append(signum))
     role = f", a read replica of {config.follow}" if service.follower else ""
     print(f"memsvc: serving {config.data_dir} on {config.host}:{service.port} (version {service.kb.version}{role})", flush=True)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: service.ended.set())
     if ready is not None:
         ready(service.port)
-    service.ended.wait()
+    while not signalled and not service.ended.wait(0.2):
+        pass
     service.stop()
     print("memsvc: stopped", flush=True)
     if service.stale:
