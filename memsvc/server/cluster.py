@@ -7,11 +7,12 @@ Each actor is a whole memsvc server in the actor's process, listening on its nod
 killing the process kills the server and nothing is left behind. Ray restarts a dead actor on
 the same node with the same arguments: a replica resumes from its applied version (or bootstraps
 again when its files are gone), the primary reopens its store. Every server listens on the port
-it first got (kept in ``<data>.port`` beside its data directory), so the replicas' link to a
-restarted primary and the workers' addresses stay valid. While the primary is down, replicas
-serve reads at their applied version and writes fail naming the primary. Actors are found by
-name (memsvc/wire/cluster.py)."""
+it first got in this `up` (kept in ``<data>.port`` beside its data directory), so the replicas'
+link to a restarted primary and the workers' addresses stay valid. While the primary is down,
+replicas serve reads at their applied version and writes fail naming the primary. Actors are
+found by name (memsvc/wire/cluster.py)."""
 import os
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,15 +24,18 @@ from memsvc.wire.cluster import NAMESPACE, PRIMARY, replica_name
 class ServiceActor:
     """One memsvc server inside a Ray actor (wrapped by ray.remote in ``up``)."""
 
-    def __init__(self, config: ServerConfig):
+    def __init__(self, config: ServerConfig, run: str):
+        """``run``: the id of the `up` that made this actor. A restart of it (same run) listens on
+        the port it first got; a later `up` starts afresh on its own ``config.port``."""
         import ray
 
         self.node_id = ray.get_runtime_context().get_node_id()
         port_file = port_file_of(config.data_dir)
-        port = int(port_file.read_text()) if port_file.exists() else config.port
+        first = port_file.read_text().split() if port_file.exists() else []
+        port = int(first[1]) if first[:1] == [run] else config.port
         self.config = replace(config, host=ray.util.get_node_ip_address(), port=port)
         self.service = Service(self.config)
-        port_file.write_text(str(self.service.port))
+        port_file.write_text(f"{run} {self.service.port}")
 
     def address(self) -> str:
         return f"{self.config.host}:{self.service.port}"
@@ -63,10 +67,12 @@ def up(data_dir, replica_data=None, port: int = 50051, **config) -> list:
     replica_root = Path(replica_data or f"{Path(data_dir).resolve()}-replicas").resolve()
     remote = ray.remote(ServiceActor)
 
+    run = uuid.uuid4().hex
+
     def start(name, node, server_config):
         placement = NodeAffinitySchedulingStrategy(node, soft=False)  # a restart stays with its files
         return remote.options(name=name, namespace=NAMESPACE, lifetime="detached", num_cpus=0, max_restarts=-1,
-                              max_task_retries=-1, scheduling_strategy=placement).remote(server_config)
+                              max_task_retries=-1, scheduling_strategy=placement).remote(server_config, run)
 
     primary = start(PRIMARY, here, ServerConfig(data_dir=Path(data_dir).resolve(), port=port, **config))
     primary_address = ray.get(primary.address.remote())
