@@ -20,19 +20,22 @@ check from another client answer. The server runs with --max-streams 4 --stream-
 The baseline is the same request stream's share of each status code; the figures that must be 0
 are `bad_status` and `changed_by_rejected`.
 Run: .venv/bin/python bench/fuzz.py --per-rpc 10000   (every RPC 10,000 times, then the limit
-cases and stream rounds; --requests N spreads N over all RPCs; --only ImportTable,ExportTable)
+cases and stream rounds; --requests N spreads N over all RPCs; --only ImportTable,ExportTable).
+Every --fresh-every requests (2,000) go to a fresh server on a fresh copy of the fuzz KB, each
+round with its own hypothesis seed; a line per round says how it went.
 Test: tests/test_fuzz.py runs ~200 examples, ~10 of each limit case and 2 stream rounds.
 """
 import argparse
 import collections
 import contextlib
 import importlib
-import queue
-import threading
 import json
 import logging
 import pkgutil
+import queue
+import shutil
 import sys
+import threading
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +43,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.descriptor import FieldDescriptor as F
 from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
@@ -220,9 +224,7 @@ class FuzzTarget:
     """A live server seen through raw-bytes calls; keeps the status-code histogram."""
 
     def __init__(self, address, timeout=30.0):
-        self.address = address
-        self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 256 << 20),
-                                                               ("grpc.max_receive_message_length", 256 << 20)])
+        self.connect(address)
         self.timeout = timeout
         self.methods = rpc_methods()
         self.kinds = method_kinds()
@@ -231,6 +233,12 @@ class FuzzTarget:
         self.per_method = collections.Counter()  # requests sent to each RPC
         self.bad = []  # (method, code, details) answered with an unexpected code
         self.changed = []  # (method, code) rejected writes that changed a listing
+
+    def connect(self, address):
+        """Send from now on to the server at ``address`` (the counts go on)."""
+        self.address = address
+        self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 256 << 20),
+                                                               ("grpc.max_receive_message_length", 256 << 20)])
 
     def raw(self, method, data):
         """(status code, details) of one call with serialized ``data`` (a list of them: the
@@ -278,23 +286,24 @@ class FuzzTarget:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def survey(n, strategy, each):
-    """``each`` of ``n`` examples of ``strategy`` (no shrinking: this is a survey)."""
+def survey(n, strategy, each, seed=None):
+    """``each`` of ``n`` examples of ``strategy`` (no shrinking: this is a survey); the same
+    examples every run, a different series for each ``seed``."""
     if n < 1:
         return
 
-    @settings(max_examples=n, database=None, deadline=None, derandomize=True, phases=["generate"],
+    @settings(max_examples=n, database=None, deadline=None, derandomize=seed is None, phases=["generate"],
               suppress_health_check=list(HealthCheck))
     @given(strategy)
     def one(example):
         each(example)
 
-    one()
+    (one if seed is None else hypothesis_seed(seed)(one))()
 
 
-def fuzz(target: FuzzTarget, n: int, methods=None):
+def fuzz(target: FuzzTarget, n: int, methods=None, seed=None):
     """Send ``n`` hypothesis-generated requests to ``target``, to ``methods`` (default: all)."""
-    survey(n, requests(methods or target.methods, target.kinds), lambda request: target.send(*request))
+    survey(n, requests(methods or target.methods, target.kinds), lambda request: target.send(*request), seed)
 
 
 # ---------------------------------------------------------------- the limits
@@ -442,32 +451,64 @@ def fuzz_streams(target: FuzzTarget, rounds: int):
     survey(rounds, opened, lambda streams: stream_round(target, streams))
 
 
+@contextlib.contextmanager
+def fresh_server(kb, work, log=None):
+    """A server (process, address) on a copy of the fuzz KB ``kb``, removed after: what one
+    round of requests left behind (stores of up to 65,536 groups that every listing then carries)
+    never slows the next round."""
+    data = Path(tempfile.mkdtemp(dir=work)) / "kb"
+    shutil.copytree(kb, data)
+    proc, address = spawn_server(data, *SERVE_ARGS, log=log, memory_limit=MEMORY_LIMIT)
+    try:
+        yield proc, address
+    finally:
+        stop_server(proc, timeout=30)
+        shutil.rmtree(data.parent)
+
+
+def rounds_of(methods, per_rpc, total, fresh_every):
+    """(methods, requests) of each round: per_rpc to each RPC in turn, else total over all, in
+    rounds of at most fresh_every requests."""
+    plan = [([m], per_rpc) for m in methods] if per_rpc else [(methods, total)]
+    return [(ms, min(fresh_every, n - done)) for ms, n in plan for done in range(0, n, fresh_every)]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=10_000, help="Requests spread over every RPC at random.")
     parser.add_argument("--per-rpc", type=int, default=0, help="Instead: this many requests to each RPC in turn.")
+    parser.add_argument("--fresh-every", type=int, default=2_000, help="A fresh server on a fresh KB every N requests.")
     parser.add_argument("--limit-cases", type=int, default=None, help="Limit cases (default: --per-rpc or 500).")
     parser.add_argument("--stream-rounds", type=int, default=None, help="Stream rounds (default: 1 per 100 limit cases, 5 or more).")
-    parser.add_argument("--server-log", default=None, help="Write the server's log (tracebacks of INTERNAL) here.")
+    parser.add_argument("--server-log", default=None, help="Write the servers' logs (tracebacks of INTERNAL) here.")
     parser.add_argument("--only", default=None, help="Fuzz only these RPCs (comma-separated names, e.g. ImportTable,ExportTable).")
     args = parser.parse_args()
     limit_n = args.limit_cases if args.limit_cases is not None else (args.per_rpc or 500)
     rounds = args.stream_rounds if args.stream_rounds is not None else max(5, limit_n // 100)
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
-    seconds = {}
+    seconds, up = {}, True
     with tempfile.TemporaryDirectory() as tmp:
-        make_fuzz_kb(Path(tmp) / "kb")
-        proc, address = spawn_server(Path(tmp) / "kb", *SERVE_ARGS, log=args.server_log, memory_limit=MEMORY_LIMIT)
-        try:
-            target = FuzzTarget(address)
-            if args.only:
-                target.methods = [m for m in target.methods if m[0].rsplit("/", 1)[1] in args.only.split(",")]
-            start = time.perf_counter()
-            for methods in [[m] for m in target.methods] if args.per_rpc else [None]:
-                fuzz(target, args.per_rpc or args.requests, methods)
-            seconds["fuzz"] = time.perf_counter() - start
-            fuzzed, bad_fuzz = sum(target.histogram.values()), len(target.bad)
-            fewest = min(target.per_method[m] for m, _ in target.methods)
+        kb = Path(tmp) / "kb"
+        make_fuzz_kb(kb)
+        target = FuzzTarget("localhost:1")
+        if args.only:
+            target.methods = [m for m in target.methods if m[0].rsplit("/", 1)[1] in args.only.split(",")]
+        start = time.perf_counter()
+        for i, (methods, n) in enumerate(rounds_of(target.methods, args.per_rpc, args.requests, args.fresh_every)):
+            with fresh_server(kb, tmp, args.server_log) as (proc, address):
+                target.connect(address)
+                sent, bad = sum(target.histogram.values()), len(target.bad)
+                fuzz(target, n, methods, seed=i)
+                up = up and proc.poll() is None and target.serving()
+            name = methods[0][0].rsplit("/", 1)[1] if len(methods) == 1 else "every RPC"
+            print(f"round {i}: {sum(target.histogram.values()) - sent} requests to {name}, "
+                  f"{len(target.bad) - bad} unexpected, server {'up' if up else 'DOWN'}, "
+                  f"{time.perf_counter() - start:.0f} s in all", flush=True)
+        seconds["fuzz"] = time.perf_counter() - start
+        fuzzed, bad_fuzz = sum(target.histogram.values()), len(target.bad)
+        fewest = min(target.per_method[m] for m, _ in target.methods)
+        with fresh_server(kb, tmp, args.server_log) as (proc, address):
+            target.connect(address)
             start = time.perf_counter()
             fuzz_limits(target, limit_n)
             seconds["limits"] = time.perf_counter() - start
@@ -475,9 +516,7 @@ def main():
             start = time.perf_counter()
             fuzz_streams(target, rounds)
             seconds["streams"] = time.perf_counter() - start
-            up = proc.poll() is None and target.serving()
-        finally:
-            stop_server(proc, timeout=30)
+            up = up and proc.poll() is None and target.serving()
     total = sum(target.histogram.values())
     print(f"{fuzzed} fuzzed requests to {len(target.methods)} RPCs (at least {fewest} each) in {seconds['fuzz']:.0f} s, "
           f"{limits} limit cases in {seconds['limits']:.0f} s, {total - fuzzed - limits} streams in "
