@@ -13,12 +13,13 @@ imports, the exports (local and through the server) and the edits.
 Steps: import (.npy; with dtype conversion; from the exported .safetensors; through --server),
 export (local, --server), cold start with 0 and with --delta-tokens delta tokens (time, the server's
 anonymous memory and disk reads once serving, against the start with 0), lookups b=1/32/128 cold
-and warm, 1,000 single-token edits, LocalBank open and a b=32 read, compact, ChangedTokens across
+and warm, 1,000 single-token edits, LocalBank open and a b=32 read, fsck, backup and restore of
+the KB with every delta row (restore fscks the copy), compact, ChangedTokens across
 the compaction through a cold server (against comparing the candidates' rows in process, the way
 it was answered before checksums), gc, then LocalBank open with --localbank-tokens edited tokens
 (against the open with --delta-tokens; anonymous memory of the worker and the server).
 
-Run: .venv/bin/python bench/realscale.py [--scale 0.05] [--work /var/tmp/rs]   (full size: ~60 GB free)
+Run: .venv/bin/python bench/realscale.py [--scale 0.05] [--work /var/tmp/rs]   (full size: ~65 GB free)
 The last line is a JSON object of the headline figures.
 """
 import argparse
@@ -260,6 +261,12 @@ def main():
             stop_server(proc)
             watch.done = True
         results["server_peak_anon_gb"] = max(results["server_peak_anon_gb"], round(watch.peak / GIB, 3))
+        evict_bases(kb)  # fsck, backup and restore (itself an fsck of the copy) over every version and delta row
+        step(results, "fsck", [*MEMSVC, "fsck", "--data", str(kb)], read_once)
+        step(results, "backup", [*MEMSVC, "backup", "--data", str(kb), "--to", str(work / "kb.tar")], read_once)
+        step(results, "restore", [*MEMSVC, "restore", str(work / "kb.tar"), "--data", str(work / "restored")], read_once)
+        shutil.rmtree(work / "restored")
+        (work / "kb.tar").unlink()
 
         newest = max((kb / "bases").rglob("*.npy"), key=lambda f: f.stat().st_mtime)
         evict_bases(kb)  # the baseline the issue names: copying the bank file once (to disk, synced)

@@ -25,6 +25,7 @@ import sqlite3
 import tarfile
 import tempfile
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from memsvc.core.dtypes import storage_dtype, to_float32
 from memsvc.core.errors import FailedPrecondition, InvalidArgument
-from memsvc.store.checksums import MISSING, check_commit, check_commits, delta_sums, pair_sum, summed_from, token_sums
+from memsvc.store.checksums import MISSING, check_commit, check_commits, pair_sum, summed_from, token_sums
 
 FORMAT = "memsvc-backup/1"
 CATALOG = "catalog.db"
@@ -316,7 +317,7 @@ def _check_deltas(db, tbl, dtype, dim, report):
         commit = c
         if c is None:
             break
-        batch.append((token, layer, data))
+        batch.append((token, layer, zlib.crc32(data)))  # a commit's crcs in memory, not its rows
         report.deltas_checked += 1
         if len(data) != size or not np.isfinite(to_float32(np.frombuffer(data, storage_dtype(dtype)), dtype)).all():
             report.problems.append(f"delta: table {tbl!r} token {token} layer {layer} commit {c} is not {dim} finite {dtype}")
@@ -335,7 +336,7 @@ def _check_delta_sums(tbl, commit, rows, record, since, unchecked, report):
         unchecked.add(commit)
     if record is None:
         return
-    for (token, layer), why in sorted(check_commit(record, delta_sums(rows)).items()):
+    for (token, layer), why in sorted(check_commit(record, rows).items()):
         report.problems.append(f"delta: table {tbl!r} token {token} layer {layer} commit {commit} {why}")
 
 
@@ -405,8 +406,14 @@ def _check_derived(root, report):
 
 
 def _check_versions(kb, report, progress):
-    """Every retained version of every table: a base at or below it, a row for every live
-    token, and the real read path over its edited tokens and a sample of the others."""
+    """Every retained version of every table: a base at or below it, a row for every live token,
+    and the real read path over the tokens with delta rows and a sample of the others, a chunk of
+    rows at a time. Every delta row is read once: at the first version checked on each base, all
+    of them; at a later version, those of the tokens its own commit wrote (the other tokens read
+    the rows already read). 1,000 versions of a STEM-1B bank with 10,000 edited tokens read their
+    0.9 GB once, not 1,000 times."""
+    written = {name: _tokens_by_commit(t) for name, t in kb.banks.tables.items()}
+    checked_base = {}  # table -> the base version its delta rows were all read on
     for v in tqdm(kb.list_versions(), desc="fsck versions", unit="version", disable=not progress):
         for name, t in kb.banks.tables.items():
             if t.created_in > v:
@@ -420,13 +427,28 @@ def _check_versions(kb, report, progress):
             if uncovered:
                 report.problems.append(f"version {v}: table {name!r} token {uncovered[0]} has no row")
                 continue
-            edited = [i for i in alive[t.edited[alive]].tolist() if t.latest_writes(i, v, base_version)]
+            if checked_base.get(name) != base_version:
+                edited = [i for i in alive[t.edited[alive]].tolist() if t.latest_writes(i, v, base_version)]
+                checked_base[name] = base_version
+            else:
+                edited = np.intersect1d(written[name].get(v, []), alive).tolist()
             sample = alive[np.linspace(0, len(alive) - 1, min(len(alive), SAMPLE_TOKENS)).astype(int)].tolist()
             ids = np.array(sorted(set(edited + sample)), dtype=np.int64)
             try:
-                rows = kb.lookup(name, ids, version=v)
-                if not np.isfinite(to_float32(rows.rows, t.dtype)).all():
-                    report.problems.append(f"version {v}: table {name!r} reads NaN or Inf")
+                for start in range(0, len(ids), t.chunk_tokens()):
+                    rows = kb.lookup(name, ids[start:start + t.chunk_tokens()], version=v)
+                    if not np.isfinite(to_float32(rows.rows, t.dtype)).all():
+                        report.problems.append(f"version {v}: table {name!r} reads NaN or Inf")
+                        break
             except Exception as e:  # noqa: BLE001 - report every unreadable version, keep checking
                 report.problems.append(f"version {v}: table {name!r} does not read ({type(e).__name__}: {e})")
         report.versions_checked += 1
+
+
+def _tokens_by_commit(t) -> dict:
+    """{commit: [token ids it wrote delta rows of]} of a TableState."""
+    by_commit = {}
+    for token, (commits, _) in t.history.items():
+        for c in commits:
+            by_commit.setdefault(c, []).append(token)
+    return by_commit
