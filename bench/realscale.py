@@ -19,7 +19,7 @@ the compaction through a cold server (against comparing the candidates' rows in 
 it was answered before checksums), gc, then LocalBank open with --localbank-tokens edited tokens
 (against the open with --delta-tokens; anonymous memory of the worker and the server).
 
-Run: .venv/bin/python bench/realscale.py [--scale 0.05] [--work /var/tmp/rs]   (full size: ~65 GB free)
+Run: .venv/bin/python bench/realscale.py [--scale 0.05] [--work /var/tmp/rs]   (full size: ~70 GB free)
 The last line is a JSON object of the headline figures.
 """
 import argparse
@@ -242,8 +242,9 @@ def main():
             exported = np.load(work / "served.npy", mmap_mode="r")
             if not np.array_equal(exported[sample], source[sample]):
                 raise SystemExit("export --server: rows differ from the source bank")
-            del exported
+            del exported, source
             (work / "served.npy").unlink()
+            (work / "bank.npy").unlink()  # room for the backup and the restored copy (the KB now holds two banks)
         finally:
             stop_server(proc)
             watch.done = True

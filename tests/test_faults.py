@@ -152,3 +152,23 @@ def test_random_flips_in_the_catalogs_first_page_never_escape_as_anything_but_on
             refused += 1
         fsck(data)  # a report, whatever it says
     assert refused
+
+
+def test_backup_and_restore_on_a_full_disk_say_one_line_and_leave_nothing(tmp_path):
+    data = served_kb(tmp_path / "kb")
+    backup_file = tmp_path / "kb.tar"
+    assert CliRunner().invoke(cli, ["backup", "--data", str(data), "--to", str(backup_file)]).exit_code == 0
+    with tiny_disk(tmp_path / "fs", size=f"{backup_file.stat().st_size // 2}") as fs:
+        result = CliRunner().invoke(cli, ["restore", str(backup_file), "--data", str(fs / "restored")])
+        assert result.exit_code == 1 and result.exception.__class__ is SystemExit, result.output
+        errors = [line for line in result.output.splitlines() if "Error" in line]  # beside a progress bar
+        assert errors == [f"Error: data: no space left on the device of {fs / 'restored'} while restoring; nothing was restored"]
+        result = CliRunner().invoke(cli, ["backup", "--data", str(data), "--to", str(fs / "again.tar")])
+        assert result.exit_code == 1 and result.exception.__class__ is SystemExit, result.output
+        errors = [line for line in result.output.splitlines() if "Error" in line]
+        assert errors == [f"Error: to: no space left on the device of {fs / 'again.tar'}; nothing was written"]
+        filler = fill(fs)
+        result = CliRunner().invoke(cli, ["export", str(fs / "stem.npy"), "--table", "stem", "--data", str(data)])
+        assert result.exit_code == 1 and result.exception.__class__ is SystemExit, result.output
+        assert [line for line in result.output.splitlines() if "Error" in line] == ["Error: no space left on the device"]
+        assert list(fs.iterdir()) == [filler]  # no partial restore, backup or staging folder

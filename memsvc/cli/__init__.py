@@ -1,6 +1,8 @@
 """The `memsvc` command line: thin click commands over KnowledgeBase (local, `--data`) and
 MemoryClient (`--server HOST:PORT`). Both have the same methods, so a command is the same commit
 either way. Each module holds one family of commands; they are registered here, by name."""
+import errno
+
 import click
 
 from memsvc.cli import cluster, demo, edits, examples, generate, history, mosaic, ops, search, serve, tables
@@ -8,13 +10,18 @@ from memsvc.core.errors import MemsvcError
 
 
 class MemsvcGroup(click.Group):
-    """Every memsvc error becomes one line ``Error: ...`` and exit status 1."""
+    """Every memsvc error, and a full disk under any command, becomes one line ``Error: ...``
+    and exit status 1."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except MemsvcError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            raise click.ClickException(f"no space left on the device{f' of {e.filename}' if e.filename else ''}") from None
 
 
 @click.group(cls=MemsvcGroup)

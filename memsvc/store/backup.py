@@ -15,6 +15,7 @@ snapshot. Once a file is open, a later unlink cannot take its bytes away. The ba
 tar (MANIFEST.json with a sha256 per file, catalog.db, the files), written to a temporary name
 and renamed, so a crash never leaves a half backup under the final name.
 """
+import errno
 import hashlib
 import io
 import itertools
@@ -34,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from memsvc.core.dtypes import storage_dtype, to_float32
-from memsvc.core.errors import FailedPrecondition, InvalidArgument
+from memsvc.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from memsvc.store.checksums import MISSING, check_commit, check_commits, pair_sum, summed_from, token_sums
 
 FORMAT = "memsvc-backup/1"
@@ -159,6 +160,15 @@ def backup(data_dir, out, attempts=5, progress=False) -> BackupInfo:
         raise FailedPrecondition(f"data: no knowledge base at {root}")
     if out.resolve().is_relative_to(root.resolve()):
         raise InvalidArgument(f"to: write the backup outside the data directory {root}")
+    try:
+        return _write_backup(root, out, attempts, progress)
+    except (OSError, sqlite3.OperationalError) as e:
+        if getattr(e, "errno", None) != errno.ENOSPC and getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            raise
+        raise ResourceExhausted(f"to: no space left on the device of {out}; nothing was written") from None
+
+
+def _write_backup(root: Path, out: Path, attempts, progress) -> BackupInfo:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".memsvc-backup-") as tmp, \
             consistent_snapshot(root, Path(tmp), attempts) as (head, opened):
         partial = out.with_name(out.name + ".partial")
@@ -204,6 +214,10 @@ def restore(backup_file, data_dir, progress=False) -> FsckReport:
             root.rmdir()
         os.replace(staging, root)
         return report
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise ResourceExhausted(f"data: no space left on the device of {root} while restoring; nothing was restored") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

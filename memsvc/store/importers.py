@@ -196,8 +196,10 @@ class BankWriter:
         return self.path
 
     def abort(self):
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self.file.close()  # on a full disk, flushing what is left fails again: the file goes all the same
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
     def __enter__(self):
         return self
