@@ -30,6 +30,7 @@ from memsvc.core.errors import FailedPrecondition, InvalidArgument
 from memsvc.core.mosaic import BetaPolicy
 from memsvc.store.backup import CATALOG, consistent_snapshot
 from memsvc.store.banks import replay_commit
+from memsvc.store.checksums import summed_from
 from memsvc.store.commit_log import crash_point
 from memsvc.store.files import fsync_dir, fsync_tree, read_ahead
 
@@ -51,17 +52,18 @@ ROWS_OF = {
     "mosaic_tables": "created_in = :v",
     "mosaic_pairs": f"{IN_COMMIT} and (added_in = :v or removed_in = :v)",
     "pair_sums": f"{IN_COMMIT} and commit_id = :v",
+    "removals": f"{IN_COMMIT} and commit_id = :v",
 }
 # The catalog tables each commit kind writes (a kind missing here sends every table: slower, exact).
 WRITES = {
     "import": ("tables", "table_models", "bases", "base_sums", "tokens"),
     "edit": ("deltas", "delta_sums"),
     "inject": ("tokens", "deltas", "delta_sums"),
-    "revert": ("tokens", "deltas", "delta_sums", "mosaic_pairs", "pair_sums"),
+    "revert": ("tokens", "deltas", "delta_sums", "mosaic_pairs", "pair_sums", "removals"),
     "compact": ("bases", "base_sums", "folds"),
     "mosaic-create": ("mosaic_tables",),
-    "mosaic-add": ("mosaic_pairs", "pair_sums"), "mosaic-remove": ("mosaic_pairs", "pair_sums"),
-    "mosaic-replace": ("mosaic_pairs", "pair_sums"),
+    "mosaic-add": ("mosaic_pairs", "pair_sums"), "mosaic-remove": ("mosaic_pairs", "pair_sums", "removals"),
+    "mosaic-replace": ("mosaic_pairs", "pair_sums", "removals"),
 }
 
 
@@ -284,9 +286,12 @@ def _publish_banks(banks, v, commit, rows):
     def of(table):
         return [r for r in rows.get(table, []) if r["tbl"] not in created]
 
+    summed, since = {r["tbl"] for r in of("base_sums")}, summed_from(banks.log.query, "base_sums")
     for r in of("bases"):
         t = banks.tables[r["tbl"]]
         t.bases.append((v, banks.map_base(r["file"], t)))
+        if r["tbl"] not in summed and v >= since:
+            t.base_sums[v] = None  # its record is lost on the primary: refused here too
     for r in of("base_sums"):
         banks.tables[r["tbl"]].base_sums[v] = np.frombuffer(r["sums"], np.uint32)
     if commit["kind"] == "compact":
