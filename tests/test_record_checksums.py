@@ -3,6 +3,7 @@ deleted (bank deltas, mosaic pairs), and lifetimes (removed_in of tokens and pai
 removals record of the commit that set them). Each is refused at the versions it reaches,
 naming table and version, and is a finding of fsck; gc and catalogs from before the records stay
 clean."""
+import shutil
 import sqlite3
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from memsvc.core.errors import FailedPrecondition, OutOfRange
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.store.backup import fsck
+from memsvc.store.replication import apply_commit, commit_pieces
 from tests.test_checksums import edited_kb, served_rows, sql
 from tests.test_pair_checksums import QUERIES, mosaic_kb, served
 
@@ -166,3 +168,34 @@ def test_served_mosaic_reads_refuse_a_deleted_removals_record(tmp_path):
     sql(data, "delete from removals where commit_id=5")  # the replace of pair 1 in head 0
     said = served(data, expected, {(5, 0), (5, 1)})
     assert said[5, 1].startswith("data: mosaic store 'facts' layer 0 head 1 at version 5: commit 5 may have ended rows of it")
+
+
+def replica_at_5(primary, replica):
+    """A copy of ``primary``'s KB (injected_and_reverted) as a replica holds it at version 5."""
+    shutil.rmtree(replica, ignore_errors=True)
+    shutil.copytree(primary, replica)
+    for statement in ("delete from commits where id=6", "delete from removals where commit_id=6",
+                      "delete from delta_sums where commit_id=6"):
+        sql(replica, statement)
+    sql(replica, "update tokens set removed_in=? where removed_in=6", [NEVER])
+    return replica
+
+
+def ship_6(primary, replica):
+    """Apply the primary's commit 6 to the replica as it ships (replication.commit_pieces, apply_commit)."""
+    kb = KnowledgeBase(StoreConfig(data_dir=replica))
+    with sqlite3.connect(f"file:{primary / 'catalog.db'}?mode=ro", uri=True) as db:
+        apply_commit(kb, 6, [piece[1:] for piece in commit_pieces(primary, db, 6) if piece[0] == "rows"])
+    return kb
+
+
+def test_a_replica_applying_a_commit_checks_the_lifetimes_it_ends(tmp_path):
+    primary, _ = injected_and_reverted(tmp_path / "primary")
+    with ship_6(primary, replica_at_5(primary, tmp_path / "replica")) as kb:
+        with pytest.raises(OutOfRange, match="token id 64 does not exist in table 'stem' at version 6"):
+            kb.lookup("stem", [64], version=6)  # intact: Atlantis ended, as on the primary
+    sql(primary, "update tokens set removed_in=? where token_id=64", [NEVER])  # flipped on the primary: not shipped
+    with ship_6(primary, replica_at_5(primary, tmp_path / "replica")) as kb:
+        with pytest.raises(FailedPrecondition, match="token 64 at version 6: its lifetime ends never, its removals "
+                                                     "record says 6"):
+            kb.lookup("stem", [64], version=6)

@@ -19,7 +19,7 @@ import json
 
 import numpy as np
 
-from memsvc.store.checksums import lost_commits, summed_from
+from memsvc.store.checksums import WRITERS, lost_commits, summed_from
 from memsvc.store.commit_log import NEVER
 
 REMOVING = ("revert", "mosaic-remove", "mosaic-replace")
@@ -94,8 +94,18 @@ def mark_mosaic_store(t, query):
     """Note in MosaicTable ``t`` its lost commits, lost removals records and wrong pair lifetimes."""
     damaged, lost = check_table(query, t.name, "mosaic")
     t.lost = lost_commits(query, t.name, "pair_sums") + list(lost.items())
+    t.lifetime_damage = {}
     for (layer, head, i, a), (start, why) in damaged.items():
-        t.damaged.setdefault((layer, head), []).append((None, start, f"the lifetime of pair {i} added by commit {a} {why}"))
+        t.lifetime_damage.setdefault((layer, head), []).append((None, start, f"the lifetime of pair {i} added by commit {a} {why}"))
+
+
+def needs_marking(commit, rows) -> bool:
+    """Whether a replica must mark the table of a commit it applied again (``commit``: its
+    commits row, ``rows``: {catalog table: rows}): a removing commit, or one that should have
+    written rows and a record and came with neither (rare, so the full marking is cheap)."""
+    writes = commit["kind"] in WRITERS["delta_sums"][0] + WRITERS["pair_sums"][0] and commit["rows_changed"] > 0
+    return commit["kind"] in REMOVING or (writes and not any(
+        rows.get(table) for table in ("deltas", "delta_sums", "mosaic_pairs", "pair_sums")))
 
 
 def record_findings(query) -> list:

@@ -75,6 +75,7 @@ class MosaicTable:
     indexes: dict = field(default_factory=dict)  # (mode, layer, head, knobs...) -> FollowingIndex
     damaged: dict = field(default_factory=dict)  # (layer, head) -> [(slot, or None: from commit on, commit, why)]
     lost: list = field(default_factory=list)  # [(commit, why)]: every group's reads from it on are refused
+    lifetime_damage: dict = field(default_factory=dict)  # (layer, head) -> [(None, first wrong version, why)] (lifetimes.py)
     _index_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def group(self, layer, head) -> Pairs:
@@ -101,7 +102,7 @@ class MosaicTable:
             if version is not None and commit <= version:
                 raise FailedPrecondition(f"data: mosaic store {self.name!r} layer {layer} head {head} at version {version}: "
                                          f"commit {commit} {why}; restore the catalog from a backup")
-        for slot, commit, why in self.damaged.get((layer, head), ()):
+        for slot, commit, why in self.damaged.get((layer, head), []) + self.lifetime_damage.get((layer, head), []):
             lives = version is not None and (commit <= version if slot is None else
                                              pairs.added_in[slot] <= version < pairs.removed_in[slot])
             if lives or slot in copied:

@@ -28,6 +28,7 @@ import numpy as np
 from memsvc.core.dtypes import storage_dtype
 from memsvc.core.errors import FailedPrecondition, InvalidArgument
 from memsvc.core.mosaic import BetaPolicy
+from memsvc.store import lifetimes
 from memsvc.store.backup import CATALOG, consistent_snapshot
 from memsvc.store.banks import replay_commit
 from memsvc.store.checksums import summed_from
@@ -273,6 +274,12 @@ def apply_commit(kb, version, batches):
     def publish():
         _publish_banks(kb.banks, version, commit, rows)
         _publish_mosaics(kb.mosaic, version, rows)
+        if lifetimes.needs_marking(commit, rows):  # what it ended, or lost, checked as a start would
+            for name in json.loads(commit["tables"]):
+                if name in kb.banks.tables:
+                    lifetimes.mark_bank_table(kb.banks.tables[name], kb.commits.query)
+                elif name in kb.mosaic.tables:
+                    lifetimes.mark_mosaic_store(kb.mosaic.tables[name], kb.commits.query)
 
     kb.commits.replay(version, write, publish)
 
