@@ -58,18 +58,18 @@ def summed_from(query, table) -> int:
 
 # The commit kinds that write a record of each table for their one table, what they write, and
 # where it lives (a commit some of whose rows are left is checked row by row instead).
-WRITERS = {"delta_sums": (("edit", "inject", "revert"), "rows", "select commit_id from deltas where tbl=:tbl"),
+WRITERS = {"delta_sums": (("edit", "inject", "revert"), "rows", "select 1 from deltas where commit_id=c.id and tbl=:tbl"),
            "pair_sums": (("mosaic-add", "mosaic-replace", "revert"), "pairs",  # a remove writes no pair (lifetimes.py)
-                         "select added_in from mosaic_pairs where tbl=:tbl")}
+                         "select 1 from mosaic_pairs where added_in=c.id and tbl=:tbl")}
 
 
 def lost_commits(query, table, records) -> list:
     """[(commit, why)] of the commits from summed_from(records) on that wrote rows of ``table``
     (their commits row says so) and have neither a ``records`` record nor a row left."""
     kinds, noun, rows_left = WRITERS[records]
-    lost = query(f"select id, kind, rows_changed from commits where tables=:tables and id>=:since and rows_changed>0 "
-                 f"and kind in (select value from json_each(:kinds)) and id not in (select commit_id from {records} "
-                 f"where tbl=:tbl) and id not in ({rows_left}) order by id",
+    lost = query(f"select id, kind, rows_changed from commits c where tables=:tables and id>=:since and rows_changed>0 "
+                 f"and kind in (select value from json_each(:kinds)) and not exists (select 1 from {records} "
+                 f"where tbl=:tbl and commit_id=c.id) and not exists ({rows_left}) order by id",
                  {"tables": json.dumps([table]), "since": summed_from(query, records), "kinds": json.dumps(kinds),
                   "tbl": table}).fetchall()
     return [(c, f"({kind}, {n} {noun}) wrote {noun} of it, but they and its {records} record are missing (deleted)")

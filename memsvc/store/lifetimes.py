@@ -87,7 +87,8 @@ def mark_bank_table(t, query):
             t.base_sums.setdefault(version, None)  # None: the record is lost (TableState.gather refuses)
     damaged, lost = check_table(query, t.name, "bank")
     t.lifetime_damage = {key[0]: damage for key, damage in damaged.items()}
-    t.lost = [(c, why, True) for c, why in lost_commits(query, t.name, "delta_sums")] + [(c, why, False) for c, why in lost.items()]
+    t.lost = ([(c, why, True) for c, why in lost_commits(query, t.name, "delta_sums")] +  # needed up to the next base
+              [(c, why, False) for c, why in lost.items()])  # lifetimes: at every later version
 
 
 def mark_mosaic_store(t, query):
@@ -96,7 +97,8 @@ def mark_mosaic_store(t, query):
     t.lost = lost_commits(query, t.name, "pair_sums") + list(lost.items())
     t.lifetime_damage = {}
     for (layer, head, i, a), (start, why) in damaged.items():
-        t.lifetime_damage.setdefault((layer, head), []).append((None, start, f"the lifetime of pair {i} added by commit {a} {why}"))
+        t.lifetime_damage.setdefault((layer, head), []).append(
+            (None, start, f"the lifetime of pair {i} added by commit {a} {why}"))
 
 
 def needs_marking(commit, rows) -> bool:
