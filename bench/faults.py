@@ -9,7 +9,9 @@ Against real `memsvc serve` processes over a small KB (64 tokens x 3 layers x 8,
              reads still matched, whether a SIGTERM on the full disk lost the saved query log,
              and whether writes came back once space was freed
     damage   each kind of file damaged in a fresh copy of the KB (a flipped byte in a delta row,
-             a base row or a mosaic pair, a deleted delta row, pair or checksum record included):
+             a base row or a mosaic pair, a deleted delta row, pair or checksum record, a commit's
+             rows or pairs deleted with their record, a flipped removed_in of a token or a pair,
+             a deleted removals record included):
              what `memsvc serve` said (its one line, or that it served) and fsck's findings, every
              (version, token) row read alone and every (version, head) mosaic query compared with
              the undamaged KB's: equal, refused (and the first refusal's message), or wrong
@@ -220,6 +222,14 @@ DAMAGE = {
     "mosaic pair byte flipped": _flip_pair,
     "mosaic pair deleted": lambda d: _sql(d, "delete from mosaic_pairs where rowid=(select max(rowid) from mosaic_pairs)"),
     "pair_sums record deleted": lambda d: _sql(d, "delete from pair_sums where commit_id=(select min(commit_id) from pair_sums)"),
+    "base_sums record deleted": lambda d: _sql(d, "delete from base_sums"),
+    "a commit's delta rows and record deleted": lambda d: (_sql(d, "delete from deltas where commit_id=6"),
+                                                           _sql(d, "delete from delta_sums where commit_id=6")),
+    "a commit's pairs and record deleted": lambda d: (_sql(d, "delete from mosaic_pairs where added_in=9"),
+                                                      _sql(d, "delete from pair_sums where commit_id=9")),
+    "token removed_in flipped": lambda d: _sql(d, "update tokens set removed_in=3 where token_id=40"),
+    "pair removed_in flipped": lambda d: _sql(d, "update mosaic_pairs set removed_in=? where removed_in=10", [2**62]),
+    "removals record deleted": lambda d: _sql(d, "delete from removals where commit_id=10"),
 }
 
 

@@ -52,13 +52,12 @@ import memsvc.v1  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.crash import TABLE, make_kb  # noqa: E402
-from memsvc.search.config import SearchConfig  # noqa: E402
 from memsvc.search.limits import INDEX_LIMITS  # noqa: E402
 from memsvc.server.auth import WRITE, required_role  # noqa: E402
-from memsvc.server.main import ServerConfig  # noqa: E402
+from memsvc.server.main import ServerConfig, with_limits  # noqa: E402
 from memsvc.server.spawn import spawn_server, stop_server  # noqa: E402
 from memsvc.store import KnowledgeBase, StoreConfig  # noqa: E402
-from memsvc.store.mosaic_input import MAX_SHAPE, MosaicLimits  # noqa: E402
+from memsvc.store.mosaic_input import MAX_SHAPE  # noqa: E402
 from memsvc.v1 import knowledge_pb2 as kpb  # noqa: E402
 from memsvc.v1 import mosaic_pb2 as mpb  # noqa: E402
 from memsvc.v1 import search_pb2 as spb  # noqa: E402
@@ -82,7 +81,12 @@ MEMORY_LIMIT = 8 << 30  # the server's address space, bytes (spawn_server(memory
 OVERSIZE = 70_000  # more tokens than a lookup accepts (ServerConfig.max_lookup_tokens = 65536)
 MOSAIC = "mosaic"  # the fuzzed KB's mosaic store (a name in WORDS, so plain fuzzing reaches it too)
 MAX_STREAMS, IDLE_SECONDS = 4, 1.0  # the fuzzed server's --max-streams and --stream-idle-seconds
-SERVE_ARGS = ("--max-streams", str(MAX_STREAMS), "--stream-idle-seconds", str(IDLE_SECONDS))
+# Work limits lowered for the fuzzed server (serve --limit) so that the fuzz KB's small tables reach
+# them: AddPairs past the message size (64 MiB: still above Search's largest reply, 2^22 results),
+# QueryMosaic queries x pairs over head 0's 16 pairs (8,192: past 8,192 queries even over one pair).
+FUZZ_LIMITS = {"max_message_bytes": 64 << 20, "mosaic.max_scored": 8192}
+SERVE_ARGS = ("--max-streams", str(MAX_STREAMS), "--stream-idle-seconds", str(IDLE_SECONDS),
+              *(arg for name, n in FUZZ_LIMITS.items() for arg in ("--limit", f"{name}={n}")))
 
 
 def make_fuzz_kb(data):
@@ -310,7 +314,10 @@ def fuzz(target: FuzzTarget, n: int, methods=None, seed=None):
 
 KNOWLEDGE, MOSAIC_SERVICE, SEARCH = "/memsvc.v1.KnowledgeService", "/memsvc.v1.MosaicService", "/memsvc.v1.SearchService"
 RE, IA = grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT
-SERVER, SEARCH_LIMITS, MOSAIC_LIMITS = ServerConfig(), SearchConfig(), MosaicLimits()  # the fuzzed server's
+SERVER = with_limits(ServerConfig(), FUZZ_LIMITS)  # the fuzzed server's limits
+SEARCH_LIMITS, MOSAIC_LIMITS = SERVER.search, SERVER.mosaic_limits
+ROW_BYTES = 8 * 2  # one layer's row of the fuzzed TABLE (bench.crash.make_kb: dim 8, float16)
+PAIRS_ADDED = 3  # the version make_fuzz_kb added MOSAIC's 16 pairs at (import 1, create 2); the fuzz has no gc
 
 
 def past(limit, top=2**31 - 1):
@@ -328,7 +335,21 @@ def limit_cases(draw):
     every check but one limit."""
     case = draw(st.sampled_from(["lookup_tokens", "search_k", "search_queries", "search_results", "search_params",
                                  "mosaic_queries", "mosaic_k", "mosaic_lsh_tables", "index_limit", "index_type",
-                                 "import_size", "mosaic_shape"]))
+                                 "import_size", "mosaic_shape", "lookup_bytes", "mosaic_scored", "add_pairs_size"]))
+    if case == "lookup_bytes":  # few enough tokens, but each layer named many times: rows past the message limit
+        n = draw(st.integers(4096, SERVER.max_lookup_tokens))
+        layers = [0] * ((SERVER.max_message_bytes - (1 << 20)) // (n * ROW_BYTES) + draw(st.integers(1, 64)))
+        msg = kpb.LookupRequest(table=TABLE, token_ids=[1] * n, layers=layers)
+        return f"{KNOWLEDGE}/Lookup", msg.SerializeToString(), ((RE,), "token_ids:")
+    if case == "mosaic_scored":  # at the version that added head 0's 16 pairs (fuzzed writes may remove them later)
+        n = draw(st.integers(MOSAIC_LIMITS.max_scored + 1, MOSAIC_LIMITS.max_queries))
+        msg = mpb.QueryMosaicRequest(table=MOSAIC, layer=0, head=0, queries=f32(n), k=1, at=kpb.VersionRef(version=PAIRS_ADDED),
+                                     mode=draw(st.sampled_from([mpb.QueryMosaicRequest.EXACT, mpb.QueryMosaicRequest.TOPK])))
+        return f"{MOSAIC_SERVICE}/QueryMosaic", msg.SerializeToString(), ((RE,), "pairs exceed the limit")
+    if case == "add_pairs_size":  # past the server's message size: gRPC refuses it before any work
+        n = SERVER.max_message_bytes // (2 * 4 * 8) + draw(st.integers(1, 1024))
+        msg = mpb.WritePairsRequest(table=MOSAIC, layer=0, head=1, keys=f32(n), values=f32(n))
+        return f"{MOSAIC_SERVICE}/AddPairs", msg.SerializeToString(), ((RE,), "Received message larger than max")
     if case == "lookup_tokens":
         n = draw(st.integers(SERVER.max_lookup_tokens + 1, SERVER.max_lookup_tokens + 8192))
         ids = draw(st.booleans())

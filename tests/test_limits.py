@@ -7,14 +7,17 @@ import threading
 import grpc
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.client import MemoryClient
 from clients.mosaic import MosaicClient
 from clients.search import SearchClient
+from memsvc.cli import cli
 from memsvc.core.errors import InvalidArgument, ResourceExhausted
 from memsvc.core.mosaic import LshParams
 from memsvc.search.config import SearchConfig
+from memsvc.server.main import ServerConfig, with_limits
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.store.mosaic_input import MosaicLimits
 from memsvc.v1 import knowledge_pb2 as pb
@@ -197,3 +200,18 @@ def test_an_index_name_over_255_bytes_is_refused_and_never_left_building(limited
     info = SearchClient(client).create("n" * 255, "stem", config={"kind": "exact"}, wait=True)
     assert info.state == "READY"
     SearchClient(client).drop("n" * 255)
+
+
+def test_serve_limit_sets_any_work_limit_and_refuses_an_unknown_one_before_writing(tmp_path):
+    config = with_limits(ServerConfig(), {"max_message_bytes": 1 << 20, "mosaic.max_scored": 64, "search.max_k": 5})
+    assert (config.max_message_bytes, config.mosaic_limits.max_scored, config.search.max_k) == (1 << 20, 64, 5)
+    assert config.mosaic_limits.max_queries == MosaicLimits().max_queries and ServerConfig().search.max_k == 1024
+    runner, data = CliRunner(), tmp_path / "kb"
+    result = runner.invoke(cli, ["serve", "--data", str(data), "--limit", "mosaic.max_scorde=64"])
+    assert result.exit_code == 1 and result.output.startswith("Error: limit: 'mosaic.max_scorde' is not a limit; one of "
+                                                              "max_lookup_tokens, max_message_bytes, mosaic.max_queries")
+    assert len(result.output.splitlines()) == 1 and not data.exists()  # refused before the demo KB is seeded
+    result = runner.invoke(cli, ["serve", "--data", str(data), "--limit", "search.max_k=many"])
+    assert result.exit_code == 2 and "Invalid value for '--limit': 'search.max_k=many': expected NAME=N" in result.output
+    with pytest.raises(InvalidArgument, match="limit: max_lookup_tokens must be a whole number >= 1, got 0"):
+        with_limits(ServerConfig(), {"max_lookup_tokens": 0})

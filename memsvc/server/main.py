@@ -5,7 +5,7 @@ import signal
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import grpc
@@ -194,6 +194,25 @@ class Service:
         self.server.stop(self.config.grace_seconds).wait()
         self.indexes.close()  # query logs saved, search worker stopped
         self.kb.close()
+
+
+def with_limits(config: ServerConfig, limits: dict) -> ServerConfig:
+    """``config`` with work limits set by name (``memsvc serve --limit NAME=N``): max_lookup_tokens,
+    max_message_bytes, ``mosaic.<MosaicLimits field>`` or ``search.<SearchConfig max_* field>``."""
+    known = {"": ("max_lookup_tokens", "max_message_bytes"),
+             "mosaic": tuple(f.name for f in fields(MosaicLimits)),
+             "search": tuple(f.name for f in fields(SearchConfig) if f.name.startswith("max_"))}
+    chosen = {part: {} for part in known}
+    for key, value in limits.items():
+        part, _, name = key.rpartition(".")
+        if name not in known.get(part, ()):
+            names = [f"{p}.{n}" if p else n for p, group in known.items() for n in group]
+            raise InvalidArgument(f"limit: {key!r} is not a limit; one of {', '.join(names)}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidArgument(f"limit: {key} must be a whole number >= 1, got {value!r}")
+        chosen[part][name] = value
+    return replace(config, **chosen[""], mosaic_limits=replace(config.mosaic_limits, **chosen["mosaic"]),
+                   search=replace(config.search, **chosen["search"]))
 
 
 def serve(config: ServerConfig, ready=None):

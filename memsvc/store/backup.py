@@ -37,6 +37,7 @@ from tqdm import tqdm
 from memsvc.core.dtypes import storage_dtype, to_float32
 from memsvc.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from memsvc.store.checksums import MISSING, check_commit, check_commits, pair_sum, summed_from, token_sums
+from memsvc.store.lifetimes import record_findings
 
 FORMAT = "memsvc-backup/1"
 CATALOG = "catalog.db"
@@ -311,6 +312,7 @@ def _check_files(root, db, report, progress):
         _check_deltas(db, tbl, dtype, dim, report)
     for (tbl,) in db.execute("select name from mosaic_tables").fetchall():
         _check_pairs(db, tbl, report)
+    report.problems += record_findings(db.execute)
     for p in sorted((root / "bases").rglob("*")) if (root / "bases").exists() else []:
         if p.is_file() and p.relative_to(root).as_posix() not in named:
             report.notes.append(f"{p.relative_to(root)} is named by no commit (left by an interrupted write; gc-safe to delete)")
@@ -381,7 +383,10 @@ def _check_base_rows(db, tbl, version, rel, base, dtype, report, progress):
     """Every row of a base file: finite, and equal to the crc32 recorded when it was written."""
     row = db.execute("select sums from base_sums where tbl=? and version=?", [tbl, version]).fetchone()
     sums = None if row is None else np.frombuffer(row[0], np.uint32)
-    if sums is None:
+    if sums is None and version >= summed_from(db.execute, "base_sums"):
+        report.problems.append(f"base: {rel} (table {tbl!r}, version {version}): its base_sums record is missing "
+                               f"(deleted); its rows are unchecked")
+    elif sums is None:
         report.notes.append(f"base: {rel} (table {tbl!r}, version {version}) has no checksums "
                             f"(written before checksums): unchecked")
     elif len(sums) != len(base):

@@ -76,7 +76,10 @@ class TableState:
         self.compactions = []  # versions of the compactions that folded this table, ascending
         self.folds = {}  # compaction version -> (token id, layer) pairs (n, 2) whose rows it changed
         self.unread = {}  # base version -> bool per base row: not yet gathered since the KB opened
-        self.base_sums = {}  # base version -> crc32 of each token's rows, uint32 (none for a base from before checksums)
+        self.base_sums = {}  # base version -> crc32 of each token's rows, uint32 (none for a base from before
+        # checksums; None when its record is lost: damage, checksums.py)
+        self.lost = []  # [(commit, why, up to the next base)]: reads at versions it reaches are refused (check_records)
+        self.lifetime_damage = {}  # token id -> (first version its lifetime is wrong at, why) (lifetimes.py)
         self.edited = np.zeros(0, dtype=bool)
         self.first_write = np.zeros(0, dtype=np.int64)  # by token: the first commit that wrote a row of it (NEVER: none)
         self.last_write = np.zeros(0, dtype=np.int64)  # ... and the last (-1: none)
@@ -123,12 +126,33 @@ class TableState:
         bad = ids[(ids < 0) | (ids >= len(self.words))]
         if len(bad):
             raise OutOfRange(f"{field}: token id {int(bad[0])} out of range [0, {len(self.words)}) for table {self.name!r}")
+        if self.lifetime_damage:
+            self.check_lifetimes(ids.tolist(), version)
         gone = ids[~alive(self.added_in[ids], self.removed_in[ids], version)]
         if len(gone):
             raise OutOfRange(f"{field}: token id {int(gone[0])} does not exist in table {self.name!r} at version {version}")
         return ids
 
+    def check_lifetimes(self, ids, version):
+        """FailedPrecondition when one of token ``ids`` (or every token: None) has a lifetime that
+        disagrees with its removals record at ``version`` (whether it exists there is unknown)."""
+        for tok, (start, why) in self.lifetime_damage.items():
+            if start <= version and (ids is None or tok in ids):
+                raise FailedPrecondition(f"data: table {self.name!r} token {tok} at version {version}: its lifetime {why}; "
+                                         "restore the catalog from a backup")
+
+    def check_records(self, base_version, version):
+        """FailedPrecondition when a read at ``version`` over ``base_version`` needs a commit whose
+        record is lost with its rows (it wrote rows that no base at or below holds) or whose removals
+        record is lost (it may have ended any token): which rows are right is unknown."""
+        for commit, why, until_base in self.lost:
+            if commit <= version and (commit > base_version or not until_base):
+                raise FailedPrecondition(f"data: table {self.name!r} at version {version}: commit {commit} {why}; "
+                                         "restore the catalog from a backup")
+
     def id_of(self, word, version, field="token"):
+        if self.lifetime_damage:
+            self.check_lifetimes(self.ids_of_word.get(word, []), version)
         for token_id in reversed(self.ids_of_word.get(word, [])):
             if alive(self.added_in[token_id], self.removed_in[token_id], version):
                 return token_id
@@ -189,6 +213,8 @@ class TableState:
         the gather (a damaged one is FailedPrecondition); delta rows come from the reader (and
         stay in its cache unless ``cache`` is False: a pass over many tokens)."""
         base_version, base = self.base_at(version)
+        if self.lost:
+            self.check_records(base_version, version)
         base_ids = np.minimum(ids, base.shape[0] - 1)
         unread = self.unread.get(base_version)
         if unread is None:  # two threads may both create it: each then asks for some rows twice, harmless
@@ -211,13 +237,21 @@ class TableState:
         FailedPrecondition at every read (it stays unread)."""
         sums = self.base_sums.get(base_version)
         if sums is None:
+            if base_version in self.base_sums:
+                raise self._base_damage(base, int(ids[0]), version, base_version)
             return
         rows = base.view(np.ndarray)  # a plain view: memmap's per-row __getitem__ cost 2 us
         for tok in ids.tolist():
             if zlib.crc32(rows[tok]) != sums[tok]:
                 raise self._base_damage(base, tok, version)
 
-    def _base_damage(self, base, token_id, version) -> FailedPrecondition:
+    def _base_damage(self, base, token_id, version, lost=None) -> FailedPrecondition:
+        """A base row that fails its checksum, or (``lost``: the base's version) has none from
+        base_sums_from on: its record was deleted."""
+        if lost is not None:
+            return FailedPrecondition(f"data: table {self.name!r} token {token_id} at version {version}: base file "
+                                      f"{base.filename} (version {lost}) has no checksums: its base_sums record is "
+                                      "missing (deleted); restore the catalog from a backup")
         return FailedPrecondition(f"data: table {self.name!r} token {token_id} at version {version}: its row in base file "
                                   f"{base.filename} does not match its checksum; restore the file from a backup")
 
@@ -226,10 +260,13 @@ class TableState:
         base that no commit up to the version wrote), the base part read sequentially: what a
         whole-table pass reads chunk by chunk."""
         base_version, base = self.base_at(version)
+        self.check_records(base_version, version)
         rows = np.empty((stop - start, self.num_layers, self.dim), base.dtype)
         n_base = max(0, min(stop, base.shape[0]) - start)
         read_base_rows(base, start, start + n_base, rows[:n_base])
         sums = self.base_sums.get(base_version)
+        if sums is None and base_version in self.base_sums and n_base:
+            raise self._base_damage(base, start, version, base_version)
         if sums is not None and n_base:
             bad = np.flatnonzero(token_sums(rows[:n_base]) != sums[start:start + n_base])
             if len(bad):
@@ -262,6 +299,9 @@ class TableState:
         a compaction that has no record); they are compared by their checksums (_same_by_sums),
         and only the rows of those the checksums cannot decide are read."""
         lo, hi = min(a, b), max(a, b)
+        for v in (lo, hi):  # a lost commit's tokens are unknown: refused, never left out (compactions'
+            self.check_records(self.base_at(v)[0], v)  # folds cover the commits between lo and hi's base)
+        self.check_lifetimes(None, hi)
         n = min(len(self.added_in), len(self.removed_in), len(self.last_write))  # a concurrent inject may have grown one
         added, removed = self.added_in[:n], self.removed_in[:n]
         moved = np.flatnonzero(((added > lo) & (added <= hi)) | ((removed > lo) & (removed <= hi)))

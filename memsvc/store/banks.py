@@ -16,7 +16,7 @@ from editing.rows import plan_row_ops
 from memsvc.core.dtypes import storage_dtype, to_float32, to_storage
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from memsvc.core.values import CommitResult, LookupResult, RowChange, RowWrites, TableInfo
-from memsvc.store import bank_table
+from memsvc.store import bank_table, lifetimes
 from memsvc.store.bank_table import TableState, map_for_lookups
 from memsvc.store.checksums import MISSING, check_commit, create_tables, delta_sums, row_sums, summed_from, token_sums
 from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
@@ -70,6 +70,7 @@ class BankTables:
         for version, pairs in log.query("select version, pairs from folds where tbl=?", [t.name]).fetchall():
             t.folds[version] = np.frombuffer(pairs, np.int64).reshape(-1, 2)
         load_history(t, log, self.sums_from)
+        lifetimes.mark_bank_table(t, log.query)
         model = log.query("select model_layers, tokenizer_kind, tokenizer from table_models where tbl=?", [t.name]).fetchone()
         if model is not None:
             t.model_layers, t.tokenizer = json.loads(model[0]), (model[1], model[2] or b"")
@@ -136,6 +137,7 @@ class BankTables:
     def vocabulary(self, name, v) -> list:
         """The table's words by token id at a version ('' for ids that do not exist there)."""
         t = self.table(name, v)
+        t.check_lifetimes(None, v)
         return [w if a else "" for w, a in zip(t.words, t.alive(v))]
 
     def tokenizer(self, name, v) -> tuple:
@@ -325,6 +327,8 @@ class BankTables:
                              [(name, tok, layer, commit, vec.tobytes()) for tok, layer, vec in
                               zip(writes.token_ids.tolist(), writes.layers.tolist(), stored)])
             conn.execute("insert into delta_sums values (?,?,?)", [name, commit, sums])
+            if kind in lifetimes.REMOVING:
+                conn.execute("insert into removals values (?,?,?)", [name, commit, lifetimes.record(removed_tokens, 1)])
 
         def publish(commit):
             if new_tokens:

@@ -15,10 +15,16 @@ truth. Catalog tables:
 Each is written in the transaction that names the rows, pairs or base. Commits and bases from
 before checksums have no record: they are unchecked, and fsck says so. The catalog's meta
 ``<table>_from`` (``summed_from``) tells them apart from a record that was deleted: from that
-commit on, every row-writing commit has its record, so a missing one is damage.
+commit (for base_sums: base version) on, every row-writing commit and every base has its
+record, so a missing one is damage.
+
+A commit whose rows and record are both deleted leaves nothing to compare; its row in
+``commits`` still proves it wrote rows of its table (its kind, its one table, rows_changed > 0:
+``lost_commits``), so reads that need its rows are refused and fsck names it.
 """
 import functools
 import itertools
+import json
 import zlib
 
 import numpy as np
@@ -28,16 +34,19 @@ MISSING = "has no checksum: its commit's {} record is missing"
 
 
 def create_tables(db):
-    """The checksum tables, and the marker of each per-commit one: the first commit whose record
-    is certain (1 for a new catalog; an existing table's first record; else the next commit)."""
+    """The checksum tables (and lifetimes.py's removals), and the marker of each: the first commit
+    (base version) whose record is certain (1 for a new catalog; an existing table's first record;
+    else the next commit)."""
     existing = set(db.table_names())
     head = db.execute("select coalesce(max(id), 0) from commits").fetchone()[0]
     db["delta_sums"].create({"tbl": str, "commit_id": int, "rows": bytes}, pk=("tbl", "commit_id"), if_not_exists=True)
     db["pair_sums"].create({"tbl": str, "commit_id": int, "pairs": bytes}, pk=("tbl", "commit_id"), if_not_exists=True)
     db["base_sums"].create({"tbl": str, "version": int, "sums": bytes}, pk=("tbl", "version"), if_not_exists=True)
-    for table in ("delta_sums", "pair_sums"):
+    db["removals"].create({"tbl": str, "commit_id": int, "keys": bytes}, pk=("tbl", "commit_id"), if_not_exists=True)
+    for table, column in (("delta_sums", "commit_id"), ("pair_sums", "commit_id"), ("base_sums", "version"),
+                          ("removals", "commit_id")):
         if not db.execute("select 1 from meta where key=?", [f"{table}_from"]).fetchone():
-            first = db.execute(f"select min(commit_id) from {table}").fetchone()[0] if table in existing else None
+            first = db.execute(f"select min({column}) from {table}").fetchone()[0] if table in existing else None
             db.execute("insert into meta values (?, ?)", [f"{table}_from", str(first or head + 1)])
 
 
@@ -45,6 +54,26 @@ def summed_from(query, table) -> int:
     """The first commit whose ``table`` record is certain (``query``: an execute of the catalog)."""
     row = query("select value from meta where key=?", [f"{table}_from"]).fetchone()
     return int(row[0]) if row else NEVER
+
+
+# The commit kinds that write a record of each table for their one table, what they write, and
+# where it lives (a commit some of whose rows are left is checked row by row instead).
+WRITERS = {"delta_sums": (("edit", "inject", "revert"), "rows", "select 1 from deltas where commit_id=c.id and tbl=:tbl"),
+           "pair_sums": (("mosaic-add", "mosaic-replace", "revert"), "pairs",  # a remove writes no pair (lifetimes.py)
+                         "select 1 from mosaic_pairs where added_in=c.id and tbl=:tbl")}
+
+
+def lost_commits(query, table, records) -> list:
+    """[(commit, why)] of the commits from summed_from(records) on that wrote rows of ``table``
+    (their commits row says so) and have neither a ``records`` record nor a row left."""
+    kinds, noun, rows_left = WRITERS[records]
+    lost = query(f"select id, kind, rows_changed from commits c where tables=:tables and id>=:since and rows_changed>0 "
+                 f"and kind in (select value from json_each(:kinds)) and not exists (select 1 from {records} "
+                 f"where tbl=:tbl and commit_id=c.id) and not exists ({rows_left}) order by id",
+                 {"tables": json.dumps([table]), "since": summed_from(query, records), "kinds": json.dumps(kinds),
+                  "tbl": table}).fetchall()
+    return [(c, f"({kind}, {n} {noun}) wrote {noun} of it, but they and its {records} record are missing (deleted)")
+            for c, kind, n in lost]
 
 
 def row_sums(token_ids, layers, stored) -> bytes:

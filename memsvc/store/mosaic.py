@@ -49,105 +49,16 @@ from indexes.mosaic import kernel_regression, lsh_regression, topk_regression
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, OutOfRange, ResourceExhausted
 from memsvc.core.mosaic import BetaPolicy, LshParams, MosaicInfo, MosaicResult, PairsResult
 from memsvc.core.values import CommitResult, TableInfo
+from memsvc.store import lifetimes
 from memsvc.store.checksums import check_commits, pair_record, pair_sum, summed_from, without
-from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
+from memsvc.store.commit_log import NEVER, CommitLog, check_table_name
+from memsvc.store.mosaic_groups import FollowingIndex, GroupChange, Pairs
 from memsvc.store.mosaic_input import (MosaicLimits, check_lsh, check_matrix, check_pair_ids, check_policy,
                                        check_query_work, check_shape, hashed_cosines, resolve_beta, unit_keys)
 
 MODES = ("exact", "topk", "lsh")
 TOPK_INDEX_KINDS = ("exact", "hnsw")  # ANN kinds that build without training queries
 MAX_INDEXES_PER_STORE = 16  # cached LSH/ANN indexes per store; the oldest is dropped first
-
-
-@dataclass(frozen=True)
-class Pairs:
-    """One (layer, head) group as arrays over slots. Immutable: a commit swaps in a new one, so
-    a reader that took it sees one consistent state."""
-
-    ids: np.ndarray  # (s,) int64
-    keys: np.ndarray  # (s, dk) float32, unit rows
-    values: np.ndarray  # (s, dv) float32
-    labels: tuple  # (s,) str
-    added_in: np.ndarray  # (s,) int64
-    removed_in: np.ndarray  # (s,) int64, NEVER while alive
-
-    @classmethod
-    def empty(cls, key_dim, value_dim):
-        return cls(np.zeros(0, np.int64), np.zeros((0, key_dim), np.float32), np.zeros((0, value_dim), np.float32),
-                   (), np.zeros(0, np.int64), np.zeros(0, np.int64))
-
-    def alive(self, version) -> np.ndarray:
-        return alive(self.added_in, self.removed_in, version)
-
-    def live(self, alive) -> tuple:
-        """(keys, values) of the slots in `alive`; no copy when every slot is alive (the common head read)."""
-        if alive.all():
-            return self.keys, self.values
-        return self.keys[alive], self.values[alive]
-
-    def last_change(self) -> int:
-        """The newest commit that changed this group (0 for none)."""
-        closed = self.removed_in[self.removed_in < NEVER]
-        return int(max(self.added_in.max(initial=0), closed.max(initial=0)))
-
-    def slots_of(self, ids, version, field="ids") -> np.ndarray:
-        """Slots of pair ids alive at a version; NotFound names the first missing id."""
-        alive = np.flatnonzero(self.alive(version))
-        slot_of = dict(zip(self.ids[alive].tolist(), alive.tolist()))
-        missing = [i for i in ids.tolist() if i not in slot_of]
-        if missing:
-            raise NotFound(f"{field}: pair id {missing[0]} does not exist at version {version}")
-        return np.array([slot_of[i] for i in ids.tolist()], dtype=np.int64)
-
-    def changed(self, version, remove_slots, ids, keys, values, labels) -> "Pairs":
-        removed_in = self.removed_in.copy()
-        removed_in[remove_slots] = version
-        return Pairs(np.concatenate([self.ids, ids]), np.concatenate([self.keys, keys]),
-                     np.concatenate([self.values, values]), self.labels + tuple(labels),
-                     np.concatenate([self.added_in, np.full(len(ids), version, np.int64)]),
-                     np.concatenate([removed_in, np.full(len(ids), NEVER, np.int64)]))
-
-
-@dataclass
-class GroupChange:
-    """What one commit does to one group: close some slots, append some pairs."""
-
-    layer: int
-    head: int
-    remove_slots: np.ndarray
-    ids: np.ndarray
-    keys: np.ndarray
-    values: np.ndarray
-    labels: list
-
-    def __len__(self):
-        return len(self.remove_slots) + len(self.ids)
-
-
-class FollowingIndex:
-    """An index over a group's slots brought up to date (add / remove) right before each use.
-    `make(slots, keys)` builds it (`make(slots, keys, values)` and `add(slots, keys, values)` for
-    an index that keeps its own copy of the rows: `values`); callers hold `lock` from sync to the
-    end of the search."""
-
-    def __init__(self, make, values=False):
-        self.make, self.index, self.covered, self.lock = make, None, np.zeros(0, bool), threading.Lock()
-        self.values = values
-
-    def sync(self, pairs: Pairs, target: np.ndarray) -> int:
-        """Make the index hold exactly the slots in `target`; returns how many it had to change."""
-        covered = np.zeros(len(target), bool)
-        covered[:len(self.covered)] = self.covered
-        add, drop = np.flatnonzero(target & ~covered), np.flatnonzero(covered & ~target)
-        rows = (pairs.keys[add], pairs.values[add]) if self.values else (pairs.keys[add],)  # slots never change
-        if self.index is None and len(add):
-            self.index = self.make(add, *rows)
-        elif len(add):
-            self.index.add(add, *rows)
-        if len(drop):
-            self.index.remove(drop)
-        self.covered = target.copy()
-        return len(add) + len(drop)
 
 
 @dataclass
@@ -162,7 +73,9 @@ class MosaicTable:
     topk_index: str
     groups: dict = field(default_factory=dict)  # (layer, head) -> Pairs
     indexes: dict = field(default_factory=dict)  # (mode, layer, head, knobs...) -> FollowingIndex
-    damaged: dict = field(default_factory=dict)  # (layer, head) -> [(slot, or None when deleted, commit, why)]
+    damaged: dict = field(default_factory=dict)  # (layer, head) -> [(slot, or None: from commit on, commit, why)]
+    lost: list = field(default_factory=list)  # [(commit, why)]: every group's reads from it on are refused
+    lifetime_damage: dict = field(default_factory=dict)  # (layer, head) -> [(None, first wrong version, why)] (lifetimes.py)
     _index_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def group(self, layer, head) -> Pairs:
@@ -185,7 +98,11 @@ class MosaicTable:
         """FailedPrecondition when a damaged pair of the group lives at ``version`` or is ``copied``
         (slots whose bytes a write carries over: a revert's, a replace's labels)."""
         pairs = self.groups[(layer, head)]
-        for slot, commit, why in self.damaged.get((layer, head), ()):
+        for commit, why in self.lost:
+            if version is not None and commit <= version:
+                raise FailedPrecondition(f"data: mosaic store {self.name!r} layer {layer} head {head} at version {version}: "
+                                         f"commit {commit} {why}; restore the catalog from a backup")
+        for slot, commit, why in self.damaged.get((layer, head), []) + self.lifetime_damage.get((layer, head), []):
             lives = version is not None and (commit <= version if slot is None else
                                              pairs.added_in[slot] <= version < pairs.removed_in[slot])
             if lives or slot in copied:
@@ -242,6 +159,7 @@ class MosaicStore:
                     sums += [(a, layer, head, i, pair_sum(label, k, v)) for i, a, _, label, k, v in rows]
             records = self.log.query("select commit_id, pairs from pair_sums where tbl=?", [t.name]).fetchall()
             t.mark_damaged(check_commits(sorted(sums, key=lambda s: s[0]), dict(records), since, "pair_sums", 4))
+            lifetimes.mark_mosaic_store(t, self.log.query)
             self.tables[t.name] = t
 
     @staticmethod
@@ -379,6 +297,10 @@ class MosaicStore:
             conn.execute("insert into pair_sums values (?,?,?)", [t.name, version, pair_record(
                 (c.layer, c.head, i, label, k.tobytes(), val.tobytes()) for c in changes
                 for i, label, k, val in zip(c.ids.tolist(), c.labels, c.keys, c.values))])
+            if kind in lifetimes.REMOVING:
+                conn.execute("insert into removals values (?,?,?)", [t.name, version, lifetimes.record(
+                    [(c.layer, c.head, int(t.groups[(c.layer, c.head)].ids[s]), int(t.groups[(c.layer, c.head)].added_in[s]))
+                     for c in changes for s in c.remove_slots.tolist()], 4)])
 
         def publish(version):
             for c in changes:
@@ -421,14 +343,19 @@ class MosaicStore:
                 for i, a, r in zip(pairs.ids.tolist(), pairs.added_in.tolist(), pairs.removed_in.tolist()):
                     j = bisect.bisect_left(keep_versions, a)  # the oldest retained version >= added_in
                     if j == len(keep_versions) or keep_versions[j] >= r:
-                        stale.append((t.name, layer, head, i, a))
-        conn.executemany("delete from mosaic_pairs where tbl=? and layer=? and head=? and pair_id=? and added_in=?", stale)
-        gone = {}  # (store, commit) -> the (layer, head, id) of its pairs deleted here, dropped from its record
-        for name, layer, head, i, a in stale:
+                        stale.append((t.name, layer, head, i, a, r))
+        conn.executemany("delete from mosaic_pairs where tbl=? and layer=? and head=? and pair_id=? and added_in=?",
+                         [s[:5] for s in stale])
+        gone, ended = {}, {}  # (store, commit) -> what of its pairs' records / removals records gc deleted here
+        for name, layer, head, i, a, r in stale:
             gone.setdefault((name, a), set()).add((layer, head, i))
+            ended.setdefault((name, r), set()).add((layer, head, i, a))
         for (name, a), keys in gone.items():
             for (record,) in conn.execute("select pairs from pair_sums where tbl=? and commit_id=?", [name, a]).fetchall():
                 conn.execute("update pair_sums set pairs=? where tbl=? and commit_id=?", [without(record, keys, 4), name, a])
+        for (name, r), keys in ended.items():
+            for (record,) in conn.execute("select keys from removals where tbl=? and commit_id=?", [name, r]).fetchall():
+                conn.execute("update removals set keys=? where tbl=? and commit_id=?", [lifetimes.without(record, keys, 4), name, r])
         return len(stale)
 
     # ---------------------------------------------------------------- reads

@@ -28,8 +28,10 @@ import numpy as np
 from memsvc.core.dtypes import storage_dtype
 from memsvc.core.errors import FailedPrecondition, InvalidArgument
 from memsvc.core.mosaic import BetaPolicy
+from memsvc.store import lifetimes
 from memsvc.store.backup import CATALOG, consistent_snapshot
 from memsvc.store.banks import replay_commit
+from memsvc.store.checksums import summed_from
 from memsvc.store.commit_log import crash_point
 from memsvc.store.files import fsync_dir, fsync_tree, read_ahead
 
@@ -51,17 +53,18 @@ ROWS_OF = {
     "mosaic_tables": "created_in = :v",
     "mosaic_pairs": f"{IN_COMMIT} and (added_in = :v or removed_in = :v)",
     "pair_sums": f"{IN_COMMIT} and commit_id = :v",
+    "removals": f"{IN_COMMIT} and commit_id = :v",
 }
 # The catalog tables each commit kind writes (a kind missing here sends every table: slower, exact).
 WRITES = {
     "import": ("tables", "table_models", "bases", "base_sums", "tokens"),
     "edit": ("deltas", "delta_sums"),
     "inject": ("tokens", "deltas", "delta_sums"),
-    "revert": ("tokens", "deltas", "delta_sums", "mosaic_pairs", "pair_sums"),
+    "revert": ("tokens", "deltas", "delta_sums", "mosaic_pairs", "pair_sums", "removals"),
     "compact": ("bases", "base_sums", "folds"),
     "mosaic-create": ("mosaic_tables",),
-    "mosaic-add": ("mosaic_pairs", "pair_sums"), "mosaic-remove": ("mosaic_pairs", "pair_sums"),
-    "mosaic-replace": ("mosaic_pairs", "pair_sums"),
+    "mosaic-add": ("mosaic_pairs", "pair_sums"), "mosaic-remove": ("mosaic_pairs", "pair_sums", "removals"),
+    "mosaic-replace": ("mosaic_pairs", "pair_sums", "removals"),
 }
 
 
@@ -271,6 +274,12 @@ def apply_commit(kb, version, batches):
     def publish():
         _publish_banks(kb.banks, version, commit, rows)
         _publish_mosaics(kb.mosaic, version, rows)
+        if lifetimes.needs_marking(commit, rows):  # what it ended, or lost, checked as a start would
+            for name in json.loads(commit["tables"]):
+                if name in kb.banks.tables:
+                    lifetimes.mark_bank_table(kb.banks.tables[name], kb.commits.query)
+                elif name in kb.mosaic.tables:
+                    lifetimes.mark_mosaic_store(kb.mosaic.tables[name], kb.commits.query)
 
     kb.commits.replay(version, write, publish)
 
@@ -284,9 +293,12 @@ def _publish_banks(banks, v, commit, rows):
     def of(table):
         return [r for r in rows.get(table, []) if r["tbl"] not in created]
 
+    summed, since = {r["tbl"] for r in of("base_sums")}, summed_from(banks.log.query, "base_sums")
     for r in of("bases"):
         t = banks.tables[r["tbl"]]
         t.bases.append((v, banks.map_base(r["file"], t)))
+        if r["tbl"] not in summed and v >= since:
+            t.base_sums[v] = None  # its record is lost on the primary: refused here too
     for r in of("base_sums"):
         banks.tables[r["tbl"]].base_sums[v] = np.frombuffer(r["sums"], np.uint32)
     if commit["kind"] == "compact":
