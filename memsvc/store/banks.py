@@ -208,22 +208,22 @@ class BankTables:
             raise InvalidArgument(f"start_token_id: {start_token_id} is negative")
         base_version, base = t.base_at(v)
         row_bytes = t.num_layers * t.dim * storage_dtype(t.dtype).itemsize
-        edited = (tok for tok in (np.flatnonzero(t.edited[start_token_id:]) + start_token_id).tolist()
-                  if t.latest_writes(tok, v, base_version))
-        ids, next_token_id = [], 0
-        for tok in edited:
-            if max_bytes and ids and (len(ids) + 1) * row_bytes > max_bytes:
+        edited = ((tok, w) for tok in (np.flatnonzero(t.edited[start_token_id:]) + start_token_id).tolist()
+                  if (w := t.latest_writes(tok, v, base_version)))
+        page, next_token_id = [], 0
+        for tok, writes in edited:
+            if max_bytes and page and (len(page) + 1) * row_bytes > max_bytes:
                 next_token_id = tok
                 break
-            ids.append(tok)
+            page.append((tok, writes))
         limit = self.limits.max_message_bytes
-        if not max_bytes and limit is not None and len(ids) * row_bytes > limit - (1 << 20):
-            raise ResourceExhausted(f"max_bytes: the delta rows of {len(ids)} tokens are {len(ids) * row_bytes} bytes, "
+        if not max_bytes and limit is not None and len(page) * row_bytes > limit - (1 << 20):
+            raise ResourceExhausted(f"max_bytes: the delta rows of {len(page)} tokens are {len(page) * row_bytes} bytes, "
                                     f"over the message limit ({limit}); page them with max_bytes")
-        rows = t.gather(np.array(ids, dtype=np.int64), v, cache=False)
-        total = (len(ids) + sum(1 for _ in edited) + (next_token_id > 0)) if start_token_id == 0 else 0
+        rows = t.delta_page(page, v)
+        total = (len(page) + sum(1 for _ in edited) + (next_token_id > 0)) if start_token_id == 0 else 0
         return dict(version=v, base_version=base_version, base_path=str(Path(base.filename).resolve()),
-                    delta_token_ids=np.array(ids, dtype=np.int64), delta_rows=rows, vocab_size=len(t.words),
+                    delta_token_ids=np.array([tok for tok, _ in page], dtype=np.int64), delta_rows=rows, vocab_size=len(t.words),
                     dtype=t.dtype, next_token_id=next_token_id, delta_tokens_total=total)
 
     def read_rows(self, name, token_ids, v) -> np.ndarray:
