@@ -1,15 +1,22 @@
 """A Snapshot page's delta rows, read by token range over the catalog's primary key (issue 17):
 the rows every version reads, whichever commits wrote which layers (partial writes, rewrites,
-writes folded by a compaction, writes after the version), and damage refused, never served."""
+writes folded by a compaction, writes after the version), and damage refused, never served; pages
+through a client's shared-memory buffer on the server's host, in the reply otherwise."""
 import sqlite3
 
+import grpc
 import numpy as np
 import pytest
 
+from clients.client import MemoryClient
+from clients.snapshots import page_rows
 from memsvc.core.errors import FailedPrecondition
 from memsvc.core.values import RowOp
 from memsvc.store import KnowledgeBase, StoreConfig
-from tests.conftest import WORDS, small_bank
+from memsvc.v1 import knowledge_pb2 as pb
+from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
+from memsvc.wire.reply_buffers import ReplyBuffer
+from tests.conftest import WORDS, serving, small_bank
 
 
 def snapshot_rows(kb, version, max_bytes=None):
@@ -75,3 +82,29 @@ def test_a_damaged_or_missing_delta_row_is_refused_naming_token_layer_and_commit
                                                  r"missing"):
         kb.snapshot("stem", 6, start_token_id=13)
     assert snapshot_rows(kb, 4)[0] == []  # the compacted version reads no delta row
+
+
+def test_pages_come_through_shared_memory_on_the_servers_host_and_in_the_reply_otherwise(history, tmp_path):
+    kb = history
+    want_ids, want_rows = snapshot_rows(kb, 7)
+    kb.close()
+    with serving(kb.root) as address:
+        for shared in (True, False):
+            with MemoryClient(address, shared_memory=shared) as client:
+                snap = client.snapshot("stem", 7, page_bytes=4 * 3 * 8 * 2)  # 4 tokens a page
+                assert snap["delta_token_ids"].tolist() == want_ids
+                np.testing.assert_array_equal(snap["delta_rows"], want_rows)
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.KnowledgeServiceStub(channel)
+            roomy, small = ReplyBuffer(1 << 10), ReplyBuffer(16)
+            try:
+                for buffer, in_buffer in ((roomy, True), (small, False)):
+                    request = pb.SnapshotRequest(table="stem", at=pb.VersionRef(version=7), max_bytes=1 << 10)
+                    request.reply_buffer.name, request.reply_buffer.size, request.reply_buffer.key = (
+                        buffer.name, buffer.size, buffer.key)
+                    r = stub.Snapshot(request, timeout=30)
+                    assert r.rows_in_buffer == in_buffer and (len(r.delta_rows.data) == 0) == in_buffer
+                    np.testing.assert_array_equal(page_rows(r, buffer), want_rows[:len(r.delta_token_ids)])
+            finally:
+                roomy.close()
+                small.close()
