@@ -10,13 +10,13 @@ memsvc.core.protocol.KnowledgeStore), so code and the CLI can hold either one.
 """
 import json
 import queue
-import tempfile
 import threading
 import time
 
 import grpc
 import numpy as np
 
+from clients.snapshots import SNAPSHOT_PAGE_BYTES, fetch_snapshot
 from memsvc.core.dtypes import storage_dtype, to_storage
 from memsvc.core.errors import (Conflict, FailedPrecondition, InvalidArgument, MemsvcError, NotFound, OutOfRange,
                                 ResourceExhausted)
@@ -38,8 +38,6 @@ ERROR_OF = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
 }
 
-SNAPSHOT_PAGE_BYTES = 16 << 20  # rows per Snapshot reply: far under any message limit, ~10 ms each to move
-SNAPSHOT_MEMORY_BYTES = 256 << 20  # a snapshot's delta rows past this go to a mapped temporary file (snapshot_rows)
 IMPORT_MESSAGE_BYTES = 4 << 20  # rows per ImportTable message: the memory each side holds for the stream
 
 
@@ -54,17 +52,6 @@ def _version(version) -> int:
 
 def _ref(version=None, tag=None) -> pb.VersionRef:
     return pb.VersionRef(version=_version(version), tag=tag or "")
-
-
-def snapshot_rows(shape, dtype) -> np.ndarray:
-    """Room for a snapshot's delta rows: memory up to SNAPSHOT_MEMORY_BYTES, else a map of an
-    unlinked temporary file, so that the page cache holds them, not the process (issue 17: the
-    rows of 100,000 edited STEM-1B tokens are 8 GB)."""
-    dtype = np.dtype(dtype)
-    if int(np.prod(shape)) * dtype.itemsize <= SNAPSHOT_MEMORY_BYTES:
-        return np.empty(shape, dtype)
-    with tempfile.TemporaryFile(prefix="memsvc-snapshot-") as f:  # the map keeps the file until it is dropped
-        return np.memmap(f, dtype, "w+", shape=shape)
 
 
 class MemoryClient:
@@ -265,25 +252,9 @@ class MemoryClient:
 
     def snapshot(self, table, version=None, *, page_bytes=SNAPSHOT_PAGE_BYTES) -> dict:
         """The base file and delta rows of a version (see KnowledgeBase.snapshot), fetched in
-        pages of at most ``page_bytes`` of rows into arrays allocated once."""
-        r = self._call("Snapshot", pb.SnapshotRequest(table=table, at=_ref(version), max_bytes=page_bytes))
-        first = convert.stored_tensor(r.delta_rows)
-        ids = np.empty(r.delta_tokens_total, np.int64)
-        rows = snapshot_rows((r.delta_tokens_total, *first.shape[1:]), first.dtype)
-        filled, version = 0, r.version
-        while True:
-            n = len(r.delta_token_ids)
-            if filled + n > len(ids):
-                raise FailedPrecondition(f"snapshot: the server sent more than the {len(ids)} delta rows it announced")
-            ids[filled:filled + n] = r.delta_token_ids
-            rows[filled:filled + n] = convert.stored_tensor(r.delta_rows)
-            filled += n
-            if not r.next_token_id:
-                break
-            r = self._call("Snapshot", pb.SnapshotRequest(table=table, at=_ref(version), start_token_id=r.next_token_id,
-                                                          max_bytes=page_bytes))
-        return dict(version=version, base_version=r.base_version, base_path=r.base_path, vocab_size=r.vocab_size,
-                    delta_token_ids=ids[:filled], delta_rows=rows[:filled], dtype=r.delta_rows.dtype)
+        pages of at most ``page_bytes`` of rows into arrays allocated once (clients/snapshots.py)."""
+        request = pb.SnapshotRequest(table=table, at=_ref(version), max_bytes=page_bytes)
+        return fetch_snapshot(lambda r: self._call("Snapshot", r), request, self.reply_buffers is not None)
 
     def changed_tokens(self, table, from_version, to_version) -> np.ndarray:
         """Token ids whose rows read differently at two versions."""

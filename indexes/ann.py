@@ -9,7 +9,7 @@
 import json
 from pathlib import Path
 
-from indexes.base import FORMAT_VERSION, Index, IndexConfig, check_vectors
+from indexes.base import FORMAT_VERSION, Index, IndexConfig, check_shape, check_vectors
 from indexes.diskann_index import DiskannDisk, DiskannDynamic, DiskannMemory
 from indexes.faiss_index import ExactIndex, FaissIndex
 from indexes.learned_pq import LearnedPQIndex
@@ -23,12 +23,13 @@ CLASS_OF_KIND = {"exact": ExactIndex, "diskann": DiskannMemory, "diskann_dynamic
 
 
 def build_index(config: IndexConfig, ids, vectors, *, train_queries=None) -> Index:
-    """Build an index of `config.kind` over rows `vectors` (n, d) float32 named by `ids` (n,) int64.
+    """Build an index of `config.kind` over rows `vectors` (n, d) float32 named by `ids` (n,) int64,
+    in memory or mapped from a file (indexes.base.read_vector_file): read a chunk at a time.
 
     learned_pq needs `train_queries` (m, d): a sample of the queries it will serve.
     """
     config = config.validate()
-    vectors = check_vectors("vectors", vectors)
+    vectors = check_shape("vectors", vectors)
     train = {}
     if config.kind == "learned_pq":
         if train_queries is None:

@@ -22,12 +22,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from indexes.exact import exact_knn, top_k
+from indexes.exact import empty_hits, exact_knn, merge_topk, top_k
 from memsvc.core.errors import InvalidArgument, NotFound
 
 KINDS = ("exact", "diskann", "diskann_dynamic", "diskann_disk", "hnsw", "ivfpq", "pq", "opq",
          "learned_pq")
 METRICS = ("l2", "ip", "cosine")
+# kinds that hold every row as float32 in memory, built and served (faiss Flat and HNSW storage,
+# DiskANN's in-memory graphs); the others hold codes (pq, opq, ivfpq, learned_pq) or read rows from
+# disk (diskann_disk)
+RESIDENT_KINDS = ("exact", "hnsw", "diskann", "diskann_dynamic")
 FORMAT_VERSION = 1
 
 
@@ -72,6 +76,11 @@ class IndexConfig:
     lpq_temperature: float = 1.0  # x the per-query gap d10 - d1; 0.05 and 0.3 measured worse
     lpq_recon_weight: float = 0.1  # keeps codebooks good for encoding rows added later
     seed: int = 0
+    # What a build holds at once (issue 17: a STEM-1B layer is 4.2 GB as float32): rows are read,
+    # checked and added this many bytes at a time, and trained on a sample of at most train_bytes
+    # (every row when they fit; else training_sample's seeded choice, the same for any chunk size).
+    build_chunk_bytes: int = 64 << 20
+    train_bytes: int = 256 << 20
 
     def validate(self):
         if self.kind not in KINDS:
@@ -106,8 +115,9 @@ class IndexConfig:
         return cls(**d).validate()
 
 
-def check_vectors(name: str, x, dim: int | None = None) -> np.ndarray:
-    """Return x as a C-contiguous float32 (n, dim) array, or raise InvalidArgument naming `name`."""
+def check_shape(name: str, x, dim: int | None = None) -> np.ndarray:
+    """check_vectors without reading the rows (x may be a file mapped in memory): its type, float
+    dtype and (n, dim) shape, or InvalidArgument naming `name`."""
     if not isinstance(x, np.ndarray):
         raise InvalidArgument(f"{name}: expected a numpy array, got {type(x).__name__}")
     if x.dtype.kind != "f":
@@ -116,9 +126,100 @@ def check_vectors(name: str, x, dim: int | None = None) -> np.ndarray:
         raise InvalidArgument(f"{name}: expected a non-empty (n, d) array, got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
         raise InvalidArgument(f"{name}: expected dimension {dim}, got {x.shape[1]}")
+    return x
+
+
+def check_vectors(name: str, x, dim: int | None = None) -> np.ndarray:
+    """Return x as a C-contiguous float32 (n, dim) array, or raise InvalidArgument naming `name`."""
+    check_shape(name, x, dim)
     if not np.isfinite(x).all():
         raise InvalidArgument(f"{name}: contains NaN or inf")
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def training_sample(n: int, dim: int, config: IndexConfig, rows: int | None = None) -> np.ndarray:
+    """Sorted positions of the rows a build trains on: all n when they fit in config.train_bytes
+    (and `rows`, when given), else a seeded uniform choice of as many as fit."""
+    m = min(n, rows or n, max(1, config.train_bytes // (4 * dim)))
+    if m == n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(config.seed).choice(n, m, replace=False))
+
+
+class Rows:
+    """The rows a build reads, (n, d) float32 in memory or mapped from a file, `build_chunk_bytes`
+    at a time: each piece is checked (finite) and prepared (cosine: unit rows) as it is read, so a
+    build holds a chunk and its training sample, never the whole layer (issue 17)."""
+
+    def __init__(self, vectors: np.ndarray, index: "Index"):
+        self.vectors, self.index = check_shape("vectors", vectors, index.dim), index
+        self.step = max(1, index.config.build_chunk_bytes // (4 * index.dim))
+
+    def __len__(self):
+        return len(self.vectors)
+
+    def _checked(self, x: np.ndarray, positions) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise InvalidArgument("vectors: contains NaN or inf")
+        return self.index._prepare("vectors", x, positions)
+
+    def chunks(self, desc: str):
+        """(slice, its prepared rows) over every row in order, with a tqdm bar."""
+        for part in chunks(len(self), self.step, desc, self.index.config.progress):
+            yield part, self._checked(self.vectors[part], range(part.start, part.stop))
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """The prepared rows at sorted `positions`, read a chunk at a time."""
+        out = np.empty((len(positions), self.index.dim), np.float32)
+        for start in range(0, len(positions), self.step):
+            part = positions[start:start + self.step]
+            out[start:start + len(part)] = self._checked(self.vectors[part], part)  # a mapped file: these rows only
+        return out
+
+    def sample(self, rows: int | None = None) -> np.ndarray:
+        """The training sample (training_sample), prepared."""
+        return self.take(training_sample(len(self), self.index.dim, self.index.config, rows))
+
+    def knn(self, queries: np.ndarray, k: int, space: str):
+        """Exact top-k over every row, a chunk at a time: (positions (n, k'), distances (n, k')),
+        k' = min(k, len(self)); `queries` prepared like the rows."""
+        k, best = min(k, len(self)), empty_hits(len(queries))
+        for part, x in self.chunks("exact top-k"):
+            pos, dist = exact_knn(queries, x, k, space)
+            best = merge_topk(*best, pos + part.start, dist, k)
+        return best
+
+    def std(self) -> float:
+        """The standard deviation of every value, over chunks (float64 sums)."""
+        total = squares = 0.0
+        for _, x in self.chunks("std"):
+            total += float(x.sum(dtype=np.float64))
+            squares += float(np.square(x, dtype=np.float64).sum())
+        count = len(self) * self.index.dim
+        return float(np.sqrt(max(0.0, squares / count - (total / count) ** 2)))
+
+
+def write_vector_file(path, dim: int, parts) -> int:
+    """DiskANN's binary vector file (int32 count, int32 dim, then the float32 rows), written a part
+    at a time from the (m, dim) arrays `parts`; the count goes in last. Returns it."""
+    count = 0
+    with open(path, "wb") as f:
+        f.write(np.array([0, dim], np.int32).tobytes())
+        for x in parts:
+            f.write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+            count += len(x)
+        f.seek(0)
+        f.write(np.array([count, dim], np.int32).tobytes())
+    return count
+
+
+def read_vector_file(path) -> np.ndarray:
+    """The rows of a write_vector_file file, mapped read-only: (count, dim) float32."""
+    count, dim = np.fromfile(path, np.int32, count=2)
+    if count == 0:  # nothing to map (mmap refuses an empty range)
+        return np.empty((0, int(dim)), np.float32)
+    return np.memmap(path, np.float32, mode="r", offset=8, shape=(int(count), int(dim)))
 
 
 def check_ids(name: str, ids, n: int | None = None) -> np.ndarray:
@@ -165,7 +266,8 @@ class Index:
 
     # ---- subclass hooks -------------------------------------------------------------------
 
-    def _build(self, vectors: np.ndarray, **train):
+    def _build(self, rows: "Rows", **train):
+        """Build over every row of `rows` (read them a chunk at a time: rows.chunks, rows.sample)."""
         raise NotImplementedError
 
     def _add(self, slots: np.ndarray, vectors: np.ndarray):
@@ -199,9 +301,11 @@ class Index:
         return self.config.num_threads or os.cpu_count() or 1
 
     def build(self, ids, vectors, **train):
-        vectors = check_vectors("vectors", vectors, self.dim)
-        ids = check_ids("ids", ids, len(vectors))
-        self._build(self._prepare("vectors", vectors), **train)
+        """Build over (n, d) float32 `vectors`, in memory or mapped from a file (read_vector_file):
+        read a chunk at a time (config.build_chunk_bytes)."""
+        rows = Rows(vectors, self)
+        ids = check_ids("ids", ids, len(rows))
+        self._build(rows, **train)
         self._register(ids)
         self._n_main = len(ids)
         return self
@@ -289,14 +393,16 @@ class Index:
         self._slot_of.update(zip(ids.tolist(), slots.tolist()))
         return slots
 
-    def _prepare(self, name: str, x: np.ndarray) -> np.ndarray:
-        """Cosine works on unit vectors: normalise here, once, for every backend."""
+    def _prepare(self, name: str, x: np.ndarray, positions=None) -> np.ndarray:
+        """Cosine works on unit vectors: normalise here, once, for every backend (`positions`:
+        the row number of each row of x, for the message; default 0, 1, ...)."""
         if self.config.metric != "cosine":
             return x
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         if (norms == 0).any():
-            raise InvalidArgument(f"{name}: row {int(np.argmin(norms))} is zero; cosine needs "
-                                  "non-zero vectors")
+            row = int(np.argmin(norms))
+            row = row if positions is None else int(positions[row])
+            raise InvalidArgument(f"{name}: row {row} is zero; cosine needs non-zero vectors")
         return np.ascontiguousarray(x / norms, dtype=np.float32)
 
     def _check_params(self, params: dict | None) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 import diskannpy
 import numpy as np
 
-from indexes.base import Index, chunks
+from indexes.base import Index, chunks, write_vector_file
 from indexes.quiet import quiet
 
 
@@ -48,16 +48,20 @@ class DiskannMemory(Index):
     def diskann_metric(self) -> str:
         return "mips" if self.space == "ip" else "l2"
 
-    def _build(self, vectors, **train):
+    def _build(self, rows, **train):
+        """diskannpy builds from a vector file: written here a chunk at a time (prepared rows), where
+        diskannpy would write it when given an array (ann_vectors.bin)."""
         self._dir = Path(tempfile.mkdtemp(prefix="memsvc-diskann-"))
         weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+        vector_file = self._dir / "ann_vectors.bin"
+        write_vector_file(vector_file, self.dim, (x for _, x in rows.chunks("diskann rows")))
         with quiet():
-            self._build_files(vectors)
+            self._build_files(str(vector_file), len(rows))
         self._open()
 
-    def _build_files(self, vectors):
+    def _build_files(self, vector_file: str, n: int):
         c = self.config
-        diskannpy.build_memory_index(vectors, self.diskann_metric, str(self._dir),
+        diskannpy.build_memory_index(vector_file, self.diskann_metric, str(self._dir), vector_dtype=np.float32,
                                      complexity=c.complexity, graph_degree=c.graph_degree,
                                      num_threads=self.threads, alpha=c.alpha)
 
@@ -100,12 +104,12 @@ class DiskannDisk(DiskannMemory):
 
     search_params = ("complexity", "beam_width")
 
-    def _build_files(self, vectors):
+    def _build_files(self, vector_file: str, n: int):
         c = self.config
-        search_gb = c.search_memory_gb or len(vectors) * 32 / 2**30
-        diskannpy.build_disk_index(vectors, "l2", str(self._dir), complexity=c.complexity,
-                                   graph_degree=c.graph_degree, search_memory_maximum=search_gb,
-                                   build_memory_maximum=c.build_memory_gb,
+        search_gb = c.search_memory_gb or n * 32 / 2**30
+        diskannpy.build_disk_index(vector_file, "l2", str(self._dir), vector_dtype=np.float32,
+                                   complexity=c.complexity, graph_degree=c.graph_degree,
+                                   search_memory_maximum=search_gb, build_memory_maximum=c.build_memory_gb,
                                    num_threads=self.threads, pq_disk_bytes=c.pq_disk_bytes)
 
     def _open(self):
@@ -132,11 +136,12 @@ class DiskannDynamic(DiskannMemory):
         self._pending_deletes = 0
         self._rows = np.empty((0, dim), np.float32)  # every slot's vector (see _load)
 
-    def _build(self, vectors, **train):
+    def _build(self, rows, **train):
         if not self.config.max_vectors:  # fix the capacity in the config so a reload reuses it
-            self.config = replace(self.config, max_vectors=max(1024, 2 * len(vectors)))
+            self.config = replace(self.config, max_vectors=max(1024, 2 * len(rows)))
         self._open_empty()
-        self._add(np.arange(len(vectors)), vectors)
+        for part, x in rows.chunks("diskann insert"):
+            self._add(np.arange(part.start, part.stop), x)
 
     def _open_empty(self):
         c = self.config

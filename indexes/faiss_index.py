@@ -12,7 +12,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexes.base import Index, chunks
+from indexes.base import Index, chunks, training_sample
 from indexes.quiet import quiet
 
 
@@ -52,21 +52,24 @@ class FaissIndex(Index):
         return {"hnsw": ("ef_search",), "ivfpq": ("nprobe",),
                 "learned_pq": ("nprobe",)}.get(self.config.kind, ())
 
-    def factory(self, n: int) -> str:
+    def factory(self, n: int, n_train: int | None = None) -> str:
+        """The index_factory string for n rows trained on n_train of them (default all)."""
         c = self.config
         pq = f"PQ{c.pq_m}x{c.pq_nbits}"
         opq = f"OPQ{c.pq_m},{pq}"
         # 4*sqrt(n) lists, with >= 39 training points per list (faiss's k-means minimum)
-        nlist = c.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        nlist = c.nlist or max(1, min(int(4 * math.sqrt(n)), (n if n_train is None else n_train) // 39))
         learned = f"OPQ{c.pq_m},IVF{2 ** c.lpq_coarse_bits},PQ{c.pq_m}x{c.lpq_residual_bits}"
         return {"exact": "Flat", "hnsw": f"HNSW{c.hnsw_m}", "ivfpq": f"IVF{nlist},{pq}",
                 "pq": pq, "opq": opq, "learned_pq": learned}[c.kind]
 
-    def _build(self, vectors, sample=None, **train):
-        """Train on `sample` (default: the rows themselves), then add the rows."""
+    def _build(self, rows, sample=None, **train):
+        """Train on `sample` (default: the training sample of the rows, base.training_sample),
+        then add the rows a chunk at a time."""
         metric = faiss.METRIC_L2 if self.space == "l2" else faiss.METRIC_INNER_PRODUCT
         faiss.omp_set_num_threads(self.threads)
-        self._index = faiss.index_factory(self.dim, self.factory(len(vectors)), metric)
+        n_train = len(sample) if sample is not None else len(training_sample(len(rows), self.dim, self.config))
+        self._index = faiss.index_factory(self.dim, self.factory(len(rows), n_train), metric)
         if self.config.kind == "hnsw":
             self._index.hnsw.efConstruction = self.config.ef_construction
         if hasattr(self._index, "chain"):
@@ -81,11 +84,15 @@ class FaissIndex(Index):
             # faiss trains PQ codes for polysemous (Hamming) filtering by default: ~25x the training
             # time for a search mode we never use.
             inner.do_polysemous_training = False
-        sample = vectors if sample is None else sample
-        with quiet():  # k-means warns on stderr when the sample is small
-            self._pretrain(sample)
-            self._index.train(sample)
-        self._add(np.arange(len(vectors)), vectors)
+        if not self._index.is_trained:  # Flat and HNSW train on nothing
+            sample = rows.sample() if sample is None else sample
+            with quiet():  # k-means warns on stderr when the sample is small
+                self._pretrain(sample)
+                self._index.train(sample)
+            del sample
+        for _, x in rows.chunks(f"{self.config.kind} add"):
+            self._index.add(x)
+        self._gpu_index = None
 
     def _pretrain(self, sample):
         """Fit what faiss's own train() would fit to the wrong data (learned_pq); none here."""
@@ -131,7 +138,8 @@ class FaissIndex(Index):
         self._index = faiss.read_index(str(path / "faiss.index"))
 
     def _stats(self):
-        return {"backend": "faiss", "factory": self.factory(self._n_main),
+        n_train = len(training_sample(self._n_main, self.dim, self.config))  # the rule the build followed
+        return {"backend": "faiss", "factory": self.factory(self._n_main, n_train),
                 "bytes_per_vector": self._index.sa_code_size() if self.config.kind != "hnsw"
                 else 4 * self.dim, "gpu": gpu_available(self.config)}
 

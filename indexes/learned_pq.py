@@ -54,8 +54,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexes.exact import exact_knn
 from indexes.faiss_index import FaissIndex
+from memsvc.core.errors import ResourceExhausted
 
 
 def read_codes(index):
@@ -108,9 +108,9 @@ def listnet_loss(d_adc, d_exact, mask, temperature):
     return -(target * log_pred.masked_fill(~mask, 0)).sum(1).mean()
 
 
-def candidate_lists(index, vectors, queries, k: int, space: str, nprobe: int):
+def candidate_lists(index, rows, queries, k: int, space: str, nprobe: int):
     """Per query: exact top-k then ADC top-k not already listed -> (positions (Q, 2k), mask)."""
-    exact_pos, _ = exact_knn(queries, vectors, k, space)
+    exact_pos, _ = rows.knn(queries, k, space)
     _, adc_pos = index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
     lists = np.full((len(queries), 2 * k), -1, np.int64)
     for i, (exact_row, adc_row) in enumerate(zip(exact_pos, adc_pos)):
@@ -119,23 +119,33 @@ def candidate_lists(index, vectors, queries, k: int, space: str, nprobe: int):
     return lists, lists >= 0
 
 
-def finetune(index, vectors, queries, config, space: str):
-    """Fine-tune the index's residual codebooks in place (see module docstring)."""
+def finetune(index, rows, queries, config, space: str):
+    """Fine-tune the index's residual codebooks in place (see module docstring). Holds the rows
+    of the candidate lists and of the reconstruction sample only; ResourceExhausted naming
+    config.lpq_epochs when those exceed config.train_bytes."""
     torch.manual_seed(config.seed)
+    sample = torch.randperm(len(rows))[:4096].numpy()  # rows the reconstruction term measures
     rotation, coarse, codebooks, lists, codes = read_codes(index)
-    cand, mask = candidate_lists(index, vectors, queries, config.lpq_candidates, space,
+    cand, mask = candidate_lists(index, rows, queries, config.lpq_candidates, space,
                                  config.nprobe)
+    cand = np.maximum(cand, 0)  # (Q, K) row positions; padding masked
+    needed = np.union1d(cand, sample)
+    if len(needed) * rows.index.dim * 4 > config.train_bytes:
+        raise ResourceExhausted(
+            f"config.lpq_epochs: learned_pq's fine-tuning reads the rows of its candidate lists, "
+            f"{len(needed):,} rows x {rows.index.dim} float32 = {len(needed) * rows.index.dim * 4 / 2**20:,.1f} MB, "
+            f"over config.train_bytes ({config.train_bytes / 2**20:,.1f} MB); build with lpq_epochs=0, "
+            f"fewer lpq_candidates or a larger train_bytes")
     # in the rotated space (distances unchanged), in units of the data's spread so that one
     # learning rate fits every dataset
-    unit = float(vectors.std())
-    x, q_all = (torch.from_numpy(a @ rotation.T / unit) for a in (vectors, queries))
-    centres, cell = torch.from_numpy(coarse / unit), torch.from_numpy(lists)  # (nlist, d), (n,)
-    codes_t, mask = torch.from_numpy(codes), torch.from_numpy(mask)
-    cand = torch.from_numpy(np.maximum(cand, 0))  # (Q, K) row positions; padding masked
+    unit = rows.std()
+    x, q_all = (torch.from_numpy(a @ rotation.T / unit) for a in (rows.take(needed), queries))
+    centres, cell = torch.from_numpy(coarse / unit), torch.from_numpy(lists[needed])  # (nlist, d), (len(needed),)
+    codes_t, mask = torch.from_numpy(codes[needed]), torch.from_numpy(mask)
+    cand, sample = (torch.from_numpy(np.searchsorted(needed, a)) for a in (cand, sample))  # positions in needed
     d_exact_all = torch.cat([exact_distances(q_all[b], x[cand[b]], space)  # (Q, K) targets
                              for b in torch.arange(len(q_all)).split(256)])
     C = torch.nn.Parameter(torch.from_numpy(codebooks / unit))
-    sample = torch.randperm(len(x))[:4096]
 
     def reconstruction_error():  # mean |x - x_hat|^2 over a fixed sample of rows
         return ((x[sample] - decode(centres[cell[sample]], C, codes_t[sample])) ** 2).sum(1).mean()
@@ -145,8 +155,8 @@ def finetune(index, vectors, queries, config, space: str):
     optimizer = torch.optim.Adam([C], lr=config.lpq_lr)
     for _ in tqdm(range(config.lpq_epochs), desc="learned_pq", disable=not config.progress):
         for batch in torch.randperm(len(q_all)).split(128):
-            rows = cand[batch]  # (B, K)
-            d_adc = exact_distances(q_all[batch], decode(centres[cell[rows]], C, codes_t[rows]), space)
+            listed = cand[batch]  # (B, K)
+            d_adc = exact_distances(q_all[batch], decode(centres[cell[listed]], C, codes_t[listed]), space)
             loss = listnet_loss(d_adc, d_exact_all[batch], mask[batch], config.lpq_temperature)
             loss = loss + config.lpq_recon_weight * reconstruction_error() / recon0
             optimizer.zero_grad()
@@ -155,8 +165,9 @@ def finetune(index, vectors, queries, config, space: str):
     write_codebooks(index, C.detach().numpy() * unit)
 
 
-def query_matched_sample(vectors, queries, config, space: str):
-    """Rows resampled to where the queries are: (config.lpq_train_rows, d) float32.
+def query_matched_sample(rows, queries, config, space: str):
+    """Rows resampled to where the queries are: (config.lpq_train_rows, d) float32, at most
+    config.train_bytes of them.
 
     Row i is drawn with probability ~ r_i + P k / n, where r_i counts the training queries that
     have row i among their exact top-k (k = `lpq_neighbours`; its reverse-kNN count) and the
@@ -165,12 +176,15 @@ def query_matched_sample(vectors, queries, config, space: str):
     SIFT queries with P = 5, recall@10 fell from 0.430 to 0.370); thousands dominate it. The
     prior also keeps every region covered, for rows no query reached and rows added later.
     """
-    pos, _ = exact_knn(queries, vectors, config.lpq_neighbours, space)
-    hits = np.bincount(pos.ravel(), minlength=len(vectors)).astype(np.float64)
-    weight = hits + config.lpq_prior_queries * pos.shape[1] / len(vectors)
+    n = len(rows)
+    pos, _ = rows.knn(queries, config.lpq_neighbours, space)
+    hits = np.bincount(pos.ravel(), minlength=n).astype(np.float64)
+    weight = hits + config.lpq_prior_queries * pos.shape[1] / n
     rng = np.random.default_rng(config.seed)
-    picked = rng.choice(len(vectors), size=config.lpq_train_rows, p=weight / weight.sum())
-    return vectors[picked]
+    size = min(config.lpq_train_rows, max(1, config.train_bytes // (4 * rows.index.dim)))
+    picked = rng.choice(n, size=size, p=weight / weight.sum())
+    unique, inverse = np.unique(picked, return_inverse=True)
+    return rows.take(unique)[inverse]
 
 
 class LearnedPQIndex(FaissIndex):
@@ -187,11 +201,10 @@ class LearnedPQIndex(FaissIndex):
         residuals = sample - cells.centroids[cells.index.search(sample, 1)[1][:, 0]]
         faiss.downcast_VectorTransform(self._index.chain.at(0)).train(residuals)
 
-    def _build(self, vectors, train_queries=None, **train):
+    def _build(self, rows, train_queries=None, **train):
         queries = self._prepare("train_queries", train_queries)
         faiss.omp_set_num_threads(self.threads)
-        super()._build(vectors, sample=query_matched_sample(vectors, queries, self.config,
-                                                            self.space))
+        super()._build(rows, sample=query_matched_sample(rows, queries, self.config, self.space))
         torch.set_num_threads(self.threads)
         if self.config.lpq_epochs:
-            finetune(self._index, vectors, queries, self.config, self.space)
+            finetune(self._index, rows, queries, self.config, self.space)

@@ -19,6 +19,7 @@ from memsvc.core.values import RowOp
 from memsvc.server.auth import READ, WRITE, required_role
 from memsvc.server.spawn import spawn_server, stop_server
 from memsvc.store import KnowledgeBase, StoreConfig
+from memsvc.store.checksums import token_sums
 from memsvc.store.importers import bank_vocab, load_bank, write_export
 from memsvc.v1 import knowledge_pb2 as pb
 from memsvc.v1 import knowledge_pb2_grpc as pb_grpc
@@ -216,6 +217,42 @@ def test_a_cancelled_import_leaves_the_data_directory_byte_identical(untouched):
     assert snapshot(data) == before
     with MemoryClient(address) as c:
         assert [t.name for t in c.list_tables()] == ["stem"] and c.version == 1
+
+
+def test_a_streamed_import_renames_the_file_it_wrote_into_the_base_with_its_checksums(tmp_path):
+    """The rows are written once (issue 17): the base is the very file the stream was written to
+    (same inode), and its crc32s are the ones recorded, so every row checks on its first read."""
+    data = tmp_path / "kb"
+    with KnowledgeBase(StoreConfig(data_dir=data, create=True)) as kb:
+        kb.import_table("stem", small_bank(), WORDS, dtype="float16")
+    rows, half_sent, go_on = small_bank(seed=4), threading.Event(), threading.Event()
+
+    def requests():
+        yield header_message()
+        for start in range(0, 64, 8):
+            if start == 32:
+                half_sent.set()
+                go_on.wait(30)
+            yield rows_message(rows[start:start + 8])
+
+    proc, address = spawn_server(data)
+    try:
+        with grpc.insecure_channel(address) as channel:
+            call = pb_grpc.KnowledgeServiceStub(channel).ImportTable.future(requests(), timeout=60)
+            assert half_sent.wait(30)
+            written = _wait_for(lambda: [p for p in data.glob(".import-*") if p.stat().st_size >= 128 + 32 * 3 * 8 * 2])
+            inode = written[0].stat().st_ino
+            go_on.set()
+            assert call.result(timeout=60).version == 2
+    finally:
+        go_on.set()
+        stop_server(proc)
+    assert (data / "bases" / "new" / "v2.npy").stat().st_ino == inode and not list(data.glob(".import-*"))
+    with KnowledgeBase(StoreConfig(data_dir=data)) as kb:
+        t = kb.table("new")
+        np.testing.assert_array_equal(t.base_sums[2], token_sums(to_storage(rows, "float16")))
+        np.testing.assert_array_equal(kb.lookup("new", np.arange(64)).in_request_order(),
+                                      to_storage(rows, "float16").astype(np.float32))
 
 
 def _wait_for(condition, seconds=30):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from clients.banks import LocalBank
-from clients import client as client_module
+import clients.snapshots
 from clients.client import MemoryClient
 from memsvc.core.dtypes import to_float32, to_storage
 from memsvc.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
@@ -257,7 +257,7 @@ def test_local_bank_opens_with_100000_edited_tokens_their_rows_in_a_mapped_file(
         writes = RowWrites(token_ids=np.repeat(np.arange(n), layers), layers=np.tile(np.arange(layers), n), vectors=vectors)
         kb.banks.commit_rows("stem", writes, "edit", "", "every layer of 100,000 tokens")  # what kb.edit commits
     expected = to_float32(to_storage(np.concatenate([vectors.reshape(n, layers, dim), base[n:]]), "float16"), "float16")
-    monkeypatch.setattr(client_module, "SNAPSHOT_MEMORY_BYTES", 1 << 20)  # 3.2 MB of delta rows: past it
+    monkeypatch.setattr(clients.snapshots, "SNAPSHOT_MEMORY_BYTES", 1 << 20)  # 3.2 MB of delta rows: past it
     proc, address = spawn_server(data)
     try:
         with MemoryClient(address) as client:

@@ -25,6 +25,10 @@ class SearchConfig:
     # builds 15.7 -> 20.3 s (slower only while the server is busy; bench/ann_service.py --builds).
     build_niceness: int = 10
     read_chunk: int = 4096  # tokens per chunk when reading a layer
+    # The largest index of a kind that holds every row in memory (indexes.base.RESIDENT_KINDS),
+    # n x d x 4 bytes: CreateIndex above it is RESOURCE_EXHAUSTED naming config.kind, not a server
+    # grown past its memory (issue 17: a STEM-1B layer is 4.2 GB as float32).
+    max_resident_index_bytes: int = 1 << 30
     search_in_worker: bool = True  # search diskann kinds in a child process (diskannpy holds the GIL)
     # 0: the worker competes for the CPU like the in-process search it stands for. It was 5: on a
     # shared 2-core machine every wake-up of the niced worker (two process hand-offs a search)

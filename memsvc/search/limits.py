@@ -18,6 +18,7 @@ INDEX_LIMITS = {
     "opq_iterations": 1000, "opq_train_rows": 1 << 22, "lpq_coarse_bits": 32, "lpq_train_rows": 1 << 22,
     "lpq_neighbours": 1024, "lpq_prior_queries": 1 << 20, "lpq_epochs": 1000, "lpq_lr": 1.0,
     "lpq_candidates": 4096, "lpq_temperature": 100.0, "lpq_recon_weight": 100.0, "seed": (1 << 32) - 1,
+    "build_chunk_bytes": 1 << 30, "train_bytes": 1 << 30,
 }
 TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -47,3 +48,15 @@ def checked_index_config(config, limits: dict):
             raise ResourceExhausted(f"config.{key}: {value} exceeds the limit of {limits[key]}")
         config = {**config, key: value}
     return IndexConfig(**config).validate()
+
+
+def check_resident(kind, n, dim, limit):
+    """ResourceExhausted naming config.kind when an index of a kind that holds every row in memory
+    (indexes.base.RESIDENT_KINDS) over n rows of dim float32 would exceed `limit` bytes."""
+    from indexes.base import RESIDENT_KINDS
+
+    if kind in RESIDENT_KINDS and n * dim * 4 > limit:
+        raise ResourceExhausted(
+            f"config.kind: {kind} holds every row in memory as float32, {n:,} rows x {dim} = "
+            f"{n * dim * 4 / 2**30:.2f} GB, over the limit of {limit / 2**30:.2f} GB; pq, opq, ivfpq and "
+            f"learned_pq hold codes, diskann_disk reads rows from disk")

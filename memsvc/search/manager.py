@@ -58,13 +58,14 @@ from pathlib import Path
 
 import numpy as np
 
+from indexes.base import read_vector_file
 from indexes.exact import empty_hits, exact_search, merge_topk, top_k
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from memsvc.core.search import BUILDING, FAILED, READY, IndexInfo, SearchResult, place, wait_for_build, where_of
-from memsvc.search.builds import build_and_save, build_in_worker
+from memsvc.search.builds import build_and_save, build_in_worker, write_rows
 from memsvc.search.catalog import Catalog, Entry
 from memsvc.search.config import SearchConfig
-from memsvc.search.limits import checked_index_config
+from memsvc.search.limits import check_resident, checked_index_config
 from memsvc.search.query_log import QueryLog, QueryLogs
 from memsvc.search.search_worker import GIL_HOLDING_KINDS, SearchWorker
 from memsvc.store.files import fsync_dir, fsync_tree
@@ -162,6 +163,7 @@ class IndexManager:
             raise FailedPrecondition(f"table: {place(src.where)} holds no rows at version {v}; add pairs first")
         config = config if isinstance(config, IndexConfig) else checked_index_config(config or {}, self.config.index_limits)
         config = replace(config, progress=False).validate()  # the service reports progress itself
+        check_resident(config.kind, len(src.alive_ids(v)), src.dim, self.config.max_resident_index_bytes)
         with self._lock:
             if name in self.catalog:
                 raise Conflict(f"name: index {name!r} already exists")
@@ -183,15 +185,9 @@ class IndexManager:
             ids = src.alive_ids(info.version)
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-            rows = np.lib.format.open_memmap(folder / "rows.npy", mode="w+", dtype=np.float32, shape=(len(ids), src.dim))
-            step = self.config.read_chunk
-            for start in range(0, len(ids), step):
-                self._progress(entry, "reading rows", 0.3 * start / max(1, len(ids)))
-                rows[start:start + step] = src.rows(ids[start:start + step], info.version)
-            zero = np.linalg.norm(rows, axis=1) == 0 if info.metric == "cosine" else np.zeros(len(ids), bool)
-            np.save(folder / "rows.npy", np.asarray(rows[~zero]))
+            zero = write_rows(src, ids, info, folder / "rows.bin", self.config.read_chunk,
+                              lambda fraction: self._progress(entry, "reading rows", 0.3 * fraction))
             np.save(folder / "ids.npy", ids[~zero])
-            del rows
             self._write_train_queries(entry, folder)
             (folder / "config.json").write_text(json.dumps(info.config))
             self._progress(entry, "building", 0.3)
@@ -239,9 +235,9 @@ class IndexManager:
         if log is not None and len(log.queries) >= self.config.min_log_queries:
             queries, source = log.queries.copy(), "query log"
         else:
-            rows = np.load(folder / "rows.npy", mmap_mode="r")
+            rows = read_vector_file(folder / "rows.bin")
             pick = np.random.default_rng(0).choice(len(rows), min(len(rows), self.config.query_log_size), replace=False)
-            queries, source = np.asarray(rows[np.sort(pick)]), "rows"
+            queries, source = np.asarray(rows[np.sort(pick)]), "rows"  # query_log_size rows, not the layer
         entry.info = replace(info, train_queries_from=f"{source} ({len(queries)})")
         np.save(folder / "train.npy", queries)
 

@@ -57,10 +57,15 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
     def Snapshot(self, request, context):
         snap = self.kb.snapshot(request.table, self.kb.resolve_version(**convert.version_from_pb(request.at)),
                                 start_token_id=request.start_token_id, max_bytes=request.max_bytes or None)
-        return pb.SnapshotResponse(version=snap["version"], base_version=snap["base_version"], base_path=snap["base_path"],
-                                   delta_token_ids=snap["delta_token_ids"].tolist(), vocab_size=snap["vocab_size"],
-                                   delta_rows=convert.tensor_to_pb(snap["delta_rows"], snap["dtype"]),
-                                   next_token_id=snap["next_token_id"], delta_tokens_total=snap["delta_tokens_total"])
+        reply = pb.SnapshotResponse(version=snap["version"], base_version=snap["base_version"], base_path=snap["base_path"],
+                                    delta_token_ids=snap["delta_token_ids"].tolist(), vocab_size=snap["vocab_size"],
+                                    next_token_id=snap["next_token_id"], delta_tokens_total=snap["delta_tokens_total"])
+        rows, buffer = snap["delta_rows"], request.reply_buffer
+        if buffer.name and self.shared_buffers.write(buffer.name, buffer.key, buffer.size, rows):
+            reply.rows_in_buffer, reply.delta_rows.dtype, reply.delta_rows.shape[:] = True, snap["dtype"], rows.shape
+        else:
+            convert.tensor_to_pb(rows, snap["dtype"], out=reply.delta_rows)  # in place: no second copy
+        return reply
 
     def ChangedTokens(self, request, context):
         a = self.kb.resolve_version(**convert.version_from_pb(getattr(request, "from")))

@@ -212,6 +212,36 @@ class TableState:
         Base rows read for the first time are asked for at once (will_need) and checked before
         the gather (a damaged one is FailedPrecondition); delta rows come from the reader (and
         stay in its cache unless ``cache`` is False: a pass over many tokens)."""
+        base_version, _ = self.base_at(version)
+        rows = self.base_rows(ids, version, out)
+        edited = np.flatnonzero(self.edited[ids])
+        if len(edited):
+            self.overlay(rows, edited, np.asarray(ids)[edited], version, base_version, cache)
+        return rows
+
+    def delta_page(self, page, version) -> np.ndarray:
+        """Rows (n, L, d) at a version of the tokens of ``page`` [(token, latest_writes(token))],
+        ascending: a Snapshot page. The delta rows are read by token range (DeltaReader.read_range),
+        and base rows only for tokens that some layer still reads from the base."""
+        base_version, base = self.base_at(version)
+        ids = np.array([tok for tok, _ in page], np.int64)
+        rows = np.empty((len(ids), self.num_layers, self.dim), base.dtype)
+        partial = np.array([len(w) < self.num_layers for _, w in page], bool)
+        if partial.any():
+            rows[partial] = self.base_rows(ids[partial], version)
+        keys = []
+        for i, (tok, writes) in enumerate(page):
+            for layer, (commit, crc) in writes.items():
+                why = self.damaged.get((tok, layer, commit)) if self.damaged else None
+                if why:
+                    raise self.delta_damage(tok, layer, commit, version, why)
+                keys.append((tok, layer, commit, crc, i))
+        self.reader.read_range(self, keys, rows, version, base_version)
+        return rows
+
+    def base_rows(self, ids, version, out=None):
+        """Rows (n, L, d) of token ids in the base a version reads (storage dtype; a copy, into
+        ``out`` if given), checked on their first read since the KB opened."""
         base_version, base = self.base_at(version)
         if self.lost:
             self.check_records(base_version, version)
@@ -225,11 +255,7 @@ class TableState:
             will_need(base, first)
             self._check_base_rows(base_version, base, first, version)
             unread[first] = False
-        rows = np.take(base.view(np.ndarray), base_ids, axis=0, out=out, mode="clip")
-        edited = np.flatnonzero(self.edited[ids])
-        if len(edited):
-            self.overlay(rows, edited, np.asarray(ids)[edited], version, base_version, cache)
-        return rows
+        return np.take(base.view(np.ndarray), base_ids, axis=0, out=out, mode="clip")
 
     def _check_base_rows(self, base_version, base, ids, version):
         """Base rows against their checksums, on their first read since the KB opened (the rows

@@ -21,6 +21,7 @@ from memsvc.store.bank_table import TableState, map_for_lookups
 from memsvc.store.checksums import MISSING, check_commit, create_tables, delta_sums, row_sums, summed_from, token_sums
 from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
 from memsvc.store.delta_rows import UNCHECKED, DeltaReader, load_history
+from memsvc.store.files import fsync_dir
 
 
 class BankTables:
@@ -93,8 +94,7 @@ class BankTables:
         its token rows (checksums.py), for ``insert_base``."""
         folder = self.root / "bases" / table_name
         folder.mkdir(parents=True, exist_ok=True)
-        rel = f"bases/{table_name}/v{version}.npy"
-        tmp = self.root / (rel + ".tmp")
+        tmp = folder / f"v{version}.npy.tmp"
         try:
             sums = _write_npy(tmp, shape, dtype, chunks, f"writing {table_name} base", progress)
         except BaseException:
@@ -102,11 +102,18 @@ class BankTables:
             if not any(folder.iterdir()):
                 folder.rmdir()
             raise
-        os.replace(tmp, self.root / rel)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        os.fsync(dir_fd)
-        os.close(dir_fd)
-        return rel, sums
+        return self.place_base(table_name, version, tmp), sums
+
+    def place_base(self, table_name, version, written) -> str:
+        """Name a written, synced base file (``written``: a temporary name in the data directory)
+        the base of a table at a version: renamed, its folder synced. Returns its path relative
+        to the data directory."""
+        folder = self.root / "bases" / table_name
+        folder.mkdir(parents=True, exist_ok=True)
+        rel = f"bases/{table_name}/v{version}.npy"
+        os.replace(written, self.root / rel)
+        fsync_dir(folder)
+        return rel
 
     @staticmethod
     def insert_base(conn, table_name, version, written, vocab_size):
@@ -210,22 +217,22 @@ class BankTables:
             raise InvalidArgument(f"start_token_id: {start_token_id} is negative")
         base_version, base = t.base_at(v)
         row_bytes = t.num_layers * t.dim * storage_dtype(t.dtype).itemsize
-        edited = (tok for tok in (np.flatnonzero(t.edited[start_token_id:]) + start_token_id).tolist()
-                  if t.latest_writes(tok, v, base_version))
-        ids, next_token_id = [], 0
-        for tok in edited:
-            if max_bytes and ids and (len(ids) + 1) * row_bytes > max_bytes:
+        edited = ((tok, w) for tok in (np.flatnonzero(t.edited[start_token_id:]) + start_token_id).tolist()
+                  if (w := t.latest_writes(tok, v, base_version)))
+        page, next_token_id = [], 0
+        for tok, writes in edited:
+            if max_bytes and page and (len(page) + 1) * row_bytes > max_bytes:
                 next_token_id = tok
                 break
-            ids.append(tok)
+            page.append((tok, writes))
         limit = self.limits.max_message_bytes
-        if not max_bytes and limit is not None and len(ids) * row_bytes > limit - (1 << 20):
-            raise ResourceExhausted(f"max_bytes: the delta rows of {len(ids)} tokens are {len(ids) * row_bytes} bytes, "
+        if not max_bytes and limit is not None and len(page) * row_bytes > limit - (1 << 20):
+            raise ResourceExhausted(f"max_bytes: the delta rows of {len(page)} tokens are {len(page) * row_bytes} bytes, "
                                     f"over the message limit ({limit}); page them with max_bytes")
-        rows = t.gather(np.array(ids, dtype=np.int64), v, cache=False)
-        total = (len(ids) + sum(1 for _ in edited) + (next_token_id > 0)) if start_token_id == 0 else 0
+        rows = t.delta_page(page, v)
+        total = (len(page) + sum(1 for _ in edited) + (next_token_id > 0)) if start_token_id == 0 else 0
         return dict(version=v, base_version=base_version, base_path=str(Path(base.filename).resolve()),
-                    delta_token_ids=np.array(ids, dtype=np.int64), delta_rows=rows, vocab_size=len(t.words),
+                    delta_token_ids=np.array([tok for tok, _ in page], dtype=np.int64), delta_rows=rows, vocab_size=len(t.words),
                     dtype=t.dtype, next_token_id=next_token_id, delta_tokens_total=total)
 
     def read_rows(self, name, token_ids, v) -> np.ndarray:
@@ -266,10 +273,7 @@ class BankTables:
         """Create a table from token-major rows (V, L, d) and a vocabulary of V words; optionally the
         transformer layer each table layer feeds and the tokenizer file (kind, bytes) the words come from."""
         check_table_name(name)
-        model_layers = [int(i) for i in model_layers]
-        if model_layers and len(model_layers) != rows.shape[1]:
-            raise InvalidArgument(f"model_layers: {len(model_layers)} layers named for a table of {rows.shape[1]}")
-        tokenizer = tokenizer or ("", b"")
+        model_layers = checked_model_layers(model_layers, rows.shape[1])
         if rows.ndim != 3 or 0 in rows.shape:
             raise InvalidArgument(f"rows: expected a non-empty [vocab, layers, dim] array, got shape {rows.shape}")
         if len(vocab) != rows.shape[0]:
@@ -279,28 +283,44 @@ class BankTables:
         with self.log.lock:
             self.log.check_unused(name)
             step = max(1, bank_table.CHUNK_BYTES // max(1, rows[0].nbytes))
-            chunks = (_checked_chunk(rows[i:i + step], dtype) for i in range(0, len(rows), step))
+            chunks = (checked_chunk(rows[i:i + step], dtype) for i in range(0, len(rows), step))
             written = self.write_base(name, self.log.head + 1, rows.shape, storage_dtype(dtype), chunks, progress)
-            n_rows = int(rows.shape[0] * rows.shape[1])
+            return self._commit_import(name, written, rows.shape, vocab, dtype, author, message, model_layers, tokenizer)
 
-            def write(conn, version):
-                conn.execute("insert into tables values (?,?,?,?,?,?)", [name, "bank", dtype, rows.shape[2], rows.shape[1], version])
-                self.insert_base(conn, name, version, written, rows.shape[0])
-                conn.executemany("insert into tokens values (?,?,?,?,?)", [(name, i, w, version, NEVER) for i, w in enumerate(vocab)])
-                if model_layers or tokenizer[0]:
-                    conn.execute("insert into table_models values (?,?,?,?)",
-                                 [name, json.dumps(model_layers), tokenizer[0], tokenizer[1]])
+    def import_written(self, name, path, sums, shape, vocab, dtype="float32", author="", message="", model_layers=(),
+                       tokenizer=None) -> CommitResult:
+        """Create a table from a base file already written and synced in the data directory (``path``,
+        a .npy of ``shape`` in the table's storage dtype whose rows were checked as they were
+        written; ``sums``: its token crc32s as uint32 bytes): renamed into place, not copied."""
+        check_table_name(name)
+        model_layers = checked_model_layers(model_layers, shape[1])
+        with self.log.lock:
+            self.log.check_unused(name)
+            written = self.place_base(name, self.log.head + 1, path), sums
+            return self._commit_import(name, written, shape, vocab, dtype, author, message, model_layers, tokenizer)
 
-            def publish(version):
-                t = TableState(name, "bank", dtype, rows.shape[2], rows.shape[1], version, self.reader)
-                t.model_layers, t.tokenizer = model_layers, tokenizer
-                t.bases.append((version, self.map_base(written[0], t)))
-                t.base_sums[version] = np.frombuffer(written[1], np.uint32)
-                t.add_tokens(list(vocab), version)
-                self.tables[name] = t
+    def _commit_import(self, name, written, shape, vocab, dtype, author, message, model_layers, tokenizer):
+        """The import's commit, once its base is in place (write_base or place_base, log lock held)."""
+        tokenizer, n_rows = tokenizer or ("", b""), int(shape[0] * shape[1])
 
-            version = self.log.commit("import", [name], write, publish, author, message or f"import {name}", n_rows)
-            return CommitResult(version=version, rows_changed=n_rows)
+        def write(conn, version):
+            conn.execute("insert into tables values (?,?,?,?,?,?)", [name, "bank", dtype, shape[2], shape[1], version])
+            self.insert_base(conn, name, version, written, shape[0])
+            conn.executemany("insert into tokens values (?,?,?,?,?)", [(name, i, w, version, NEVER) for i, w in enumerate(vocab)])
+            if model_layers or tokenizer[0]:
+                conn.execute("insert into table_models values (?,?,?,?)",
+                             [name, json.dumps(model_layers), tokenizer[0], tokenizer[1]])
+
+        def publish(version):
+            t = TableState(name, "bank", dtype, shape[2], shape[1], version, self.reader)
+            t.model_layers, t.tokenizer = model_layers, tokenizer
+            t.bases.append((version, self.map_base(written[0], t)))
+            t.base_sums[version] = np.frombuffer(written[1], np.uint32)
+            t.add_tokens(list(vocab), version)
+            self.tables[name] = t
+
+        version = self.log.commit("import", [name], write, publish, author, message or f"import {name}", n_rows)
+        return CommitResult(version=version, rows_changed=n_rows)
 
     def edit(self, name, ops, author="", message="", request=None, metrics=None) -> CommitResult:
         """Apply a batch of RowOps as one atomic commit; the result names the rows it changed."""
@@ -436,7 +456,14 @@ def _write_npy(path, shape, dtype, chunks, desc, progress):
     return np.concatenate(sums).astype(np.uint32).tobytes()
 
 
-def _checked_chunk(rows, dtype) -> np.ndarray:
+def checked_model_layers(model_layers, num_layers) -> list:
+    model_layers = [int(i) for i in model_layers]
+    if model_layers and len(model_layers) != num_layers:
+        raise InvalidArgument(f"model_layers: {len(model_layers)} layers named for a table of {num_layers}")
+    return model_layers
+
+
+def checked_chunk(rows, dtype) -> np.ndarray:
     """Imported rows in the table's storage dtype, converted a chunk at a time as they are written."""
     with np.errstate(over="ignore"):  # a value past the dtype's range becomes inf, refused here
         stored = rows if rows.dtype == storage_dtype(dtype) else to_storage(rows, dtype)
@@ -455,7 +482,6 @@ def _base_rows(t, ids):
         else:  # the rows of the commit that injected it (every layer)
             out[i] = to_float32(t.gather(np.array([tok]), t.history[tok][0][0]), t.dtype)[0]
     return out
-
 
 
 def replay_commit(table, commit, batch, dt, record, sums_from):

@@ -19,6 +19,7 @@ from memsvc.core.dtypes import storage_dtype
 from memsvc.store.checksums import MISSING, NEVER
 
 SQL_TOKENS = 500  # token ids per read of delta rows (SQLite's default limit is 32,766 parameters)
+RANGE_TOKENS = 4096  # tokens per query of a Snapshot page's read by token range (read_range)
 UNCHECKED = -1  # crc of a key whose commit has no checksum record (written before checksums)
 
 
@@ -125,3 +126,25 @@ class DeltaReader:
             self.put(t.name, keys, [out[k] for k in keys])
         return out
 
+
+    def read_range(self, t, keys, rows, version, base_version):
+        """Write the delta rows of keys [(token, layer, commit, crc, i)] (ascending token) into
+        rows[i, layer], read by one query per RANGE_TOKENS tokens over the primary key (token
+        order) and checked against their crc32; uncached (a Snapshot page: every edited token
+        once). A row missing or failing its checksum is marked damaged and FailedPrecondition."""
+        dt, flat = storage_dtype(t.dtype), rows.reshape(-1, t.dim)
+        for start in range(0, len(keys), RANGE_TOKENS * t.num_layers):
+            part = keys[start:start + RANGE_TOKENS * t.num_layers]
+            want = {(tok, layer, c): (i * t.num_layers + layer, crc) for tok, layer, c, crc, i in part}
+            found = self.log.query(
+                "select token_id, layer, commit_id, data from deltas where tbl=? and token_id between ? and ? "
+                "and +commit_id > ? and +commit_id <= ?", [t.name, part[0][0], part[-1][0], base_version, version])
+            for tok, layer, c, data in found:
+                hit = want.pop((tok, layer, c), None)
+                if hit is None:
+                    continue  # a row of these tokens that an earlier or a later commit wrote
+                if (hit[1] != UNCHECKED and zlib.crc32(data) != hit[1]) or len(data) != t.dim * dt.itemsize:
+                    raise t.delta_damage(tok, layer, c, version, "does not match its checksum")
+                flat[hit[0]] = np.frombuffer(data, dt)  # the one copy of the row
+            for tok, layer, c in want:
+                raise t.delta_damage(tok, layer, c, version, "is missing (deleted)")

@@ -264,8 +264,11 @@ class KnowledgeBase:
                       tokenizer=None) -> CommitResult:
         """Import a table whose rows arrive as chunks of tokens in id order (the ImportTable stream):
         ``vocab`` (words, or a vocabulary file's bytes) and ``shape`` [V, L, d] are checked before the
-        first chunk is read, the chunks are written to a temporary file in the data directory, and
-        import_table commits from it. Whatever fails or interrupts leaves no file and no version."""
+        first chunk is read, each chunk is checked (finite) and written, with its crc32s, to a temporary
+        file in the data directory, which the commit renames into the table's base: the rows are
+        written once. Whatever fails or interrupts leaves no file and no version."""
+        from memsvc.store.banks import checked_chunk, checked_model_layers
+        from memsvc.store.checksums import token_sums
         from memsvc.store.importers import npy_writer, vocab_from_bytes
 
         words, tokenizer = vocab_from_bytes(vocab, shape[0]) if isinstance(vocab, bytes) else (list(vocab), tokenizer)
@@ -274,21 +277,25 @@ class KnowledgeBase:
             raise InvalidArgument(f"shape: expected [vocab_size, num_layers, dim] of at least 1 each, got {list(shape)}")
         if len(words) != shape[0] or len(set(words)) != len(words):
             raise InvalidArgument(f"vocab: expected {shape[0]} distinct words, got {len(words)} ({len(set(words))} distinct)")
+        checked_model_layers(model_layers, shape[1])
         nbytes = math.prod(shape) * storage_dtype(dtype).itemsize
-        if 2 * nbytes > shutil.disk_usage(self.root).free:  # the temporary file, then the base
-            raise ResourceExhausted(f"data: {self.root} has no room for 2 x {nbytes} bytes of rows")
+        if nbytes > shutil.disk_usage(self.root).free:  # the base, written once
+            raise ResourceExhausted(f"data: {self.root} has no room for {nbytes} bytes of rows")
         with self.commits.lock:
             self.commits.check_unused(table)
-        tmp = self.root / f".import-{secrets.token_hex(8)}.tmp"  # backup skips *.tmp
+        tmp = self.root / f".import-{secrets.token_hex(8)}.tmp"  # backup skips *.tmp; a next open removes it
         try:
+            sums = []
             with npy_writer(tmp, dtype, shape) as out:
                 for i, rows in enumerate(chunks, 1):  # chunk i is ImportTable's message i
+                    rows = checked_chunk(rows, dtype)
                     out.write(rows, f"rows (chunk {i})")
+                    sums.append(token_sums(rows))
                 out.finish()
-            return self.import_table(table, np.load(tmp, mmap_mode="r"), words, dtype, author, message,
-                                     model_layers=model_layers, tokenizer=tokenizer)
+            return self.banks.import_written(table, tmp, np.concatenate(sums).astype(np.uint32).tobytes(), tuple(shape),
+                                             words, dtype, author, message, model_layers, tokenizer)
         finally:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # gone already once the commit renamed it
 
     def export_table(self, table, version=None, *, chunk_bytes=16 << 20) -> TableExport:
         """The tokens alive at a version in id order with their words, and their rows read a chunk

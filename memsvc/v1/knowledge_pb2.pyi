@@ -184,21 +184,23 @@ class LookupResponse(_message.Message):
     def __init__(self, rows: _Optional[_Union[Tensor, _Mapping]] = ..., unique_token_ids: _Optional[_Iterable[int]] = ..., inverse: _Optional[_Iterable[int]] = ..., version: _Optional[int] = ..., rows_in_buffer: _Optional[bool] = ..., rows_in_request_order: _Optional[bool] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
-    __slots__ = ("table", "at", "start_token_id", "max_bytes", "min_version")
+    __slots__ = ("table", "at", "start_token_id", "max_bytes", "min_version", "reply_buffer")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     START_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPLY_BUFFER_FIELD_NUMBER: _ClassVar[int]
     table: str
     at: VersionRef
     start_token_id: int
     max_bytes: int
     min_version: int
-    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., start_token_id: _Optional[int] = ..., max_bytes: _Optional[int] = ..., min_version: _Optional[int] = ...) -> None: ...
+    reply_buffer: SharedBuffer
+    def __init__(self, table: _Optional[str] = ..., at: _Optional[_Union[VersionRef, _Mapping]] = ..., start_token_id: _Optional[int] = ..., max_bytes: _Optional[int] = ..., min_version: _Optional[int] = ..., reply_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
 
 class SnapshotResponse(_message.Message):
-    __slots__ = ("version", "base_version", "base_path", "delta_token_ids", "delta_rows", "vocab_size", "next_token_id", "delta_tokens_total")
+    __slots__ = ("version", "base_version", "base_path", "delta_token_ids", "delta_rows", "vocab_size", "next_token_id", "delta_tokens_total", "rows_in_buffer")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +209,7 @@ class SnapshotResponse(_message.Message):
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     DELTA_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ROWS_IN_BUFFER_FIELD_NUMBER: _ClassVar[int]
     version: int
     base_version: int
     base_path: str
@@ -215,7 +218,8 @@ class SnapshotResponse(_message.Message):
     vocab_size: int
     next_token_id: int
     delta_tokens_total: int
-    def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ..., base_path: _Optional[str] = ..., delta_token_ids: _Optional[_Iterable[int]] = ..., delta_rows: _Optional[_Union[Tensor, _Mapping]] = ..., vocab_size: _Optional[int] = ..., next_token_id: _Optional[int] = ..., delta_tokens_total: _Optional[int] = ...) -> None: ...
+    rows_in_buffer: bool
+    def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ..., base_path: _Optional[str] = ..., delta_token_ids: _Optional[_Iterable[int]] = ..., delta_rows: _Optional[_Union[Tensor, _Mapping]] = ..., vocab_size: _Optional[int] = ..., next_token_id: _Optional[int] = ..., delta_tokens_total: _Optional[int] = ..., rows_in_buffer: _Optional[bool] = ...) -> None: ...
 
 class ChangedTokensRequest(_message.Message):
     __slots__ = ("table", "to", "min_version")
