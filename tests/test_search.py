@@ -86,6 +86,25 @@ def test_refresh_folds_edits_into_the_index_and_every_version_stays_exact(kb, ma
         assert r.ids[0].tolist() == brute_force(kb, 0, query, 6, v)[0]
 
 
+def test_refresh_adds_the_changed_rows_a_chunk_at_a_time_and_leaves_zero_rows_out(kb):
+    m = IndexManager(kb, SearchConfig(build_in_worker=False, refresh_rows=10_000, read_chunk=3))
+    m.create("cos", "stem", 0, {"kind": "exact", "metric": "cosine"}, wait=True)
+    rng = np.random.default_rng(5)
+    moved, zeroed = list(range(10, 18)), [18, 19]  # 8 new rows: three chunks, and two zero rows
+    kb.edit("stem", [RowOp("set", token_id=i, vector=rng.standard_normal(8), layers=[0]) for i in moved] +
+            [RowOp("set", token_id=i, vector=np.zeros(8), layers=[0]) for i in zeroed])
+    info = m.refresh("cos")
+    assert (info.version, info.lag_rows, info.count) == (2, 0, 64 - len(zeroed))
+    rows = kb.read_rows("stem", np.arange(64))[:, 0]
+    indexed = np.setdiff1d(np.arange(64), zeroed)
+    unit = rows[indexed] / np.linalg.norm(rows[indexed], axis=1, keepdims=True)
+    for token in moved:
+        query = rows[token]
+        r = m.search("stem", 0, queries=query[None], k=5)
+        expect = indexed[np.argsort(-(unit @ (query / np.linalg.norm(query))), kind="stable")[:5]]
+        assert r.ids[0].tolist() == expect.tolist()
+
+
 def test_compaction_and_gc_keep_search_exact_and_the_index_version_readable(kb, manager):
     kb.edit("stem", [RowOp("copy", token="w10", source_token="France", layers=[0])])
     kb.compact()

@@ -436,17 +436,15 @@ class IndexManager:
                 src = self._source(info.table, info.layer, info.head, head)
                 stale = self.changed(src, info.version, head)
                 new = stale[src.alive(stale, head)]
-                rows = src.rows(new, head)
-                zero = np.linalg.norm(rows, axis=1) == 0 if info.metric == "cosine" else np.zeros(len(new), bool)
                 from indexes.ann import load_index
 
                 try:
-                    self._apply(entry, stale[src.alive(stale, info.version) & ~np.isin(stale, entry.unindexed)],
-                                new[~zero], rows[~zero])
+                    zero = self._apply(entry, src, head, info.metric,
+                                       stale[src.alive(stale, info.version) & ~np.isin(stale, entry.unindexed)], new)
                 except Exception:
                     entry.index = load_index(self.catalog.index_dir(info))  # back to exactly iv's rows
                     raise
-                unindexed = np.union1d(np.setdiff1d(entry.unindexed, stale), new[zero])
+                unindexed = np.union1d(np.setdiff1d(entry.unindexed, stale), zero)
                 updated = replace(info, version=head, count=len(entry.index))
                 try:
                     entry.index.save(self.catalog.index_dir(updated))
@@ -468,9 +466,18 @@ class IndexManager:
         finally:
             entry.refreshing = False
 
-    @staticmethod
-    def _apply(entry, old_ids, new_ids, new_rows):
+    def _apply(self, entry, src, head, metric, old_ids, new_ids) -> np.ndarray:
+        """Remove old_ids from the index, then add the rows of new_ids at head a read_chunk at a
+        time (after many edits they are a large part of a layer); returns the new ids left out
+        because their rows are zero (a cosine index has no direction for them)."""
         if len(old_ids):
             entry.index.remove(old_ids)
-        if len(new_ids):
-            entry.index.add(new_ids, new_rows)
+        zero = []
+        for start in range(0, len(new_ids), self.config.read_chunk):
+            ids = new_ids[start:start + self.config.read_chunk]
+            rows = src.rows(ids, head)
+            zeros = np.linalg.norm(rows, axis=1) == 0 if metric == "cosine" else np.zeros(len(ids), bool)
+            if (~zeros).any():
+                entry.index.add(ids[~zeros], rows[~zeros])
+            zero.append(ids[zeros])
+        return np.concatenate([np.zeros(0, np.int64)] + zero)
