@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from memsvc.core.errors import FailedPrecondition, OutOfRange
+from memsvc.search.config import SearchConfig
+from memsvc.search.manager import IndexManager
 from memsvc.store import KnowledgeBase, StoreConfig
 from memsvc.store.backup import fsck
 from memsvc.store.replication import apply_commit, commit_pieces
@@ -120,6 +122,21 @@ def test_a_flipped_removed_in_of_a_token_is_refused_never_served_as_alive_or_gon
     assert sorted(fsck(data).problems) == [
         "lifetime: table 'stem' token 64 ends never, its removals record says 6",
         "lifetime: table 'stem' token 9 ends at version 4, which no removals record lists"]
+
+
+def test_search_over_a_table_with_a_flipped_removed_in_is_refused_where_the_lifetime_is_wrong(tmp_path):
+    data, _ = injected_and_reverted(tmp_path / "kb")
+    with KnowledgeBase(StoreConfig(data_dir=data)) as kb:
+        manager = IndexManager(kb, SearchConfig(build_in_worker=False))
+        before = manager.search("stem", 0, tokens=["w3"], k=64, version=6)
+        before4 = manager.search("stem", 0, tokens=["w3"], k=64, version=4)
+    sql(data, "update tokens set removed_in=? where token_id=64", [NEVER])  # Atlantis back to life at 6
+    with KnowledgeBase(StoreConfig(data_dir=data)) as kb:
+        manager = IndexManager(kb, SearchConfig(build_in_worker=False))
+        assert manager.search("stem", 0, tokens=["w3"], k=64, version=4).ids.tolist() == before4.ids.tolist()  # before it
+        with pytest.raises(FailedPrecondition, match="token 64 at version 6: its lifetime ends never"):
+            manager.search("stem", 0, tokens=["w3"], k=64, version=6)  # would have found Atlantis
+        assert 64 not in before.ids[0]
 
 
 def test_a_deleted_removals_record_is_refused_from_its_commit_on_and_an_intact_kb_reads_as_before(tmp_path):

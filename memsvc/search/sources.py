@@ -21,11 +21,17 @@ def tokenized_vocabulary(t, version) -> Vocabulary:
 
 
 def alive(t, ids, version):
+    """Which of ids exist at a version; FailedPrecondition where a lifetime is damaged (lifetimes.py)."""
+    if t.lifetime_damage:
+        t.check_lifetimes(np.atleast_1d(ids).tolist(), version)
     return (t.added_in[ids] <= version) & (t.removed_in[ids] > version)
 
 
 def alive_ids(t, version) -> np.ndarray:
-    """Token ids that exist at a version (an inject may be growing the arrays right now)."""
+    """Token ids that exist at a version (an inject may be growing the arrays right now);
+    FailedPrecondition when the lifetime of any token is damaged there."""
+    if t.lifetime_damage:
+        t.check_lifetimes(None, version)
     n = min(len(t.added_in), len(t.removed_in))
     return np.flatnonzero(alive(t, np.arange(n), version))
 
