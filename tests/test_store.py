@@ -150,6 +150,26 @@ def test_compaction_and_gc_keep_every_retained_version_exact(kb):
     np.testing.assert_array_equal(reads(7), head)
 
 
+def test_compaction_rewrites_only_tables_with_deltas_and_history_reads_the_same(kb):
+    kb.import_table("other", BANK * 2, WORDS)  # 2: never edited
+    kb.edit("stem", [RowOp("set", token="Spain", vector=np.full(8, 2.0))])  # 3
+    other_base = kb.root / "bases" / "other" / "v2.npy"
+    inode = other_base.stat().st_ino
+    reads = {(name, v): kb.lookup(name, np.arange(64), version=v).in_request_order()
+             for name in ("stem", "other") for v in (2, 3) if (name, v) != ("other", 1)}
+    assert kb.compact().version == 4
+    assert kb.describe("stem").base_version == 4 and kb.describe("other").base_version == 2
+    assert sorted(p.name for p in (kb.root / "bases" / "other").iterdir()) == ["v2.npy"]
+    assert other_base.stat().st_ino == inode  # not rewritten
+    for (name, v), rows in reads.items():
+        np.testing.assert_array_equal(kb.lookup(name, np.arange(64), version=v).in_request_order(), rows)
+        np.testing.assert_array_equal(kb.lookup(name, np.arange(64), version=4).in_request_order(), reads[name, 3])
+    assert kb.changed_tokens("stem", 2, 4).tolist() == [kb.vocabulary("stem").index("Spain")]
+    assert kb.changed_tokens("other", 2, 4).tolist() == []
+    assert kb.compact().version == 5  # nothing to fold: a commit all the same, no file written
+    assert kb.describe("stem").base_version == 4 and len(list((kb.root / "bases" / "stem").iterdir())) == 2
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_tables_round_like_their_dtype(tmp_path, dtype):
     with KnowledgeBase(StoreConfig(data_dir=tmp_path / dtype, create=True)) as kb:

@@ -10,13 +10,16 @@ from memsvc.store.mosaic import MosaicStore
 
 
 def compact(log: CommitLog, banks: BankTables, author="", message="", progress=False) -> CommitResult:
-    """Fold every bank table's deltas into new base arrays, as one commit that changes no row.
+    """Fold every bank table's deltas into new base arrays, as one commit that changes no row (a
+    table with no delta above its base keeps it).
     Each base is written chunk by chunk (bounded memory), and the commit records which (token,
     layer) rows it changed, so history across it reads no base (TableState.folded_pairs)."""
     with log.lock:
         version = log.head + 1
         files, folds = {}, {}
         for name, t in banks.tables.items():
+            if not _has_deltas(t, log.head):
+                continue  # its base already holds every row: rewriting it would copy it unchanged
             shape = (len(t.words), t.num_layers, t.dim)
             pairs = []
             files[name] = banks.write_base(name, version, shape, storage_dtype(t.dtype),
@@ -39,6 +42,12 @@ def compact(log: CommitLog, banks: BankTables, author="", message="", progress=F
 
         log.commit("compact", list(files), write, publish, author, message or "compact")
         return CommitResult(version=version, rows_changed=0)
+
+
+def _has_deltas(t, head) -> bool:
+    """Whether the head reads a row of table ``t`` from a delta rather than from its base."""
+    base_version, base = t.base_at(head)
+    return len(t.words) != base.shape[0] or bool((t.last_write > base_version).any())
 
 
 def _folded_chunks(t, head, pairs):
