@@ -75,6 +75,13 @@ def test_injected_token_appears_and_its_revert_removes_it(kb, manager):
     assert nearest(manager, "France", k=2, version=v).tokens[0] == ["France", "Gaul"]
 
 
+@pytest.mark.parametrize("queries", [np.array(1.0, np.float32), np.zeros(8, np.float32), np.zeros((1, 2, 8), np.float32)])
+def test_queries_of_the_wrong_rank_are_invalid_argument_naming_queries(manager, queries):
+    # a Search request whose Tensor has shape [] decoded to a 0-d array: len() of it answered INTERNAL
+    with pytest.raises(InvalidArgument, match=r"queries: expected a non-empty \(n, d\) array, got shape"):
+        manager.search("stem", 0, queries=queries, k=2)
+
+
 def test_refresh_folds_edits_into_the_index_and_every_version_stays_exact(kb, manager):
     kb.edit("stem", [RowOp("copy", token="w10", source_token="France", layers=[0])])
     kb.edit("stem", [RowOp("scale", token="Paris", alpha=3.0)])

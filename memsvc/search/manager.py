@@ -365,12 +365,14 @@ class IndexManager:
     def _queries(self, src, v, queries, tokens):
         if (queries is None) == (not len(tokens)):
             raise InvalidArgument("queries: give query vectors or tokens (exactly one of them)")
+        from indexes.base import check_shape, check_vectors
+
+        if queries is not None:
+            check_shape("queries", queries, src.dim)  # before len(): a 0-d tensor has none
         n = len(tokens) if queries is None else len(queries)
         if n > self.config.max_queries:
             raise ResourceExhausted(f"queries: {n} queries exceed the limit of {self.config.max_queries} per request")
         if queries is not None:
-            from indexes.base import check_vectors
-
             return check_vectors("queries", queries, src.dim)
         return src.query_rows(tokens, v)
 
