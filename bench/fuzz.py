@@ -52,6 +52,7 @@ import memsvc.v1  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.crash import TABLE, make_kb  # noqa: E402
+from memsvc.core.search import BUILDING  # noqa: E402
 from memsvc.search.limits import INDEX_LIMITS  # noqa: E402
 from memsvc.server.auth import WRITE, required_role  # noqa: E402
 from memsvc.server.main import ServerConfig, with_limits  # noqa: E402
@@ -266,8 +267,16 @@ class FuzzTarget:
             return e.code(), e.details()
 
     def state(self) -> tuple:
-        """What every List* RPC answers: a rejected write must leave all of it unchanged."""
-        return tuple(self.channel.unary_unary(m)(b"", timeout=self.timeout) for m in self.listings)
+        """What every List* RPC answers once no index build runs (an accepted CreateIndex's build
+        finishing between two listings changes them without any rejected write): a rejected write
+        must leave all of it unchanged."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            listings = tuple(self.channel.unary_unary(m)(b"", timeout=self.timeout) for m in self.listings)
+            indexes = spb.ListIndexesResponse.FromString(listings[self.listings.index(LIST_INDEXES)]).indexes
+            if all(i.state != BUILDING for i in indexes) or time.monotonic() > deadline:
+                return listings
+            time.sleep(0.05)
 
     def send(self, method, data, expect=None) -> grpc.StatusCode:
         """One call, counted; ``expect`` (codes, text): the only codes accepted, and the text the
@@ -313,6 +322,7 @@ def fuzz(target: FuzzTarget, n: int, methods=None, seed=None):
 # ---------------------------------------------------------------- the limits
 
 KNOWLEDGE, MOSAIC_SERVICE, SEARCH = "/memsvc.v1.KnowledgeService", "/memsvc.v1.MosaicService", "/memsvc.v1.SearchService"
+LIST_INDEXES = f"{SEARCH}/ListIndexes"
 RE, IA = grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT
 SERVER = with_limits(ServerConfig(), FUZZ_LIMITS)  # the fuzzed server's limits
 SEARCH_LIMITS, MOSAIC_LIMITS = SERVER.search, SERVER.mosaic_limits
