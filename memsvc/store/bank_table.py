@@ -331,7 +331,7 @@ class TableState:
         n = min(len(self.added_in), len(self.removed_in), len(self.last_write))  # a concurrent inject may have grown one
         added, removed = self.added_in[:n], self.removed_in[:n]
         moved = np.flatnonzero(((added > lo) & (added <= hi)) | ((removed > lo) & (removed <= hi)))
-        edited = np.flatnonzero(self._wrote_between(np.arange(n), lo, hi))
+        edited = np.flatnonzero(self.wrote_between(np.arange(n), lo, hi))
         folded = self.folded_pairs(lo, hi)
         if folded is None:
             candidates = np.arange(n, dtype=np.int64)
@@ -347,7 +347,7 @@ class TableState:
                   for part in (unsure[i:i + step] for i in range(0, len(unsure), step))]
         return np.union1d(moved, np.concatenate([both[decided & ~same]] + differ)).astype(np.int64)
 
-    def _wrote_between(self, ids, lo, hi) -> np.ndarray:
+    def wrote_between(self, ids, lo, hi) -> np.ndarray:
         """Whether some commit in (lo, hi] wrote a row of each token id (from the first and last
         commit that wrote it; the history only for a token written before and after)."""
         first, last = self.first_write[ids], self.last_write[ids]
@@ -364,7 +364,7 @@ class TableState:
         count as equal rows (a chance of 2^-32 per row of a change unseen)."""
         (base_lo, _), (base_hi, _) = self.base_at(lo), self.base_at(hi)
         decided, same = np.zeros(len(ids), bool), np.zeros(len(ids), bool)
-        plain = ~self._wrote_between(ids, base_lo, lo) & ~self._wrote_between(ids, base_hi, hi)  # base rows at both
+        plain = ~self.wrote_between(ids, base_lo, lo) & ~self.wrote_between(ids, base_hi, hi)  # base rows at both
         sums_lo, sums_hi = self.base_sums.get(base_lo), self.base_sums.get(base_hi)
         if base_lo == base_hi:
             decided[plain] = same[plain] = True
