@@ -24,7 +24,7 @@ def alive(t, ids, version):
     """Which of ids exist at a version; FailedPrecondition where a lifetime is damaged (lifetimes.py)."""
     if t.lifetime_damage:
         t.check_lifetimes(np.atleast_1d(ids).tolist(), version)
-    return (t.added_in[ids] <= version) & (t.removed_in[ids] > version)
+    return _alive(t, ids, version)
 
 
 def alive_ids(t, version) -> np.ndarray:
@@ -33,7 +33,11 @@ def alive_ids(t, version) -> np.ndarray:
     if t.lifetime_damage:
         t.check_lifetimes(None, version)
     n = min(len(t.added_in), len(t.removed_in))
-    return np.flatnonzero(alive(t, np.arange(n), version))
+    return np.flatnonzero(_alive(t, np.arange(n), version))
+
+
+def _alive(t, ids, version):
+    return (t.added_in[ids] <= version) & (t.removed_in[ids] > version)
 
 
 def layer_rows(t, ids, version, layer, chunk=4096):

@@ -126,7 +126,6 @@ class DeltaReader:
             self.put(t.name, keys, [out[k] for k in keys])
         return out
 
-
     def read_range(self, t, keys, rows, version, base_version):
         """Write the delta rows of keys [(token, layer, commit, crc, i)] (ascending token) into
         rows[i, layer], read by one query per RANGE_TOKENS tokens over the primary key (token
