@@ -106,19 +106,37 @@ def test_every_deleted_row_of_a_commit_and_an_added_row_are_found(tmp_path):
         "delta: table 'stem' token 5 layer 0 commit 3 is not listed in its commit's checksums (added)"]
 
 
-def test_a_flipped_byte_in_a_base_row_is_refused_on_read_and_by_compaction_and_found_by_fsck(tmp_path):
+def test_a_flipped_byte_in_a_base_row_is_refused_on_read_and_by_compaction_that_reads_it_and_found_by_fsck(tmp_path):
     data, expected = edited_kb(tmp_path / "kb")
-    flip_base(data, token=40)
-    refusals = served_rows(data, expected, {(v, 40) for v in range(1, 5)})
-    assert refusals[1, 40] == (f"data: table 'stem' token 40 at version 1: its row in base file "
-                               f"{data / 'bases' / 'stem' / 'v1.npy'} does not match its checksum; restore the file from a backup")
+    flip_base(data, token=0)  # Spain: compaction reads its base row (layer 0 was never edited)
+    refusals = served_rows(data, expected, {(v, 0) for v in range(1, 5)})
+    assert refusals[1, 0] == (f"data: table 'stem' token 0 at version 1: its row in base file "
+                              f"{data / 'bases' / 'stem' / 'v1.npy'} does not match its checksum; restore the file from a backup")
     with KnowledgeBase(StoreConfig(data_dir=data)) as kb:
-        with pytest.raises(FailedPrecondition, match="token 40 at version 1: its row in base file"):
-            kb.compact()  # a whole-table pass never folds a damaged row into a new base
+        with pytest.raises(FailedPrecondition, match="token 0 at version 1: its row in base file"):
+            kb.compact()  # a whole-table pass never folds a damaged row it reads into a new base
         assert kb.version == 4
     code, output = fsck_lines(data)
     assert code == 1 and ("problem: base: bases/stem/v1.npy (table 'stem', version 1): the rows of 1 tokens "
-                          "do not match their checksums (first token 40)\n") in output
+                          "do not match their checksums (first token 0)\n") in output
+
+
+def test_compaction_copies_a_damaged_unedited_base_row_with_its_checksum_so_it_stays_refused(tmp_path):
+    """Compaction copies the rows of unedited tokens unread: a damaged one is not found there, but
+    it keeps the checksum it does not match, so the new base refuses it too and fsck finds both."""
+    data, expected = edited_kb(tmp_path / "kb")
+    flip_base(data, token=40)
+    with KnowledgeBase(StoreConfig(data_dir=data)) as kb:
+        assert kb.compact().version == 5
+    expected = np.concatenate([expected, expected[-1:]])
+    refusals = served_rows(data, expected, {(v, 40) for v in range(1, 6)})
+    assert refusals[5, 40] == (f"data: table 'stem' token 40 at version 5: its row in base file "
+                               f"{data / 'bases' / 'stem' / 'v5.npy'} does not match its checksum; restore the file from a backup")
+    code, output = fsck_lines(data)
+    assert code == 1
+    for version in (1, 5):
+        assert (f"problem: base: bases/stem/v{version}.npy (table 'stem', version {version}): the rows of 1 tokens "
+                "do not match their checksums (first token 40)\n") in output
 
 
 def test_a_catalog_from_before_checksums_opens_reads_and_fsck_says_unchecked(tmp_path):

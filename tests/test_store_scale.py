@@ -2,6 +2,7 @@
 across a compaction answers from what it recorded and from checksums, Snapshot pages its delta
 rows, and a start reads no base row and no delta row (only where the delta rows are)."""
 import ctypes
+import errno
 import gc
 import mmap
 import os
@@ -19,6 +20,7 @@ from memsvc.core.errors import FailedPrecondition, InvalidArgument, ResourceExha
 from memsvc.core.values import RowOp, RowWrites
 from memsvc.server.spawn import spawn_server, stop_server
 from memsvc.store import KnowledgeBase, StoreConfig, bank_table
+from memsvc.store.checksums import token_sums
 
 VOCAB, LAYERS, DIM = 600, 3, 256  # 3 KB a float32 row: a 16 KB chunk holds 5 tokens
 
@@ -143,7 +145,18 @@ def test_changed_tokens_across_a_compaction_answers_from_checksums_without_readi
             kb.read_rows("stem", [3], 6)
 
 
-def test_compact_writes_the_new_base_a_chunk_at_a_time_with_every_row_equal(tmp_path, small_chunks):
+@pytest.mark.parametrize("copy", ["in the kernel", "where copy_file_range is refused"])
+def test_compact_writes_the_new_base_a_chunk_at_a_time_with_every_row_equal(tmp_path, small_chunks, monkeypatch, copy):
+    copied = []
+
+    def copy_file_range(src, dst, count, offset_src=None, offset_dst=None):
+        if copy != "in the kernel":
+            raise OSError(errno.EXDEV, "Invalid cross-device link")  # as a file system without it says
+        copied.append(real_copy(src, dst, count, offset_src, offset_dst))
+        return copied[-1]
+
+    real_copy = os.copy_file_range
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
     with KnowledgeBase(StoreConfig(data_dir=tmp_path / "kb", create=True, durable=False)) as kb:
         kb.import_table("stem", bank(), words(), dtype="bfloat16")
         kb.edit("stem", [RowOp("set", token_id=i, vector=np.full(DIM, i / 7)) for i in range(0, VOCAB, 37)])
@@ -166,7 +179,10 @@ def test_compact_writes_the_new_base_a_chunk_at_a_time_with_every_row_equal(tmp_
         assert {tok for tok, _ in folded.tolist()} == set(range(0, VOCAB, 37)) | {5, VOCAB}  # not 7: unchanged
         assert [layer for tok, layer in folded.tolist() if tok == 5] == [1]
         assert not list((kb.root / "bases" / "stem").glob("*.tmp"))
+    unedited = VOCAB - len(range(0, VOCAB, 37)) - 2  # 5 and 7 are read too (7's delta is above the base)
+    assert sum(copied) == (unedited * LAYERS * DIM * 2 if copy == "in the kernel" else 0)
     with KnowledgeBase(StoreConfig(data_dir=tmp_path / "kb")) as kb:  # the record is in the catalog
+        np.testing.assert_array_equal(kb.table("stem").base_sums[c.version], token_sums(base))  # copied sums too
         np.testing.assert_array_equal(kb.table("stem").folds[c.version], folded)
         assert kb.changed_tokens("stem", c.version - 1, c.version).tolist() == []
 

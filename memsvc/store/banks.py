@@ -17,7 +17,7 @@ from memsvc.core.dtypes import storage_dtype, to_float32, to_storage
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from memsvc.core.values import CommitResult, LookupResult, RowChange, RowWrites, TableInfo
 from memsvc.store import bank_table, lifetimes
-from memsvc.store.bank_table import TableState, map_for_lookups
+from memsvc.store.bank_table import BaseRun, TableState, map_for_lookups, write_at
 from memsvc.store.checksums import MISSING, check_commit, create_tables, delta_sums, row_sums, summed_from, token_sums
 from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
 from memsvc.store.delta_rows import UNCHECKED, DeltaReader, load_history
@@ -436,22 +436,28 @@ def _requested_ids(t, tokens, v) -> np.ndarray:
 
 
 def _write_npy(path, shape, dtype, chunks, desc, progress):
-    """A .npy file of ``shape`` written from consecutive row blocks, then fsynced; returns the
-    crc32 of each token's rows (uint32 bytes)."""
+    """A .npy file of ``shape`` written from consecutive row blocks (arrays, or BaseRuns copied
+    from another base with their checksums), then fsynced; returns the crc32 of each token's rows
+    (uint32 bytes)."""
     sums = []
     with open(path, "wb") as f, tqdm(total=shape[0], desc=desc, unit="token", disable=not progress) as bar:
         np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
                                                  "fortran_order": False, "shape": tuple(shape)})
-        written = 0
+        f.flush()
+        offset, written = f.tell(), 0
         for chunk in chunks:
-            chunk = np.ascontiguousarray(chunk, dtype=dtype)
-            sums.append(token_sums(chunk))
-            f.write(chunk.data)
+            if isinstance(chunk, BaseRun):
+                sums.append(chunk.sums)
+                offset += chunk.copy_to(f.fileno(), offset)
+            else:
+                chunk = np.ascontiguousarray(chunk, dtype=dtype)
+                sums.append(token_sums(chunk))
+                write_at(f.fileno(), chunk.data, offset)
+                offset += chunk.nbytes
             written += len(chunk)
             bar.update(len(chunk))
         if written != shape[0]:
             raise AssertionError(f"{path}: {written} rows written for {shape[0]}")
-        f.flush()
         os.fsync(f.fileno())
     return np.concatenate(sums).astype(np.uint32).tobytes()
 

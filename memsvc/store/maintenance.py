@@ -4,6 +4,7 @@ import numpy as np
 
 from memsvc.core.dtypes import storage_dtype
 from memsvc.core.values import CommitResult
+from memsvc.store.bank_table import BaseRun
 from memsvc.store.banks import BankTables
 from memsvc.store.commit_log import CommitLog
 from memsvc.store.mosaic import MosaicStore
@@ -12,8 +13,9 @@ from memsvc.store.mosaic import MosaicStore
 def compact(log: CommitLog, banks: BankTables, author="", message="", progress=False) -> CommitResult:
     """Fold every bank table's deltas into new base arrays, as one commit that changes no row (a
     table with no delta above its base keeps it).
-    Each base is written chunk by chunk (bounded memory), and the commit records which (token,
-    layer) rows it changed, so history across it reads no base (TableState.folded_pairs)."""
+    Each base is written chunk by chunk (bounded memory), the runs of tokens no delta changed
+    copied from the old base in the kernel with their checksums, and the commit records which
+    (token, layer) rows it changed, so history across it reads no base (TableState.folded_pairs)."""
     with log.lock:
         version = log.head + 1
         files, folds = {}, {}
@@ -23,7 +25,7 @@ def compact(log: CommitLog, banks: BankTables, author="", message="", progress=F
             shape = (len(t.words), t.num_layers, t.dim)
             pairs = []
             files[name] = banks.write_base(name, version, shape, storage_dtype(t.dtype),
-                                           _folded_chunks(t, log.head, pairs), progress)
+                                           _folded_pieces(t, log.head, pairs), progress)
             folds[name] = np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
         def write(conn, version):
@@ -50,14 +52,22 @@ def _has_deltas(t, head) -> bool:
     return len(t.words) != base.shape[0] or bool((t.last_write > base_version).any())
 
 
-def _folded_chunks(t, head, pairs):
-    """The rows of every token at ``head``, a chunk of tokens at a time, read from the current base
-    and its deltas; appends to ``pairs`` the (token, layer) rows that differ from that base (every
-    layer of a token past its end)."""
+def _folded_pieces(t, head, pairs):
+    """The rows of every token at ``head`` in token order, read from the current base and its
+    deltas a chunk at a time where a delta changed them (appending to ``pairs`` the (token, layer)
+    rows that differ from that base, every layer of a token past its end) and, where none did,
+    as BaseRuns of the current base: copied with their checksums, not read."""
     base_version, base = t.base_at(head)
-    step = t.chunk_tokens()
-    for start in range(0, len(t.words), step):
-        stop = min(len(t.words), start + step)
+    t.check_records(base_version, head)
+    sums = t.base_sums.get(base_version)
+    read = np.ones(len(t.words), dtype=bool)  # every token when there are no checksums to carry
+    if sums is not None:  # (a base from before checksums, or a damaged record, which its read refuses)
+        n_base = min(len(t.words), base.shape[0])
+        read[:n_base] = t.last_write[:n_base] > base_version
+    for start, stop in _runs(read, t.chunk_tokens()):
+        if not read[start]:
+            yield BaseRun(base, start, stop, sums[start:stop])
+            continue
         rows = t.rows_in_range(start, stop, base_version)  # as the base has them
         edited = np.flatnonzero(t.edited[start:stop])
         before, index = rows[edited], {pos: i for i, pos in enumerate(edited.tolist())}
@@ -65,6 +75,14 @@ def _folded_chunks(t, head, pairs):
             if start + pos >= base.shape[0] or np.any(rows[pos, layer] != before[index[pos], layer]):
                 pairs.append((start + pos, layer))
         yield rows
+
+
+def _runs(mask, step):
+    """[start, stop) of each run of equal values in ``mask``, cut into pieces of at most ``step``."""
+    bounds = [0, *(np.flatnonzero(mask[1:] != mask[:-1]) + 1).tolist(), len(mask)]
+    for lo, hi in zip(bounds, bounds[1:]):
+        for start in range(lo, hi, step):
+            yield start, min(hi, start + step)
 
 
 def gc(log: CommitLog, banks: BankTables, mosaic: MosaicStore, retention, now) -> dict:
