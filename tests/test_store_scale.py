@@ -155,8 +155,18 @@ def test_compact_writes_the_new_base_a_chunk_at_a_time_with_every_row_equal(tmp_
         copied.append(real_copy(src, dst, count, offset_src, offset_dst))
         return copied[-1]
 
-    real_copy = os.copy_file_range
+    def read_base_rows(base, start, stop, out):  # a whole-table pass's read
+        read.extend(range(start, stop))
+        return real_read(base, start, stop, out)
+
+    def base_rows(self, ids, version, out=None):  # a read of some tokens' rows
+        read.extend(ids.tolist())
+        return real_base_rows(self, ids, version, out)
+
+    real_copy, real_read, real_base_rows, read = os.copy_file_range, bank_table.read_base_rows, bank_table.TableState.base_rows, []
     monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    monkeypatch.setattr(bank_table, "read_base_rows", read_base_rows)
+    monkeypatch.setattr(bank_table.TableState, "base_rows", base_rows)
     with KnowledgeBase(StoreConfig(data_dir=tmp_path / "kb", create=True, durable=False)) as kb:
         kb.import_table("stem", bank(), words(), dtype="bfloat16")
         kb.edit("stem", [RowOp("set", token_id=i, vector=np.full(DIM, i / 7)) for i in range(0, VOCAB, 37)])
@@ -164,10 +174,11 @@ def test_compact_writes_the_new_base_a_chunk_at_a_time_with_every_row_equal(tmp_
         kb.edit("stem", [RowOp("scale", token_id=7, alpha=1.0)])  # rewrites a row with itself
         kb.inject_token("stem", "Atlantis", vector=np.full(DIM, 3.0))
         before = reads(kb, kb.version)
+        read.clear()
         tracemalloc.start()
         try:
             c = kb.compact()
-            peak = tracemalloc.get_traced_memory()[1]
+            peak, read_by_compact = tracemalloc.get_traced_memory()[1], set(read)
         finally:
             tracemalloc.stop()
         table_bytes = (VOCAB + 1) * LAYERS * DIM * 2
@@ -179,12 +190,25 @@ def test_compact_writes_the_new_base_a_chunk_at_a_time_with_every_row_equal(tmp_
         assert {tok for tok, _ in folded.tolist()} == set(range(0, VOCAB, 37)) | {5, VOCAB}  # not 7: unchanged
         assert [layer for tok, layer in folded.tolist() if tok == 5] == [1]
         assert not list((kb.root / "bases" / "stem").glob("*.tmp"))
-    unedited = VOCAB - len(range(0, VOCAB, 37)) - 2  # 5 and 7 are read too (7's delta is above the base)
-    assert sum(copied) == (unedited * LAYERS * DIM * 2 if copy == "in the kernel" else 0)
+    edited = sorted({*range(0, VOCAB, 37), 5, 7})  # 7 too: its delta is above the base, though equal
+    assert sum(copied) == (VOCAB * LAYERS * DIM * 2 if copy == "in the kernel" else 0)  # every base row, in the kernel
+    assert read_by_compact == set(edited if copy == "in the kernel" else range(VOCAB))  # rows read: only these
     with KnowledgeBase(StoreConfig(data_dir=tmp_path / "kb")) as kb:  # the record is in the catalog
         np.testing.assert_array_equal(kb.table("stem").base_sums[c.version], token_sums(base))  # copied sums too
         np.testing.assert_array_equal(kb.table("stem").folds[c.version], folded)
         assert kb.changed_tokens("stem", c.version - 1, c.version).tolist() == []
+
+
+def test_compact_over_a_base_cut_short_fails_naming_it_and_leaves_nothing(tmp_path, small_chunks):
+    """The copying thread's error reaches the compaction, which stops it and writes nothing."""
+    with KnowledgeBase(StoreConfig(data_dir=tmp_path / "kb", create=True, durable=False)) as kb:
+        kb.import_table("stem", bank(), words(), dtype="bfloat16")
+        kb.edit("stem", [RowOp("set", token_id=3, vector=np.ones(DIM))])
+        base = kb.root / "bases/stem/v1.npy"
+        os.truncate(base, base.stat().st_size // 2)  # after it was mapped: no row of the map is read below
+        with pytest.raises(FailedPrecondition, match=f"data: base file {base} ends before row"):
+            kb.compact()
+        assert kb.version == 2 and sorted(p.name for p in base.parent.iterdir()) == ["v1.npy"]
 
 
 def test_import_converts_a_chunk_at_a_time_and_a_refused_import_writes_nothing(tmp_path, small_chunks):

@@ -17,7 +17,7 @@ from memsvc.core.dtypes import storage_dtype, to_float32, to_storage
 from memsvc.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from memsvc.core.values import CommitResult, LookupResult, RowChange, RowWrites, TableInfo
 from memsvc.store import bank_table, lifetimes
-from memsvc.store.bank_table import BaseRun, TableState, map_for_lookups, write_at
+from memsvc.store.bank_table import BaseCopy, TableState, map_for_lookups, write_at
 from memsvc.store.checksums import MISSING, check_commit, create_tables, delta_sums, row_sums, summed_from, token_sums
 from memsvc.store.commit_log import NEVER, CommitLog, alive, check_table_name
 from memsvc.store.delta_rows import UNCHECKED, DeltaReader, load_history
@@ -87,16 +87,17 @@ class BankTables:
             raise FailedPrecondition(f"data: base file {path} has shape {arr.shape} {arr.dtype}, the catalog says [*, {table.num_layers}, {table.dim}] {table.dtype}")
         return arr
 
-    def write_base(self, table_name, version, shape, dtype, chunks, progress=False) -> tuple:
+    def write_base(self, table_name, version, shape, dtype, chunks, progress=False, copy_from=None) -> tuple:
         """Write an immutable base array of ``shape`` atomically (tmp file, fsync, rename) from
-        ``chunks``, consecutive row blocks written straight into the file as they come, so no
-        more than one is in memory; returns its path relative to the data dir and the crc32s of
-        its token rows (checksums.py), for ``insert_base``."""
+        ``chunks``, (first token, rows) blocks written straight into the file as they come, so no
+        more than one is in memory (over and after the rows of ``copy_from``: _write_npy);
+        returns its path relative to the data dir and the crc32s of its token rows
+        (checksums.py), for ``insert_base``."""
         folder = self.root / "bases" / table_name
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"v{version}.npy.tmp"
         try:
-            sums = _write_npy(tmp, shape, dtype, chunks, f"writing {table_name} base", progress)
+            sums = _write_npy(tmp, shape, dtype, chunks, f"writing {table_name} base", progress, copy_from)
         except BaseException:
             tmp.unlink(missing_ok=True)  # a refused, failed or interrupted write leaves nothing
             if not any(folder.iterdir()):
@@ -283,7 +284,7 @@ class BankTables:
         with self.log.lock:
             self.log.check_unused(name)
             step = max(1, bank_table.CHUNK_BYTES // max(1, rows[0].nbytes))
-            chunks = (checked_chunk(rows[i:i + step], dtype) for i in range(0, len(rows), step))
+            chunks = ((i, checked_chunk(rows[i:i + step], dtype)) for i in range(0, len(rows), step))
             written = self.write_base(name, self.log.head + 1, rows.shape, storage_dtype(dtype), chunks, progress)
             return self._commit_import(name, written, rows.shape, vocab, dtype, author, message, model_layers, tokenizer)
 
@@ -435,31 +436,46 @@ def _requested_ids(t, tokens, v) -> np.ndarray:
     return ids
 
 
-def _write_npy(path, shape, dtype, chunks, desc, progress):
-    """A .npy file of ``shape`` written from consecutive row blocks (arrays, or BaseRuns copied
-    from another base with their checksums), then fsynced; returns the crc32 of each token's rows
-    (uint32 bytes)."""
-    sums = []
+def _write_npy(path, shape, dtype, blocks, desc, progress, copy_from=None):
+    """A .npy file of ``shape`` written from ``blocks`` of rows, (first token, rows) in token
+    order, straight into the file as they come, then fsynced; returns the crc32 of each token's
+    rows (uint32 bytes). With ``copy_from`` (a base and the crc32s of its first n rows), those n
+    rows are copied from it (BaseCopy) while the blocks come: blocks among them are written over
+    them once copied, and the blocks after them follow."""
+    row = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+    sums = np.empty(shape[0], np.uint32)
     with open(path, "wb") as f, tqdm(total=shape[0], desc=desc, unit="token", disable=not progress) as bar:
         np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
                                                  "fortran_order": False, "shape": tuple(shape)})
         f.flush()
-        offset, written = f.tell(), 0
-        for chunk in chunks:
-            if isinstance(chunk, BaseRun):
-                sums.append(chunk.sums)
-                offset += chunk.copy_to(f.fileno(), offset)
-            else:
-                chunk = np.ascontiguousarray(chunk, dtype=dtype)
-                sums.append(token_sums(chunk))
-                write_at(f.fileno(), chunk.data, offset)
-                offset += chunk.nbytes
-            written += len(chunk)
-            bar.update(len(chunk))
-        if written != shape[0]:
-            raise AssertionError(f"{path}: {written} rows written for {shape[0]}")
+        header, copied, copy = f.tell(), 0, None
+        if copy_from is not None:
+            copied = len(copy_from[1])
+            sums[:copied] = copy_from[1]
+            copy = BaseCopy(copy_from[0], copied, f.fileno(), header)
+        end = copied
+        try:
+            for start, rows in blocks:
+                rows = np.ascontiguousarray(rows, dtype=dtype)
+                stop = start + len(rows)
+                if (stop > copied and start != end) or start < copied < stop:
+                    raise AssertionError(f"{path}: rows [{start}, {stop}) do not follow {end} (copied: {copied})")
+                if copy is not None:
+                    copy.wait(stop)
+                write_at(f.fileno(), rows.data, header + start * row)
+                sums[start:stop] = token_sums(rows)
+                end = max(end, stop)
+                bar.update((end if stop > copied else copy.copied) - bar.n)
+            if copy is not None:
+                copy.wait(copied)
+        finally:
+            if copy is not None:
+                copy.close()
+        if end != shape[0]:
+            raise AssertionError(f"{path}: {end} rows written for {shape[0]}")
+        bar.update(shape[0] - bar.n)
         os.fsync(f.fileno())
-    return np.concatenate(sums).astype(np.uint32).tobytes()
+    return sums.tobytes()
 
 
 def checked_model_layers(model_layers, num_layers) -> list:

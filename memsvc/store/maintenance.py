@@ -4,7 +4,6 @@ import numpy as np
 
 from memsvc.core.dtypes import storage_dtype
 from memsvc.core.values import CommitResult
-from memsvc.store.bank_table import BaseRun
 from memsvc.store.banks import BankTables
 from memsvc.store.commit_log import CommitLog
 from memsvc.store.mosaic import MosaicStore
@@ -13,9 +12,10 @@ from memsvc.store.mosaic import MosaicStore
 def compact(log: CommitLog, banks: BankTables, author="", message="", progress=False) -> CommitResult:
     """Fold every bank table's deltas into new base arrays, as one commit that changes no row (a
     table with no delta above its base keeps it).
-    Each base is written chunk by chunk (bounded memory), the runs of tokens no delta changed
-    copied from the old base in the kernel with their checksums, and the commit records which
-    (token, layer) rows it changed, so history across it reads no base (TableState.folded_pairs)."""
+    Each base is copied from the current one in the kernel, with its checksums, while the rows of
+    the tokens a delta changed are computed a chunk at a time (bounded memory) and written over
+    their copies (bank_table.BaseCopy); the commit records which (token, layer) rows it changed,
+    so history across it reads no base (TableState.folded_pairs)."""
     with log.lock:
         version = log.head + 1
         files, folds = {}, {}
@@ -23,9 +23,13 @@ def compact(log: CommitLog, banks: BankTables, author="", message="", progress=F
             if not _has_deltas(t, log.head):
                 continue  # its base already holds every row: rewriting it would copy it unchanged
             shape = (len(t.words), t.num_layers, t.dim)
+            base_version, base = t.base_at(log.head)
+            sums = t.base_sums.get(base_version)  # none: a base from before checksums, or its record is damaged
+            copied = 0 if sums is None else min(len(t.words), base.shape[0])  # (which its read refuses)
             pairs = []
             files[name] = banks.write_base(name, version, shape, storage_dtype(t.dtype),
-                                           _folded_pieces(t, log.head, pairs), progress)
+                                           _folded_blocks(t, log.head, copied, pairs), progress,
+                                           (base, sums[:copied]) if copied else None)
             folds[name] = np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
         def write(conn, version):
@@ -52,37 +56,34 @@ def _has_deltas(t, head) -> bool:
     return len(t.words) != base.shape[0] or bool((t.last_write > base_version).any())
 
 
-def _folded_pieces(t, head, pairs):
-    """The rows of every token at ``head`` in token order, read from the current base and its
-    deltas a chunk at a time where a delta changed them (appending to ``pairs`` the (token, layer)
-    rows that differ from that base, every layer of a token past its end) and, where none did,
-    as BaseRuns of the current base: copied with their checksums, not read."""
+def _folded_blocks(t, head, copied, pairs):
+    """(first token, rows) blocks of the rows at ``head`` of the tokens among the first ``copied``
+    (those the new base copies from the current one) that a delta above that base changed, and of
+    every token past them, a chunk of tokens at a time; appends to ``pairs`` the (token, layer)
+    rows that differ from that base (every layer of a token past its end)."""
     base_version, base = t.base_at(head)
     t.check_records(base_version, head)
-    sums = t.base_sums.get(base_version)
-    read = np.ones(len(t.words), dtype=bool)  # every token when there are no checksums to carry
-    if sums is not None:  # (a base from before checksums, or a damaged record, which its read refuses)
-        n_base = min(len(t.words), base.shape[0])
-        read[:n_base] = t.last_write[:n_base] > base_version
-    for start, stop in _runs(read, t.chunk_tokens()):
-        if not read[start]:
-            yield BaseRun(base, start, stop, sums[start:stop])
+    step = t.chunk_tokens()
+    for start in range(0, copied, step):
+        ids = start + np.flatnonzero(t.last_write[start:min(copied, start + step)] > base_version)
+        if not len(ids):
             continue
-        rows = t.rows_in_range(start, stop, base_version)  # as the base has them
+        before = t.base_rows(ids, base_version)  # checked against the base's checksums
+        rows = t.delta_page([(tok, t.latest_writes(tok, head, base_version)) for tok in ids.tolist()], head)
+        for i, layer in zip(*np.nonzero(np.any(rows != before, axis=2))):
+            pairs.append((int(ids[i]), int(layer)))
+        runs = np.flatnonzero(np.diff(ids) != 1) + 1  # consecutive tokens go in one block
+        for lo, hi in zip([0, *runs.tolist()], [*runs.tolist(), len(ids)]):
+            yield int(ids[lo]), rows[lo:hi]
+    for start in range(copied, len(t.words), step):
+        stop = min(len(t.words), start + step)
+        rows = t.rows_in_range(start, stop, base_version)  # as the base has them (zeros past its end)
         edited = np.flatnonzero(t.edited[start:stop])
         before, index = rows[edited], {pos: i for i, pos in enumerate(edited.tolist())}
         for pos, layer in t.overlay(rows, edited, edited + start, head, base_version, cache=False):
             if start + pos >= base.shape[0] or np.any(rows[pos, layer] != before[index[pos], layer]):
                 pairs.append((start + pos, layer))
-        yield rows
-
-
-def _runs(mask, step):
-    """[start, stop) of each run of equal values in ``mask``, cut into pieces of at most ``step``."""
-    bounds = [0, *(np.flatnonzero(mask[1:] != mask[:-1]) + 1).tolist(), len(mask)]
-    for lo, hi in zip(bounds, bounds[1:]):
-        for start in range(lo, hi, step):
-            yield start, min(hi, start + step)
+        yield start, rows
 
 
 def gc(log: CommitLog, banks: BankTables, mosaic: MosaicStore, retention, now) -> dict:
