@@ -298,12 +298,18 @@ class TableState:
         """Rows (n, L, d) at a version of the tokens of ``page`` [(token, latest_writes(token))],
         ascending: a Snapshot page. The delta rows are read by token range (DeltaReader.read_range),
         and base rows only for tokens that some layer still reads from the base."""
-        base_version, base = self.base_at(version)
+        base = self.base_at(version)[1]
         ids = np.array([tok for tok, _ in page], np.int64)
         rows = np.empty((len(ids), self.num_layers, self.dim), base.dtype)
         partial = np.array([len(w) < self.num_layers for _, w in page], bool)
         if partial.any():
             rows[partial] = self.base_rows(ids[partial], version)
+        return self.overlay_page(page, rows, version)
+
+    def overlay_page(self, page, rows, version) -> np.ndarray:
+        """Write the delta rows of the tokens of ``page`` [(token, latest_writes(token))],
+        ascending, into ``rows`` (which hold what the base has for the layers no delta wrote),
+        read by token range (DeltaReader.read_range); returns ``rows``."""
         keys = []
         for i, (tok, writes) in enumerate(page):
             for layer, (commit, crc) in writes.items():
@@ -311,7 +317,7 @@ class TableState:
                 if why:
                     raise self.delta_damage(tok, layer, commit, version, why)
                 keys.append((tok, layer, commit, crc, i))
-        self.reader.read_range(self, keys, rows, version, base_version)
+        self.reader.read_range(self, keys, rows, version, self.base_at(version)[0])
         return rows
 
     def base_rows(self, ids, version, out=None):

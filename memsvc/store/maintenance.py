@@ -24,8 +24,8 @@ def compact(log: CommitLog, banks: BankTables, author="", message="", progress=F
                 continue  # its base already holds every row: rewriting it would copy it unchanged
             shape = (len(t.words), t.num_layers, t.dim)
             base_version, base = t.base_at(log.head)
-            sums = t.base_sums.get(base_version)  # none: a base from before checksums, or its record is damaged
-            copied = 0 if sums is None else min(len(t.words), base.shape[0])  # (which its read refuses)
+            sums = t.base_sums.get(base_version)  # none: from before checksums, or a damaged record (its read refuses)
+            copied = 0 if sums is None else min(len(t.words), base.shape[0])
             pairs = []
             files[name] = banks.write_base(name, version, shape, storage_dtype(t.dtype),
                                            _folded_blocks(t, log.head, copied, pairs), progress,
@@ -69,7 +69,7 @@ def _folded_blocks(t, head, copied, pairs):
         if not len(ids):
             continue
         before = t.base_rows(ids, base_version)  # checked against the base's checksums
-        rows = t.delta_page([(tok, t.latest_writes(tok, head, base_version)) for tok in ids.tolist()], head)
+        rows = t.overlay_page([(tok, t.latest_writes(tok, head, base_version)) for tok in ids.tolist()], before.copy(), head)
         for i, layer in zip(*np.nonzero(np.any(rows != before, axis=2))):
             pairs.append((int(ids[i]), int(layer)))
         runs = np.flatnonzero(np.diff(ids) != 1) + 1  # consecutive tokens go in one block
